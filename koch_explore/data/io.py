@@ -1,0 +1,157 @@
+"""Reading fundus images and masks robustly.
+
+Every reader returns float32 RGB in [0, 1] (images) or bool (masks) and raises a single error
+type, :class:`FundusReadError`, whose message names the file and the problem. Callers can catch
+that one type for every bad input: truncated file, non-image, empty/black frame, wrong mask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Decoding a 4k x 3k photo is normal; refuse only absurd sizes (decompression bombs).
+MAX_PIXELS = 80_000_000
+
+
+class FundusReadError(ValueError):
+    """A fundus image or mask could not be used. ``path`` names the file, ``problem`` says why."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _decode_with_pillow_fallback(path: Path) -> np.ndarray | None:
+    """cv2 cannot read GIF (DRIVE masks); imageio (a scikit-image dependency) can."""
+    try:
+        import imageio.v3 as iio
+    except ImportError:  # pragma: no cover - scikit-image always brings imageio
+        return None
+    try:
+        # Pillow only: letting imageio probe every plugin tries DICOM & co. on a renamed text file.
+        arr = iio.imread(path, index=0, plugin="pillow")
+    except Exception:
+        return None
+    return np.asarray(arr)
+
+
+def read_raw(path: str | os.PathLike) -> np.ndarray:
+    """Decode a file to a numpy array (H, W) or (H, W, C), channels in RGB order, any dtype."""
+    p = Path(path)
+    if not p.exists():
+        raise FundusReadError(p, "file does not exist")
+    if not p.is_file():
+        raise FundusReadError(p, "is not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise FundusReadError(p, "file is empty (0 bytes)")
+    data = np.fromfile(p, dtype=np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if arr is not None:
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    else:
+        arr = _decode_with_pillow_fallback(p)
+    if arr is None:
+        raise FundusReadError(p, f"not a readable image ({size} bytes; truncated or not an image format)")
+    if arr.ndim not in (2, 3) or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise FundusReadError(p, f"unexpected image shape {arr.shape}")
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise FundusReadError(p, f"image of {arr.shape[1]}x{arr.shape[0]} px exceeds {MAX_PIXELS} pixels")
+    if _looks_truncated(p, data):
+        raise FundusReadError(p, "file is truncated (JPEG end-of-image marker missing)")
+    return arr
+
+
+def _looks_truncated(path: Path, data: np.ndarray) -> bool:
+    # libjpeg fills a truncated JPEG with grey and only warns; the missing EOI marker is the tell.
+    if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
+        tail = data[-64:].tobytes()
+        return b"\xff\xd9" not in tail
+    return False
+
+
+def _to_float(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise FundusReadError(path, "image contains NaN or infinite values")
+        hi = float(out.max()) if out.size else 0.0
+        return np.clip(out / hi if hi > 1.0 else out, 0.0, 1.0)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return np.clip(arr.astype(np.float32) / float(info.max), 0.0, 1.0)
+    raise FundusReadError(path, f"unsupported pixel type {arr.dtype}")
+
+
+def read_image(path: str | os.PathLike, *, allow_black: bool = False) -> np.ndarray:
+    """Read a fundus photo as float32 RGB (H, W, 3) in [0, 1].
+
+    Grayscale is replicated to three channels, alpha is dropped, 16-bit is scaled by 65535.
+    An all-black (or constant) frame is an error unless ``allow_black``: it is what a failed
+    camera capture or a broken export looks like, and it would silently train on nothing.
+    """
+    p = Path(path)
+    arr = read_raw(p)
+    img = _to_float(arr, p)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    elif img.shape[2] != 3:
+        raise FundusReadError(p, f"expected 1, 3 or 4 channels, found {img.shape[2]}")
+    if not allow_black:
+        if float(img.max()) < 4.0 / 255.0:
+            raise FundusReadError(p, "image is all black (max value < 4/255): no fundus in the frame")
+        if float(img.max() - img.min()) < 1e-6:
+            raise FundusReadError(p, "image is a constant frame: no fundus in the frame")
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
+def read_mask(path: str | os.PathLike, *, allow_empty: bool = True) -> np.ndarray:
+    """Read a binary mask (vessel tree, FOV, lesion) as bool (H, W); non-zero is foreground."""
+    p = Path(path)
+    arr = read_raw(p)
+    if arr.ndim == 3:
+        arr = arr[:, :, :3].max(axis=2) if arr.shape[2] >= 3 else arr[:, :, 0]
+    mask = arr > (arr.max() / 2 if arr.dtype.kind == "f" else 0)
+    if not allow_empty and not mask.any():
+        raise FundusReadError(p, "mask is empty (no foreground pixel)")
+    return mask
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
+    """Write float [0,1] RGB / gray or uint8 / bool arrays as an image file, atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if img.dtype == bool:
+        arr = img.astype(np.uint8) * 255
+    elif img.dtype == np.uint8:
+        arr = img
+    else:
+        arr = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ext = p.suffix.lower() or ".png"
+    ok, buf = cv2.imencode(ext, arr)
+    if not ok:
+        raise FundusReadError(p, f"could not encode image as {ext}")
+    tmp = p.with_name(p.name + ".tmp")
+    buf.tofile(tmp)
+    os.replace(tmp, p)
+    return p

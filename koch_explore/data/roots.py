@@ -1,0 +1,52 @@
+"""Where fundus data lives: explicit argument > ``KOCH_DATA`` > ``../shared/data`` > ``./data``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "KOCH_DATA"
+
+
+def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
+    """The roots tried, in priority order (the explicit argument first when given)."""
+    out: list[Path] = []
+    if root is not None:
+        out.append(Path(root).expanduser())
+    env = os.environ.get(ENV_VAR)
+    if env:
+        out.append(Path(env).expanduser())
+    out.append(Path.cwd().parent / "shared" / "data")
+    out.append(Path.cwd() / "data")
+    return out
+
+
+def resolve_data_root(root: str | os.PathLike | None = None, *, must_exist: bool = False) -> Path | None:
+    """Return the first existing data root.
+
+    An explicit ``root`` is authoritative: if it does not exist we raise instead of silently
+    falling back, because a typo would otherwise evaluate on a different dataset.
+    Returns ``None`` when nothing exists (callers then use the embedded phantom) unless
+    ``must_exist`` is set.
+    """
+    if root is not None:
+        p = Path(root).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"data root {p} does not exist or is not a directory")
+        return p.resolve()
+    for p in candidate_roots(None):
+        if p.is_dir():
+            return p.resolve()
+    if must_exist:
+        tried = ", ".join(str(p) for p in candidate_roots(None))
+        raise FileNotFoundError(f"no fundus data root found (tried {tried}); set {ENV_VAR} or pass --root")
+    return None
+
+
+def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Folder of one dataset (e.g. ``"DRIVE"``) under the resolved root; raises if absent."""
+    base = resolve_data_root(root, must_exist=True)
+    p = base / name
+    if not p.is_dir():
+        raise FileNotFoundError(f"dataset {name!r} not found under {base}")
+    return p

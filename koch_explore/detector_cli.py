@@ -1,0 +1,138 @@
+"""``koch-explore detector train | eval | predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("detector", help="train, evaluate and run the DR detector (postulate 1)")
+    dsub = p.add_subparsers(dest="detector_command", metavar="ACTION")
+
+    from .detector_train import TrainConfig
+
+    t = dsub.add_parser("train", help="train on EyePACS (+APTOS) or phantom grades; resumable; torchrun-ready")
+    for f in fields(TrainConfig):
+        if f.name.startswith("_"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.name == "final_class_weights":
+            t.add_argument(flag, type=float, nargs=5, default=list(f.default))
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            if "float" in str(f.type):
+                typ = float
+            elif "int" in str(f.type):
+                typ = int
+            t.add_argument(flag, type=typ, default=f.default)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--export", default=None, help="copy the best weights here when done (safetensors)")
+    t.set_defaults(func=_train)
+
+    e = dsub.add_parser("eval", help="grade a folder of images against a label CSV; prints JSON with --json")
+    e.add_argument("--images", required=True, help="folder of images (matched to labels by file stem)")
+    e.add_argument("--labels", required=True, help="CSV with image,level (EyePACS) or id_code,diagnosis (APTOS)")
+    e.add_argument("--weights", default=None, help="detector safetensors (default: shipped EyePACS weights)")
+    e.add_argument("--tta", action="store_true", help="average the 8 flips/90-degree rotations")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_eval)
+
+    pr = dsub.add_parser("predict", help="print severity and grade per image")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--weights", default=None)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_predict)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _train(args) -> int:
+    from .detector_train import TrainConfig, train
+
+    kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    kw["final_class_weights"] = tuple(kw["final_class_weights"])
+    cfg = TrainConfig(**kw)
+    cfg._resume = bool(args.resume)
+    best = train(cfg)
+    if args.export and best.get("epoch"):
+        import shutil
+
+        shutil.copyfile(Path(cfg.out) / "best.safetensors", args.export)
+    print(json.dumps({k: v for k, v in best.items() if k != "score"}, default=float))
+    return 0
+
+
+def _load(weights, device):
+    from .detector import Detector, load_default
+    from .detector_train import resolve_device
+
+    dev = resolve_device(device)
+    return (Detector.load(weights, map_location=dev) if weights else load_default(dev)), dev
+
+
+def load_for_detector(paths, size: int):
+    """Read, FOV-crop, pad and resize images to the detector's input (uint8 N x S x S x 3)."""
+    import numpy as np
+
+    from .data.io import read_image
+    from .data.preprocess import prepare_fundus
+
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        img, _ = prepare_fundus(read_image(p), size, path=p)
+        out[i] = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
+def _eval(args) -> int:
+    import numpy as np
+
+    from . import metrics
+    from .data.datasets import index_graded_images
+    from .data.io import FundusReadError
+    from .detector_train import predict_arrays
+
+    try:
+        items = index_graded_images(args.images, args.labels)
+    except FundusReadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    model, dev = _load(args.weights, args.device)
+    imgs = load_for_detector([it.path for it in items], model.cfg.input_size)
+    sev = predict_arrays(model, imgs, dev, tta=args.tta)
+    grades = np.array([it.grade for it in items])
+    rep = metrics.grading_report(sev, grades, model.thresholds.cpu().numpy())
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        print(f"n={rep['n']} qwk={rep['qwk']:.3f} accuracy={rep['accuracy']:.3f} auc_referable={rep['auc_referable']:.3f}")
+        print("confusion (rows true 0-4, cols predicted):")
+        for row in rep["confusion"]:
+            print("  " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def _predict(args) -> int:
+    from .detector import GRADE_NAMES
+    from .detector_train import predict_arrays
+
+    model, dev = _load(args.weights, args.device)
+    imgs = load_for_detector(args.images, model.cfg.input_size)
+    sev = predict_arrays(model, imgs, dev)
+    import torch
+
+    grades = model.grade(torch.from_numpy(sev)).tolist()
+    rows = [{"image": str(p), "severity": float(s), "grade": int(g), "grade_name": GRADE_NAMES[g]} for p, s, g in zip(args.images, sev, grades)]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['image']}\tseverity {r['severity']:.2f}\tgrade {r['grade']} ({r['grade_name']})")
+    return 0
