@@ -397,7 +397,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None) -> dict
             # Early EMA follows the weights closely, later it averages over ~1/(1-decay) steps.
             ema.update(model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             if main:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
             if main and (time.time() - last_ckpt) > cfg.checkpoint_minutes * 60:

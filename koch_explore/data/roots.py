@@ -16,9 +16,18 @@ def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
     env = os.environ.get(ENV_VAR)
     if env:
         out.append(Path(env).expanduser())
-    out.append(Path.cwd().parent / "shared" / "data")
-    out.append(Path.cwd() / "data")
-    return out
+    # "../shared/data" and "./data" are meant relative to the project checkout; notebooks run
+    # with their own folder as cwd, so the checkout (found from this file) is tried as well.
+    repo = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), repo):
+        out.append(base.parent / "shared" / "data")
+    for base in (Path.cwd(), repo):
+        out.append(base / "data")
+    unique: list[Path] = []
+    for p in out:
+        if p not in unique:
+            unique.append(p)
+    return unique
 
 
 def resolve_data_root(root: str | os.PathLike | None = None, *, must_exist: bool = False) -> Path | None:

@@ -1,0 +1,42 @@
+# koch-explore: `make demo` runs the quickstart, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch. A bare `torch` requirement resolves to a multi-GB CUDA build on Linux;
+# pinning it first keeps the project's `torch>=2.6,<2.14` range satisfied without pulling CUDA.
+# On a CUDA machine: make TORCH_SPEC='torch==2.13.0' TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP  := $(VENV)/.koch-installed
+REPORTS := reports
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: the quickstart notebook on the embedded default data, executed by papermill,
+# kept as an executed notebook plus an HTML report a person can open offline.
+demo: $(STAMP)
+	mkdir -p $(REPORTS)
+	$(BIN)/papermill --kernel python3 --cwd notebooks notebooks/00_quickstart.ipynb $(REPORTS)/00_quickstart.ipynb
+	$(BIN)/jupyter nbconvert --to html --log-level WARN $(REPORTS)/00_quickstart.ipynb --output-dir $(REPORTS)
+	@echo "report: $(REPORTS)/00_quickstart.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# Speed and memory targets: each script prints its measurements and ratios side by side.
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(REPORTS) .pytest_cache build *.egg-info

@@ -1,0 +1,92 @@
+"""Pictures the notebooks and reports share: image grids, mask overlays, boxes.
+
+Everything returns a matplotlib ``Figure`` (or draws on a given ``Axes``) so notebooks display it
+and reports save it; nothing here calls ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg", "widget", "ipympl"):
+        try:
+            get_ipython  # type: ignore[name-defined]  # noqa: B018
+        except NameError:
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    cols: int = 4,
+    size: float = 2.6,
+    cmap: str | None = None,
+    suptitle: str | None = None,
+):
+    """A grid of images (float RGB in [0,1], or 2-D maps shown with ``cmap``)."""
+    plt = _plt()
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i]
+        ax.imshow(np.clip(img, 0, 1) if img.ndim == 3 else img, cmap=cmap if img.ndim == 2 else None)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(1.0, 0.9, 0.0), alpha: float = 0.5) -> np.ndarray:
+    """Blend a binary mask onto an RGB image in one colour."""
+    out = np.array(image, dtype=np.float32, copy=True)
+    m = mask.astype(bool)
+    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colour, dtype=np.float32)
+    return out
+
+
+def draw_boxes(ax, boxes: Sequence[Sequence[float]], colour: str = "yellow", labels: Sequence[str] | None = None, lw: float = 1.2):
+    """Draw (x0, y0, x1, y1) boxes (x1/y1 exclusive) on a matplotlib Axes."""
+    from matplotlib.patches import Rectangle
+
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, lw=lw))
+        if labels is not None:
+            ax.text(x0, y0 - 2, labels[i], color=colour, fontsize=6, va="bottom")
+
+
+def lesion_legend(ax, colours: Mapping[str, Sequence[float]]):
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in colours.items()], loc="lower right", fontsize=6, framealpha=0.6)
+
+
+def grade_histogram(grades: Sequence[int], title: str = "grades", ax=None):
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3.5, 2.4))
+    else:
+        fig = ax.figure
+    counts = np.bincount(np.asarray(grades, dtype=int), minlength=5)
+    ax.bar(range(len(counts)), counts, color="#b5523b")
+    ax.set_xticks(range(len(counts)))
+    ax.set_xlabel("grade")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
