@@ -16,6 +16,8 @@ STAGE_MODULES = [
     "koch_explore.data.check",
     "koch_explore.phantom",
     "koch_explore.detector_cli",
+    "koch_explore.descriptors",
+    "koch_explore.vessels",
 ]
 
 

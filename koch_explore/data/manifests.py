@@ -160,11 +160,17 @@ class DatasetManifest:
 
 
 def manifests_dir() -> Path:
-    """``$KOCH_MANIFESTS`` if set, else ``data_manifests/`` at the repository root."""
+    """``$KOCH_MANIFESTS`` if set, else ``data_manifests/`` at the repository root, else the copy
+    a regular (non-editable) install carries as the ``koch_explore.data_manifests`` package."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data_manifests"
+    repo = Path(__file__).resolve().parents[2] / "data_manifests"
+    if repo.is_dir():
+        return repo
+    from importlib.resources import files
+
+    return Path(str(files("koch_explore.data_manifests")))
 
 
 def _require(cond: bool, path: Path, problem: str) -> None:

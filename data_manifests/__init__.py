@@ -1,0 +1,1 @@
+"""Dataset manifests (one TOML per dataset), shipped inside the package as `koch_explore.data_manifests`."""
