@@ -50,6 +50,15 @@ def add_cli(sub) -> None:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=_predict)
+    c = dsub.add_parser("card", help="measure weights on the validation splits and write their model card")
+    c.add_argument("--weights", required=True)
+    c.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
+    c.add_argument("--out", default=None, help="card path (default: the weights path with .md)")
+    c.add_argument("--command", default="koch-explore detector train --data eyepacs", help="training command for the card")
+    c.add_argument("--hardware", default=None, help="hardware the weights were trained on (default: this machine)")
+    c.add_argument("--no-tta", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the figures as JSON")
+    c.set_defaults(func=_card)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -135,4 +144,18 @@ def _predict(args) -> int:
     else:
         for r in rows:
             print(f"{r['image']}\tseverity {r['severity']:.2f}\tgrade {r['grade']} ({r['grade_name']})")
+    return 0
+
+
+def _card(args) -> int:
+    from .detector_card import evaluate_weights, hardware_string, model_card
+
+    fig = evaluate_weights(args.weights, args.root, tta=not args.no_tta)
+    out = Path(args.out) if args.out else Path(args.weights).with_suffix(".md")
+    out.write_text(model_card(fig, args.command, args.hardware or hardware_string()))
+    (out.with_suffix(".json")).write_text(json.dumps(fig, indent=1, default=float))
+    if args.json:
+        print(json.dumps(fig, default=float))
+    else:
+        print(f"wrote {out}")
     return 0

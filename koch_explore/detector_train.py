@@ -108,8 +108,10 @@ def _load_uint8(paths, size: int, desc: str) -> np.ndarray:
     return out
 
 
-def load_graded(cfg: TrainConfig, size: int) -> dict[str, GradedArrays]:
-    """Train / validation arrays: {"train", "val"} (+ "aptos_val")."""
+def load_graded(cfg: TrainConfig, size: int, splits: tuple[str, ...] = ("train", "val", "aptos_val")) -> dict[str, GradedArrays]:
+    """Train / validation arrays: {"train", "val"} (+ "aptos_val" when APTOS is present).
+
+    ``splits`` limits what is decoded (evaluation needs no training images)."""
     from .data.datasets import index_graded_images, patient_split
     from .data.roots import dataset_dir
 
@@ -123,6 +125,8 @@ def load_graded(cfg: TrainConfig, size: int) -> dict[str, GradedArrays]:
     train_names, val_names = patient_split([it.name for it in items], cfg.val_fraction, cfg.split_seed)
     out = {}
     for split, names in (("train", train_names), ("val", val_names)):
+        if split not in splits:
+            continue
         its = [by_name[n] for n in names]
         out[split] = GradedArrays(
             _load_uint8([it.path for it in its], size, f"EyePACS {split}"),
@@ -140,14 +144,15 @@ def load_graded(cfg: TrainConfig, size: int) -> dict[str, GradedArrays]:
         a_by = {it.name: it for it in a_items}
         # APTOS ids carry no patient: the split is per image.
         a_train, a_val = patient_split([it.name for it in a_items], cfg.val_fraction, cfg.split_seed, patient_id=lambda n: n)
-        out["aptos_val"] = GradedArrays(
-            _load_uint8([a_by[n].path for n in a_val], size, "APTOS val"),
-            np.array([a_by[n].grade for n in a_val]),
-            a_val,
-            a_val,
-            ["aptos"] * len(a_val),
-        )
-        if cfg.aptos:
+        if "aptos_val" in splits:
+            out["aptos_val"] = GradedArrays(
+                _load_uint8([a_by[n].path for n in a_val], size, "APTOS val"),
+                np.array([a_by[n].grade for n in a_val]),
+                a_val,
+                a_val,
+                ["aptos"] * len(a_val),
+            )
+        if cfg.aptos and "train" in splits:
             tr = out["train"]
             out["train"] = GradedArrays(
                 np.concatenate([tr.images, _load_uint8([a_by[n].path for n in a_train], size, "APTOS train")]),

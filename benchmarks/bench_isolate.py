@@ -1,0 +1,94 @@
+"""Deconvnet projection cost relative to one forward + backward of the detector (target: <= 1.5x).
+
+Run: ``.venv/bin/python benchmarks/bench_isolate.py [--batch 8] [--size 256] [--repeats 5]``
+
+Both are timed on the same batch in the same run, interleaved, and the ratio is taken per
+repeat, so a busy machine slows both alike and the ratio stays meaningful even when the absolute
+times do not; CPU time (all threads) is printed beside wall time. The reference is what
+a training step costs without the optimiser: forward, then backward to every weight and the
+input (eval mode). The projection includes its own forward pass (it records the switches).
+The BatchNorm folding happens once per ``ActivationNetwork`` and is timed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from koch_explore.deconvnet import ActivationNetwork
+from koch_explore.detector import Detector, DetectorConfig, PRESETS
+
+TARGET_RATIO = 1.5
+
+
+def fundus_batch(b: int, s: int) -> torch.Tensor:
+    """A disc of texture on black: the norm finds a field of view, like in a fundus photo."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.2 + 0.6 * torch.rand(b, 3, s, s, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    return x * (((yy - s / 2) ** 2 + (xx - s / 2) ** 2) < (0.45 * s) ** 2).float()
+
+
+def forward_backward(detector: Detector, x: torch.Tensor) -> None:
+    x = x.detach().requires_grad_(True)
+    detector.zero_grad(set_to_none=True)
+    detector(x).sum().backward()
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall, CPU) seconds. CPU time counts every thread; on a shared machine it is the steadier one."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="o_O-256", choices=sorted(PRESETS))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None, help="input side (default: the preset's)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--starts", default="out,dense2,conv7", help="comma-separated start layers")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    detector = Detector(args.preset).eval()
+    size = args.size or detector.cfg.input_size
+    x = fundus_batch(args.batch, size)
+    fold = timed(lambda: ActivationNetwork(detector).close())[0]
+    starts = args.starts.split(",")
+
+    with ActivationNetwork(detector) as net:
+        forward_backward(detector, x)  # warm-up: allocator, oneDNN primitives
+        for start in starts:
+            net.project(x, start=start)
+        reference, projection = [], {s: [] for s in starts}
+        for _ in range(args.repeats):
+            reference.append(timed(lambda: forward_backward(detector, x)))
+            for start in starts:
+                projection[start].append(timed(lambda: net.project(x, start=start)))
+
+    cfg: DetectorConfig = detector.cfg
+    print(
+        f"{args.preset} (n={cfg.n}, head {cfg.head_pool}), batch {args.batch} x {size}^2, "
+        f"{torch.get_num_threads()} threads, medians of {args.repeats} interleaved repeats"
+    )
+    print(f"  {'':22} {'wall ms':>9} {'CPU ms':>9}   ratio wall / CPU (per repeat, median)")
+
+    def row(label: str, times: list[tuple[float, float]], ratios: str = "") -> None:
+        wall, cpu = (statistics.median(t[i] for t in times) for i in (0, 1))
+        print(f"  {label:22} {wall * 1000:9.1f} {cpu * 1000:9.1f}   {ratios}")
+
+    row("forward + backward", reference)
+    for start in starts:
+        ratio = [statistics.median(p[i] / r[i] for p, r in zip(projection[start], reference)) for i in (0, 1)]
+        row(f"project from {start}", projection[start], f"{ratio[0]:.2f} / {ratio[1]:.2f}  (target <= {TARGET_RATIO})")
+    print(f"  BatchNorm folding (once per network): {fold * 1000:.1f} ms wall")
+
+if __name__ == "__main__":
+    main()
