@@ -146,6 +146,38 @@ def fov_from_pixels(x: torch.Tensor, threshold: float = 0.04) -> torch.Tensor:
     return (x.amax(dim=1, keepdim=True) > threshold).to(x.dtype)
 
 
+_BANDS: dict[tuple, torch.Tensor] = {}
+
+
+def _band(n: int, sigma: float, device, dtype) -> torch.Tensor:
+    """(n, n) matrix M with (x @ M) = x blurred along its last axis by a truncated Gaussian, zero
+    beyond the edges: a symmetric banded Toeplitz matrix, cached per size."""
+    key = (n, sigma, str(device), dtype)
+    if key not in _BANDS:
+        k = gaussian_kernel1d(sigma, dtype=torch.float64)
+        r = k.numel() // 2
+        d = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+        band = torch.where(d.abs() <= r, k[(d + r).clamp(0, 2 * r)], torch.zeros((), dtype=torch.float64))
+        if len(_BANDS) > 64:
+            _BANDS.clear()
+        _BANDS[key] = band.to(device=device, dtype=dtype)
+    return _BANDS[key]
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), zero outside the image, as two matrix products.
+
+    Same result as :func:`koch_explore.detector.gaussian_blur` (up to float rounding), but a
+    97-tap depthwise convolution is one of the slowest CPU paths in torch, and a banded matmul is
+    BLAS: at a 240 px training crop it is ~10x faster, which halves the time of a training step.
+    Images over 1024 px (never the working scale) use the convolution to bound memory.
+    """
+    h, w = x.shape[-2:]
+    if max(h, w) > 1024:
+        return gaussian_blur(x, sigma)
+    return _band(h, sigma, x.device, x.dtype) @ (x @ _band(w, sigma, x.device, x.dtype))
+
+
 class LocalContrastNorm(nn.Module):
     """CLAHE-like local contrast normalisation inside the FOV, as a differentiable module.
 
@@ -177,10 +209,10 @@ class LocalContrastNorm(nn.Module):
             if self.channels == "green":
                 x = x[:, 1:2]
             m = fov.float()
-            den = gaussian_blur(m, self.sigma).clamp_min(1e-3)
-            hp = (x - gaussian_blur(x * m, self.sigma) / den) * m
-            den2 = gaussian_blur(m, self.std_sigma).clamp_min(1e-3)
-            var = gaussian_blur(hp * hp, self.std_sigma) / den2
+            den = blur(m, self.sigma).clamp_min(1e-3)
+            hp = (x - blur(x * m, self.sigma) / den) * m
+            den2 = blur(m, self.std_sigma).clamp_min(1e-3)
+            var = blur(hp * hp, self.std_sigma) / den2
             y = hp / torch.sqrt(var + self.floor**2)
             return y.clamp(-self.clip, self.clip) * m
 
@@ -615,14 +647,14 @@ class VesselTrainConfig:
     dataset: str = "DRIVE"
     """Training set: "DRIVE" (its FOV masks) or "CHASE_DB1" (estimated FOV); its ``training`` split."""
     root: str | None = None
-    """Data root (default: KOCH_DATA, ../shared/data, ./data)."""
+    """Data root holding DRIVE/ (or the dataset folder itself); default: KOCH_DATA, ../shared/data, ./data."""
     out: str = "runs/vessels"
     """Run folder: last.pt (resumable), best.safetensors (EMA weights + threshold), history.json."""
     val_images: int = 4
     """Training images held out (the last ones by id; DRIVE: 37-40) to choose the threshold and the
     checkpoint. DRIVE test is never seen by training."""
-    steps: int = 6000
-    """Optimisation steps at most."""
+    steps: int = 10000
+    """Optimisation steps at most (~0.2 s each on two free CPU cores)."""
     max_minutes: float | None = None
     """Wall-clock budget of the whole run (validation included, summed over resumes)."""
     eval_every: int = 250
@@ -681,7 +713,7 @@ def split_items(items: list[dict], val_images: int) -> dict[str, list[dict]]:
 def load_training_data(cfg: VesselTrainConfig) -> dict[str, list[dict]]:
     from .data.datasets import VesselSegmentation
 
-    ds = VesselSegmentation(cfg.dataset, "training", root=cfg.root)
+    ds = VesselSegmentation(cfg.dataset, "training", root=_dataset_root(cfg.dataset, cfg.root))
     return split_items([ds[i] for i in range(len(ds))], cfg.val_images)
 
 
