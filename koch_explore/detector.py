@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weights_io import WeightsMismatchError, check_config, load_state_strict, read_weights, save_weights
+
 FORMAT = "koch-explore/detector"
 FORMAT_VERSION = 1
 GRADE_NAMES = ["No DR", "Mild", "Moderate", "Severe NPDR", "Proliferative DR"]
@@ -363,70 +365,29 @@ class Detector(nn.Module):
     def save(self, path: str | os.PathLike, metadata: dict | None = None, half: bool = True) -> Path:
         """Write safetensors atomically. ``half`` stores float tensors as fp16 (inference-exact
         enough, halves the file); they are loaded back as float32."""
-        from safetensors.torch import save_file
-
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for k, v in self.state_dict().items():
-            t = v.detach().cpu().contiguous()
-            if half and t.is_floating_point() and k != "thresholds":
-                t = t.half()
-            tensors[k] = t
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json()}
-        for k, v in (metadata or {}).items():
-            meta[k] = v if isinstance(v, str) else json.dumps(v)
-        tmp = p.with_name(p.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, p)
-        return p
+            t = v.detach()
+            tensors[k] = t.half() if half and t.is_floating_point() and k != "thresholds" else t
+        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json()}
+        return save_weights(path, tensors, header, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", expect: DetectorConfig | str | None = None) -> "Detector":
         """Load weights saved by :meth:`save`; strict: any architecture mismatch is an error."""
-        from safetensors import safe_open
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: detector weights not found")
+        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "detector")
         try:
-            with safe_open(str(p), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for a bad header
-            raise WeightsMismatchError(f"{p}: not a readable safetensors file ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise WeightsMismatchError(f"{p}: not koch-explore detector weights (format={meta.get('format')!r})")
-        cfg = DetectorConfig.from_json(meta["config"])
-        if expect is not None:
-            want = PRESETS[expect] if isinstance(expect, str) else expect
-            diffs = {k: (getattr(cfg, k), getattr(want, k)) for k in asdict(cfg) if getattr(cfg, k) != getattr(want, k)}
-            if diffs:
-                raise WeightsMismatchError(f"{p}: architecture differs from the expected one: " + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diffs.items()))
+            cfg = DetectorConfig.from_json(meta["config"])
+        except (TypeError, ValueError) as exc:
+            raise WeightsMismatchError(f"{path}: unreadable detector config in the header ({exc})") from exc
+        check_config(path, cfg, PRESETS[expect] if isinstance(expect, str) else expect)
         model = cls(cfg)
-        model.load_state_strict(tensors, source=p)
-        model.metadata = {k: v for k, v in meta.items() if k not in ("config",)}
+        model.load_state_strict(tensors, source=path)
+        model.metadata = {k: v for k, v in meta.items() if k != "config"}
         return model.to(map_location).eval()
 
     def load_state_strict(self, tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<state>") -> None:
-        own = self.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        extra = sorted(set(tensors) - set(own))
-        shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in tensors and tensors[k].shape != own[k].shape]
-        if missing or extra or shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
-            if extra:
-                parts.append(f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
-            if shapes:
-                parts.append(f"shape mismatch {shapes[:5]}")
-            raise WeightsMismatchError(f"{source}: weights do not fit this detector architecture: " + "; ".join(parts))
-        self.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
-
-
-class WeightsMismatchError(ValueError):
-    """Weights that do not belong to this architecture (or are not detector weights at all)."""
+        load_state_strict(self, tensors, source, "detector")
 
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "detector_eyepacs_256.safetensors"

@@ -90,3 +90,22 @@ def grade_histogram(grades: Sequence[int], title: str = "grades", ax=None):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def isolation_steps(image: np.ndarray, evidence: np.ndarray, blurred: np.ndarray, mask: np.ndarray, boxes: Sequence[Sequence[float]], size: float = 2.8, title: str | None = None):
+    """The isolation in four panels: evidence map, blurred and normalised map, thresholded mask,
+    component boxes over the fundus (``koch_explore.descriptors.segment`` returns all of them)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(4 * size, size))
+    panels = [(evidence, "evidence map", "magma"), (blurred, "blurred / max", "magma"), (mask, "mask", "gray"), (image, f"{len(boxes)} components", None)]
+    for ax, (img, name, cmap) in zip(axes, panels):
+        img = np.asarray(img)
+        ax.imshow(np.clip(img, 0, 1) if img.ndim == 3 else img, cmap=cmap if img.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    draw_boxes(axes[3], boxes, colour="cyan")
+    draw_boxes(axes[2], boxes, colour="red", lw=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -42,7 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.io import FundusReadError
-from .detector import WeightsMismatchError, gaussian_blur, gaussian_kernel1d
+from .detector import gaussian_blur, gaussian_kernel1d
+from .weights_io import WeightsMismatchError, check_config, load_state_strict, read_weights, save_weights
 
 FORMAT = "koch-explore/vessels"
 FORMAT_VERSION = 1
@@ -456,18 +457,9 @@ class VesselSegmenter(nn.Module):
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write the weights (float32) as safetensors, atomically, with the config, the threshold
         and ``metadata`` (values JSON-encoded unless strings) in the header."""
-        from safetensors.torch import save_file
-
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-        meta.update(format=FORMAT, format_version=str(FORMAT_VERSION), config=self.cfg.to_json(),
-                    threshold=repr(float(self.threshold)))
-        tmp = p.with_name(p.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, p)
-        return p
+        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json(),
+                  "threshold": repr(float(self.threshold))}
+        return save_weights(path, self.state_dict(), header, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -475,31 +467,14 @@ class VesselSegmenter(nn.Module):
         """Load weights written by :meth:`save`. Strict: a file that is not vessel weights, an
         architecture other than ``expect``, or any missing/extra/misshapen tensor raises
         :class:`WeightsMismatchError` naming the file."""
-        from safetensors import safe_open
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: vessel segmenter weights not found")
-        try:
-            with safe_open(str(p), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several types for a bad header
-            raise WeightsMismatchError(f"{p}: not a readable safetensors file ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise WeightsMismatchError(f"{p}: not koch-explore vessel weights (format={meta.get('format')!r})")
-        if meta.get("format_version") != str(FORMAT_VERSION):
-            raise WeightsMismatchError(f"{p}: vessel weights format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "vessel segmenter")
         try:
             cfg = VesselConfig.from_json(meta["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsMismatchError(f"{p}: unreadable vessel config in the header ({exc})") from exc
-        if expect is not None and cfg != expect:
-            diffs = [f"{k}={getattr(cfg, k)!r} (expected {getattr(expect, k)!r})"
-                     for k in asdict(cfg) if getattr(cfg, k) != getattr(expect, k)]
-            raise WeightsMismatchError(f"{p}: architecture differs from the expected one: " + ", ".join(diffs))
+        except (TypeError, ValueError) as exc:
+            raise WeightsMismatchError(f"{path}: unreadable vessel config in the header ({exc})") from exc
+        check_config(path, cfg, expect)
         model = cls(cfg)
-        model.load_state_strict(tensors, source=p)
+        model.load_state_strict(tensors, source=path)
         model.metadata = {k: v for k, v in meta.items() if k != "config"}
         return model.to(map_location).eval()
 
@@ -513,21 +488,7 @@ class VesselSegmenter(nn.Module):
         return cls.load(DEFAULT_WEIGHTS, map_location)
 
     def load_state_strict(self, tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<state>") -> None:
-        own = self.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        extra = sorted(set(tensors) - set(own))
-        shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in own if k in tensors and tensors[k].shape != own[k].shape]
-        if missing or extra or shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
-            if extra:
-                parts.append(f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
-            if shapes:
-                parts.append(f"shape mismatch {shapes[:5]}")
-            raise WeightsMismatchError(f"{source}: weights do not fit this vessel segmenter: " + "; ".join(parts))
-        self.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
+        load_state_strict(self, tensors, source, "vessel segmenter")
 
 
 def load_default(device: str | torch.device = "cpu") -> VesselSegmenter:

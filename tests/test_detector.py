@@ -155,8 +155,8 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
 
     PRESETS["test-small"] = SMALL  # a small architecture keeps this test in seconds
     try:
-        cfg = TrainConfig(data="phantom", phantom_count=112, phantom_size=128, preset="test-small", epochs=4,
-                          batch_size=8, lr=2e-3, out=str(tmp_path / "run"), balance_epochs=0, amp=False)
+        cfg = TrainConfig(data="phantom", phantom_count=112, phantom_size=128, preset="test-small", epochs=6,
+                          batch_size=8, lr=1e-3, out=str(tmp_path / "run"), balance_epochs=0, amp=False)
         data = _load_phantom(cfg, SMALL.input_size)
         tr = data["train"]
         torch.manual_seed(cfg.seed)
@@ -165,17 +165,18 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
         mse_before = mse(before)
         best = train(cfg, data=data)
         mse_after = mse(Detector.load(tmp_path / "run" / "best.safetensors"))
-        assert mse_after < 0.85 * mse_before, (mse_before, mse_after)
+        assert mse_after < 0.9 * mse_before, (mse_before, mse_after)
         hist = json.loads((tmp_path / "run" / "history.json").read_text())
-        assert [h["epoch"] for h in hist] == [1, 2, 3, 4] and best["epoch"] >= 1
+        assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6] and best["epoch"] >= 1
+        assert hist[-1]["train_loss"] < hist[0]["train_loss"]
         # resume: one more epoch continues from the checkpoint, not from scratch
-        cfg.epochs = 5
+        cfg.epochs = 7
         cfg._resume = True
         train(cfg, data=data)
         hist = json.loads((tmp_path / "run" / "history.json").read_text())
-        assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5]
+        assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6, 7]
         ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
-        assert ck["epoch"] == 5 and ck["step"] == 5 * (len(tr.grades) // 8)
+        assert ck["epoch"] == 7 and ck["step"] == 7 * (len(tr.grades) // 8)
     finally:
         PRESETS.pop("test-small", None)
 
