@@ -121,7 +121,7 @@ def test_save_load_round_trip_and_strict_errors(tiny_model, tmp_path):
     with pytest.raises(WeightsMismatchError, match=r"tiny\.safetensors.*shape mismatch"):
         other.load_state_strict(load_file(str(path)), source=path)
     detector = Detector(DetectorConfig(n=4, input_size=64, dense_units=8)).save(tmp_path / "detector.safetensors")
-    with pytest.raises(WeightsMismatchError, match=r"detector\.safetensors.*not koch-explore vessel weights"):
+    with pytest.raises(WeightsMismatchError, match=r"detector\.safetensors.*not koch-explore vessel segmenter weights"):
         VesselSegmenter.load(detector)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"definitely not weights")
