@@ -257,7 +257,20 @@ def _role_index(manifest: DatasetManifest, folder: Path, role: str) -> dict[str,
     return manifest.roles[role].index(folder) if role in manifest.roles else {}
 
 
-class VesselSegmentation(Dataset):
+class _PairedFiles(Dataset):
+    """Shared by the datasets whose ``samples`` are tuples starting with the image path."""
+
+    samples: list[tuple]
+
+    @property
+    def names(self) -> list[str]:
+        return [sample[0].stem for sample in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class VesselSegmentation(_PairedFiles):
     """Fundus photos with their manual vessel tree: DRIVE (observer 1) or CHASE_DB1 (``1stHO``).
 
     Items are ``{"image", "vessels", "fov", "name"}``. DRIVE's FOV comes from its GIF masks;
@@ -294,13 +307,6 @@ class VesselSegmentation(Dataset):
             self.samples.append((image_path, vessels[sample_id], fovs.get(sample_id)))
         self.size = size
 
-    @property
-    def names(self) -> list[str]:
-        return [image.stem for image, _, _ in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def __getitem__(self, index: int) -> dict:
         image_path, vessel_path, fov_path = self.samples[index]
         image = read_image(image_path)
@@ -318,7 +324,7 @@ class VesselSegmentation(Dataset):
 # --------------------------------------------------------------------------- lesion masks
 
 
-class LesionSegmentation(Dataset):
+class LesionSegmentation(_PairedFiles):
     """Photos with per-type lesion masks (MA, HE, EX, SE): IDRiD_lesions or a phantom folder.
 
     Both layouts are read through their manifests: IDRiD's flat ``<name>_<TYPE>.png`` beside
@@ -352,13 +358,6 @@ class LesionSegmentation(Dataset):
         fovs = _role_index(self.manifest, self.folder, "fov")
         self.samples = [(p, fovs.get(i), {t: masks[t].get(i) for t in LESION_TYPES}) for i, p in images.items()]
         self.size = size
-
-    @property
-    def names(self) -> list[str]:
-        return [image.stem for image, _, _ in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         image_path, fov_path, mask_paths = self.samples[index]
