@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_vessels.py [--runs 7] [--threads 2] [--weights PATH]``
 
-``segment()`` is what a caller pays: FOV estimate, crop, resize to the working scale (FOV diameter
+``segment()`` (8x flip/rotation averaging by default) is what a caller pays: FOV estimate, crop, resize to the working scale (FOV diameter
 540 px), local contrast normalisation, the U-Net, resize back. The bare forward is the U-Net plus
 its normalisation on the same 512x512 tensor, no geometry. Their ratio is the overhead of handling
 any fundus size; the working scale is larger than the phantom's FOV, so part of it is the network
@@ -58,6 +58,7 @@ def main() -> None:
 
     seg_est, lo_e, hi_e = _median_ms(lambda: model.segment(image), args.runs)
     seg_fov, lo_f, hi_f = _median_ms(lambda: model.segment(image, fov), args.runs)
+    seg_one, lo_1, hi_1 = _median_ms(lambda: model.segment(image, fov, tta=1), args.runs)
     fwd, lo, hi = _median_ms(bare, args.runs)
     work = WorkingGeometry.of(fov, model.cfg.fov_diameter).size
     print(f"vessel segmenter ({which}), {args.size}x{args.size} RGB, {args.threads} threads, median of {args.runs}:")
@@ -65,6 +66,8 @@ def main() -> None:
           f"  ratio to bare forward {seg_est / fwd:5.2f}")
     print(f"  segment(image, fov)  {seg_fov:8.1f} ms  (min {lo_f:.1f}, max {hi_f:.1f})"
           f"                            ratio to bare forward {seg_fov / fwd:5.2f}")
+    print(f"  segment(.., tta=1)   {seg_one:8.1f} ms  (min {lo_1:.1f}, max {hi_1:.1f})  single pass (default is 8x TTA)"
+          f"     ratio to bare forward {seg_one / fwd:5.2f}")
     print(f"  bare forward         {fwd:8.1f} ms  (min {lo:.1f}, max {hi:.1f})  on the {args.size}x{args.size} tensor"
           f"          ratio 1.00")
 

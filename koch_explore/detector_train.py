@@ -72,6 +72,9 @@ class TrainConfig:
     eval_tta: bool = False
     """8x flip/rotation test-time augmentation in per-epoch validation (slower)."""
     num_threads: int | None = None
+    init: str | None = None
+    """Warm start: detector safetensors whose weights (BN statistics included) initialise the
+    model and its EMA; the schedule starts fresh (a warm restart, useful to extend a finished run)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +337,12 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None) -> dict
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
-    model = Detector(cfg.preset).to(device).to(memory_format=torch.channels_last)
+    model = Detector(cfg.preset)
+    if cfg.init:
+        model.load_state_dict(Detector.load(cfg.init, expect=cfg.preset).state_dict())
+        if main:
+            print(f"initialised from {cfg.init}", flush=True)
+    model = model.to(device).to(memory_format=torch.channels_last)
     size = model.cfg.input_size
     if data is None:
         data = load_graded(cfg, size)

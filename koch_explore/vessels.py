@@ -383,6 +383,24 @@ def check_fov(fov: np.ndarray, image: np.ndarray, path=None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _dihedral(k: int, transpose: bool):
+    """(forward, inverse) pair for one symmetry of the square on (B, C, H, W) tensors."""
+    def fwd(t):
+        t = t.transpose(2, 3) if transpose else t
+        return torch.rot90(t, k, (2, 3))
+
+    def inv(t):
+        t = torch.rot90(t, -k, (2, 3))
+        return t.transpose(2, 3) if transpose else t
+
+    return fwd, inv
+
+
+_DIHEDRAL = [_dihedral(k, tr) for tr in (False, True) for k in range(4)]
+# Subsets chosen so that 2 and 4 already average opposite orientations.
+_TTA_TRANSFORMS = {1: _DIHEDRAL[:1], 2: [_DIHEDRAL[0], _DIHEDRAL[2]], 4: _DIHEDRAL[:4], 8: _DIHEDRAL}
+
+
 class VesselSegmenter(nn.Module):
     """Local contrast normalisation + U-Net + a binary threshold (a buffer, saved with the weights).
 
@@ -421,25 +439,35 @@ class VesselSegmenter(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def probability_working(self, image: np.ndarray, fov: np.ndarray) -> np.ndarray:
-        """Vessel probability of a working-scale image (H, W, 3) with its FOV (H, W), float32."""
+    def probability_working(self, image: np.ndarray, fov: np.ndarray, tta: int = 1) -> np.ndarray:
+        """Vessel probability of a working-scale image (H, W, 3) with its FOV (H, W), float32.
+
+        ``tta`` = 1, 2, 4 or 8 averages the probabilities over that many symmetries of the square
+        (identity, transpose, flips): vessels have no preferred orientation, so the symmetric average
+        removes orientation-dependent errors of a single pass."""
+        if tta not in _TTA_TRANSFORMS:
+            raise ValueError(f"tta must be one of {sorted(_TTA_TRANSFORMS)}, got {tta}")
         was_training = self.training
         self.eval()
         try:
             x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(self.device)
             m = torch.from_numpy(fov.astype(np.float32))[None, None].to(self.device)
-            prob = torch.sigmoid(self(x, m).float())[0, 0] * m[0, 0]
+            prob = torch.zeros_like(m[0, 0])
+            for fwd, inv in _TTA_TRANSFORMS[tta]:
+                prob += inv(torch.sigmoid(self(fwd(x), fwd(m)).float()))[0, 0]
+            prob = prob / tta * m[0, 0]
         finally:
             self.train(was_training)
         return prob.cpu().numpy()
 
-    def segment(self, image: np.ndarray, fov: np.ndarray | None = None, *, path=None) -> tuple[np.ndarray, np.ndarray]:
+    def segment(self, image: np.ndarray, fov: np.ndarray | None = None, *, path=None, tta: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Vessel maps of one fundus photo of any size: ``(probability float32 (H, W), binary bool (H, W))``.
 
         The FOV is estimated when not given. The image is cropped to the FOV, resized so the FOV
         diameter is ``cfg.fov_diameter``, segmented in one fully convolutional pass, and the
         probability is resized back into the input frame; both maps are zero outside the FOV, and
-        ``binary = probability > threshold`` with the threshold stored in the weights.
+        ``binary = probability > threshold`` with the threshold stored in the weights. ``tta``: see
+        :meth:`probability_working` (8 by default; 1 is a single pass, 8x faster).
         """
         from .data.preprocess import estimate_fov
 
@@ -448,7 +476,7 @@ class VesselSegmenter(nn.Module):
         geo = WorkingGeometry.of(fov, self.cfg.fov_diameter)
         small_fov = geo.to_working(fov)
         small = geo.to_working(img) * small_fov[:, :, None]
-        prob = geo.to_input(self.probability_working(small, small_fov), fov.shape)
+        prob = geo.to_input(self.probability_working(small, small_fov, tta), fov.shape)
         prob = np.clip(prob, 0.0, 1.0) * fov
         return prob.astype(np.float32), prob > float(self.threshold)
 
@@ -582,14 +610,14 @@ class PixelScores:
         }
 
 
-def evaluate(model: VesselSegmenter, items, threshold: float | None = None, progress: bool = False) -> dict:
+def evaluate(model: VesselSegmenter, items, threshold: float | None = None, progress: bool = False, tta: int = 8) -> dict:
     """Segment every item (``{"image", "vessels", "fov"}`` as from ``VesselSegmentation``) in its own
     geometry with its FOV and score all FOV pixels against the manual tree."""
     from tqdm.auto import tqdm
 
     scores = PixelScores()
     for item in tqdm(items, desc="segment", disable=not progress, leave=False, file=sys.stderr):
-        prob, _ = model.segment(item["image"], item["fov"])
+        prob, _ = model.segment(item["image"], item["fov"], tta=tta)
         scores.add(prob, item["vessels"], item["fov"])
     return scores.report(float(model.threshold) if threshold is None else threshold)
 
@@ -859,7 +887,7 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
         ema_model.load_state_dict(ema.state)
         scores = PixelScores()
         for it in data["val"]:
-            prob, _ = ema_model.segment(it["image"], it["fov"])
+            prob, _ = ema_model.segment(it["image"], it["fov"], tta=1)  # cheap; checkpoint choice only
             scores.add(prob, it["vessels"], it["fov"])
         labels, values = scores.arrays()
         t, f1 = best_f1_threshold(labels, values)
@@ -948,6 +976,8 @@ def add_cli(sub) -> None:
     s.add_argument("--out", required=True, help="output folder (created)")
     s.add_argument("--weights", default=None, help="vessel safetensors (default: shipped DRIVE weights)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--tta", type=int, default=8, choices=[1, 2, 4, 8],
+                   help="average over this many flips/rotations (default 8; 1 = single pass)")
     s.set_defaults(func=_cli_segment)
 
     e = vsub.add_parser("eval", help="pixel AUC/F1/accuracy/sensitivity/specificity inside the FOV")
@@ -958,6 +988,8 @@ def add_cli(sub) -> None:
     e.add_argument("--weights", default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--tta", type=int, default=8, choices=[1, 2, 4, 8],
+                   help="average over this many flips/rotations (default 8; 1 = single pass)")
     e.set_defaults(func=_cli_eval)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -1008,7 +1040,7 @@ def _cli_segment(args) -> int:
     failed = 0
     for name in args.images:
         try:
-            prob, binary = model.segment(read_image(name), path=name)
+            prob, binary = model.segment(read_image(name), path=name, tta=args.tta)
         except FundusReadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
@@ -1043,7 +1075,7 @@ def _cli_eval(args) -> int:
         ds = VesselSegmentation(args.dataset, None if split == "all" else split, root=_dataset_root(args.dataset, args.root))
         model = _load_model(args.weights, args.device)
         items = (ds[i] for i in range(len(ds)))
-        rep = evaluate(model, items, progress=not args.json)
+        rep = evaluate(model, items, progress=not args.json, tta=args.tta)
     except (FileNotFoundError, WeightsMismatchError, FundusReadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,23 @@ def test_forward_is_fully_convolutional_on_odd_tensors(tiny_model):
     assert out.shape == (2, 1, 37, 61)
 
 
+def test_tta_average_is_equivariant_and_differs_from_one_pass(tiny_model):
+    """8x TTA averages over all symmetries of the square, so a transposed or rotated input gives
+    the transposed/rotated map exactly (up to float order); a single pass does not."""
+    img, fov = disc_image(96, 96, seed=2)
+    work = np.ascontiguousarray(img * fov[:, :, None])
+    p8 = tiny_model.probability_working(work, fov, tta=8)
+    p8_t = tiny_model.probability_working(np.ascontiguousarray(work.transpose(1, 0, 2)), np.ascontiguousarray(fov.T), tta=8)
+    p8_r = tiny_model.probability_working(np.ascontiguousarray(np.rot90(work)), np.ascontiguousarray(np.rot90(fov)), tta=8)
+    assert np.abs(p8_t - p8.T).max() < 1e-5
+    assert np.abs(p8_r - np.rot90(p8)).max() < 1e-5
+    p1 = tiny_model.probability_working(work, fov, tta=1)
+    p1_t = tiny_model.probability_working(np.ascontiguousarray(work.transpose(1, 0, 2)), np.ascontiguousarray(fov.T), tta=1)
+    assert np.abs(p1_t - p1.T).max() > 1e-4  # the untrained net is not symmetric by itself
+    with pytest.raises(ValueError, match="tta"):
+        tiny_model.probability_working(work, fov, tta=3)
+
+
 def test_stored_threshold_is_what_segment_uses(tiny_model, tmp_path):
     tiny_model = copy.deepcopy(tiny_model)
     img, fov = disc_image(150, 170, seed=1)
