@@ -58,6 +58,7 @@ __all__ = [
     "Projection",
     "Step",
     "detector_steps",
+    "guided_gradient",
     "rectified_gradient",
     "select_channels",
     "sequential_steps",
@@ -417,6 +418,43 @@ class _RectifiedLeakyReLU(torch.autograd.Function):
         return grad_output.clamp_min(0), None
 
 
+class _GuidedLeakyReLU(torch.autograd.Function):
+    """Leaky ReLU forward; backward passes ``relu(grad_output)`` where the forward input was
+    positive (guided backpropagation, Springenberg et al. 2015: the gradient rule and the
+    deconvnet rule at once)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_output.clamp_min(0) * (x > 0).to(grad_output.dtype), None
+
+
+def _modified_forward(model: Detector, x: torch.Tensor, rectifier) -> dict[str, torch.Tensor]:
+    """Forward pass of a folded detector with every leaky ReLU replaced by ``rectifier`` (an
+    autograd Function that changes only the backward rule); returns every layer's output."""
+    acts = {"norm": model.norm(x)}
+    h = acts["norm"]
+    for name, layer in model.layers.items():
+        if isinstance(layer, ConvBlock):
+            h = rectifier.apply(layer.pre_activation(h), layer.leak)
+        elif isinstance(layer, DenseMaxout):
+            if name == "dense1":
+                h = h.flatten(1)
+            h = rectifier.apply(layer.fc(layer.drop(h)), layer.leak)
+            h = h.unflatten(-1, (-1, 2)).amax(dim=-1)
+        elif name == "out":
+            h = layer(model.out_drop(h))
+        else:  # max-pools, RMS pool: plain autograd (max-pools route through their switches)
+            h = layer(h)
+        acts[name] = h
+    return acts
+
+
 def rectified_gradient(
     detector: Detector,
     images: torch.Tensor,
@@ -434,21 +472,7 @@ def rectified_gradient(
     model = detector.fold_batchnorm()
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        acts = {"norm": model.norm(x)}
-        h = acts["norm"]
-        for name, layer in model.layers.items():
-            if isinstance(layer, ConvBlock):
-                h = _RectifiedLeakyReLU.apply(layer.pre_activation(h), layer.leak)
-            elif isinstance(layer, DenseMaxout):
-                if name == "dense1":
-                    h = h.flatten(1)
-                h = _RectifiedLeakyReLU.apply(layer.fc(layer.drop(h)), layer.leak)
-                h = h.unflatten(-1, (-1, 2)).amax(dim=-1)
-            elif name == "out":
-                h = layer(model.out_drop(h))
-            else:  # max-pools, RMS pool: plain autograd (max-pools route through their switches)
-                h = layer(h)
-            acts[name] = h
+        acts = _modified_forward(model, x, _RectifiedLeakyReLU)
         order = list(acts)
         if start not in order:
             raise ValueError(f"unknown start layer {start!r}; choose one of {order}")
@@ -461,4 +485,14 @@ def rectified_gradient(
         signal = activation.detach() * mask.view(*mask.shape, *([1] * (activation.dim() - 2))).to(activation.dtype)
         grads = torch.autograd.grad(activation, [x] + [acts[n] for n in below], grad_outputs=signal)
     maps = {start: signal, **{n: g for n, g in zip(below, grads[1:])}}
-    return Projection(start, grads[0], maps, activation.detach(), signal, mask, h.detach().squeeze(1))
+    return Projection(start, grads[0], maps, activation.detach(), signal, mask, acts["out"].detach().squeeze(1))
+
+
+def guided_gradient(detector: Detector, images: torch.Tensor) -> torch.Tensor:
+    """Guided backpropagation of the severity output to the input pixels, (B, 3, H, W)."""
+    model = detector.fold_batchnorm()
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        acts = _modified_forward(model, x, _GuidedLeakyReLU)
+        (grad,) = torch.autograd.grad(acts["out"].sum(), x)
+    return grad.detach()

@@ -384,6 +384,7 @@ class Detector(nn.Module):
         model = cls(cfg)
         model.load_state_strict(tensors, source=path)
         model.metadata = {k: v for k, v in meta.items() if k != "config"}
+        model.source_path = Path(path)  # where side files (e.g. the healthy baseline) are looked up
         return model.to(map_location).eval()
 
     def load_state_strict(self, tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<state>") -> None:

@@ -40,6 +40,9 @@ def add_cli(sub) -> None:
     e.add_argument("--labels", required=True, help="CSV with image,level (EyePACS) or id_code,diagnosis (APTOS)")
     e.add_argument("--weights", default=None, help="detector safetensors (default: shipped EyePACS weights)")
     e.add_argument("--tta", action="store_true", help="average the 8 flips/90-degree rotations")
+    e.add_argument("--pair-blend", type=float, default=0.0,
+                   help="blend each eye's severity with its fellow eye's (<id>_left/_right in the folder): "
+                        "(1-W)*s + W*s_fellow, W in [0, 0.5]; default 0 (off)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
@@ -116,6 +119,8 @@ def _eval(args) -> int:
     model, dev = _load(args.weights, args.device)
     imgs = load_for_detector([it.path for it in items], model.cfg.input_size)
     sev = predict_arrays(model, imgs, dev, tta=args.tta)
+    if args.pair_blend:
+        sev = metrics.paired_eye_blend(sev, [it.name for it in items], args.pair_blend)
     grades = np.array([it.grade for it in items])
     rep = metrics.grading_report(sev, grades, model.thresholds.cpu().numpy())
     if args.json:

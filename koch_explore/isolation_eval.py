@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .descriptors import Box, Descriptor, explain, isolate
+from .descriptors import DEFAULT_MIN_SHARE, DEFAULT_THRESHOLD, Box, Descriptor, explain, isolate
 from .metrics import roc_auc
 
 __all__ = [
@@ -229,10 +229,12 @@ def evaluate_isolation(
     method: str = "deconvnet",
     start: str = "dense2",
     channels=None,
-    threshold: str | float = "otsu",
+    threshold: str | float = DEFAULT_THRESHOLD,
     blur_sigma: float | None = None,
     min_area: int | None = None,
     batch_size: int = 8,
+    min_share: float | None = DEFAULT_MIN_SHARE,
+    require_disease: bool = True,
 ) -> dict[str, Any]:
     """Explain, isolate and score every sample; returns the ``isolate eval --json`` object."""
     import torch
@@ -245,7 +247,11 @@ def evaluate_isolation(
         x = torch.from_numpy(np.stack([s.image for s in batch])).permute(0, 3, 1, 2).contiguous()
         fov = np.stack([s.fov for s in batch])
         maps = explain(detector, x, method, start, channels, seed=bi).maps
-        found = isolate(maps, fov=fov, threshold=threshold, blur_sigma=blur_sigma, min_area=min_area, image_ids=[s.name for s in batch])
+        filters = min_share is not None or require_disease
+        found = isolate(maps, images=x if filters else None, detector=detector if filters else None,
+                        fov=fov, threshold=threshold, blur_sigma=blur_sigma, min_area=min_area,
+                        image_ids=[s.name for s in batch], measure_share=False,
+                        min_share=min_share, require_disease=require_disease)
         for s, ev, f, descs in zip(batch, maps, fov, found):
             lesions = {t: s.lesions.get(t, np.zeros(f.shape, bool)) for t in types}
             total = total + pointing_game(descs, lesion_instances(lesions, types), types)
@@ -273,10 +279,12 @@ def evaluate_isolation(
         # against this chance level.
         "box_coverage": float(np.mean(coverage)) if coverage else None,
         "method": method,
-        "start": start if method == "deconvnet" else None,
+        "start": start if method in ("deconvnet", "deconvnet-excess", "gradcam") else None,
         "threshold": threshold,
         "blur_sigma": blur_sigma,
         "min_area": min_area,
+        "min_share": min_share,
+        "require_disease": require_disease,
     }
 
 
@@ -308,6 +316,7 @@ def cli_eval(args) -> int:
         report = evaluate_isolation(
             detector, samples, types, args.method, args.start, args.channels,
             args.threshold, args.blur_sigma, args.min_area, args.batch_size,
+            args.min_share, args.require_disease,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"isolate eval: {exc}", file=sys.stderr)
@@ -318,7 +327,7 @@ def cli_eval(args) -> int:
         return 0
     fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"isolate eval: {report['n_images']} images, {report['n_components']} components, method {args.method}"
-          + (f" from {args.start}" if args.method == "deconvnet" else "") + f", threshold {args.threshold}")
+          + (f" from {args.start}" if args.method.startswith("deconvnet") else "") + f", threshold {args.threshold}")
     print(f"boxes cover {100 * (report['box_coverage'] or 0):.0f}% of the FOV on average (recall's chance level)")
     print("type     lesions  recall  precision  f1     pixel_auc")
     for k in report["recall"]:

@@ -98,3 +98,30 @@ def split_half_qwk(severity, y_true, groups, seed: int = 0) -> float:
         t = fit_thresholds(severity[fit_mask], y_true[fit_mask])
         out.append(quadratic_weighted_kappa(y_true[~fit_mask], apply_thresholds(severity[~fit_mask], t)))
     return float(np.mean(out))
+
+
+def fellow_eye_index(names) -> "np.ndarray":
+    """For EyePACS-style names (``<patient>_left`` / ``<patient>_right``), the index of the same
+    patient's other eye, or the image's own index when the fellow eye is absent."""
+    import numpy as np
+
+    names = [str(n) for n in names]
+    where = {n: i for i, n in enumerate(names)}
+    out = np.arange(len(names))
+    for i, n in enumerate(names):
+        for a, b in (("_left", "_right"), ("_right", "_left")):
+            if n.endswith(a):
+                out[i] = where.get(n[: -len(a)] + b, i)
+    return out
+
+
+def paired_eye_blend(severity, names, weight: float) -> "np.ndarray":
+    """``(1 - weight) * s + weight * s_fellow``: both eyes of a patient share most of their disease,
+    so each eye's severity borrows from the other's (o_O fed both eyes to its dense head; this is
+    the post-hoc form). Eyes without their fellow in the batch are unchanged."""
+    import numpy as np
+
+    if not 0.0 <= weight <= 0.5:
+        raise ValueError(f"pair blend weight must be in [0, 0.5], got {weight}")
+    s = np.asarray(severity, dtype=np.float64)
+    return ((1 - weight) * s + weight * s[fellow_eye_index(names)]).astype(np.float32)

@@ -107,7 +107,7 @@ def test_otsu_and_fixed_thresholds():
     m = blobs([(30, 40, 4, 1.0), (90, 30, 4, 0.6), (70, 95, 4, 0.25)])
     assert len(segment(m, threshold=0.5).boxes) == 2
     assert len(segment(m, threshold=0.2).boxes) == 3
-    otsu = segment(m)
+    otsu = segment(m, threshold="otsu")
     ref = threshold_otsu(np.round(otsu.blurred * 255).astype(np.uint8)) / 255
     assert abs(otsu.threshold - ref) <= 1.5 / 255
     assert not (otsu.mask & (otsu.blurred <= otsu.threshold)).any() and 0 < otsu.threshold < 0.5
@@ -390,7 +390,7 @@ def test_cli_isolate_and_eval(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     for key in ("recall", "precision", "f1", "pixel_auc"):
         assert "overall" in rep[key] and {"MA", "HE", "EX", "SE"} <= set(rep[key])
-    assert rep["n_images"] == 4 and rep["method"] == "deconvnet" and rep["start"] == "dense2" and rep["threshold"] == "otsu"
+    assert rep["n_images"] == 4 and rep["method"] == "deconvnet" and rep["start"] == "dense2" and rep["threshold"] == 0.1
     assert main(["isolate", *images]) == 2  # no --out
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")

@@ -230,3 +230,16 @@ def test_ddp_two_cpu_processes_write_the_same_checkpoint_format(tmp_path):
     assert ck["epoch"] == 1
     model = Detector.load(out / "best.safetensors")
     assert model.cfg == PRESETS["o_O-256"]
+
+
+def test_paired_eye_blend_borrows_from_the_fellow_eye_only():
+    from koch_explore.metrics import fellow_eye_index, paired_eye_blend
+
+    names = ["10_left", "10_right", "13_left", "aptos_abc", "15_right", "15_left"]
+    assert fellow_eye_index(names).tolist() == [1, 0, 2, 3, 5, 4]
+    s = np.array([0.0, 2.0, 1.0, 3.0, 4.0, 0.0], np.float32)
+    out = paired_eye_blend(s, names, 0.25)
+    assert np.allclose(out, [0.5, 1.5, 1.0, 3.0, 3.0, 1.0])
+    assert np.array_equal(paired_eye_blend(s, names, 0.0), s)
+    with pytest.raises(ValueError, match="pair blend"):
+        paired_eye_blend(s, names, 0.7)

@@ -55,3 +55,25 @@ def test_quickstart_with_real_data_when_present(tmp_path):
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "DRIVE          found" in text and "EyePACS        found" in text
     assert images_in(nb) >= 7
+
+
+@pytest.mark.slow
+def test_isolate_notebook_phantom_section():
+    nb = run_notebook("02_isolate.ipynb", "_phantom", data="phantom", n_phantoms=4, n_show=3)
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "4 phantoms" in text and "EyePACS not found: section skipped" in text
+    assert images_in(nb) >= 3  # the isolation steps of three phantoms
+
+
+@pytest.mark.slow
+def test_isolate_notebook_on_real_data_when_present():
+    from koch_explore.data import resolve_data_root
+
+    root = resolve_data_root()
+    if root is None or not (root / "EyePACS").is_dir() or not (root / "IDRiD_lesions").is_dir():
+        pytest.skip("no real data root (KOCH_DATA or ../shared/data) with EyePACS and IDRiD_lesions")
+    nb = run_notebook("02_isolate.ipynb", "_auto", data="auto", n_phantoms=4, n_show=3, n_per_grade=4, n_sanity=6,
+                      sanity_methods="deconvnet,gradient-x-input,gradient,random")
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "mean lesions isolated" in text and "union" in text and "input dep" in text
+    assert images_in(nb) >= 6  # steps x3, EyePACS grid, lesions per grade, methods side by side
