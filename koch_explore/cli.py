@@ -18,6 +18,7 @@ STAGE_MODULES = [
     "koch_explore.detector_cli",
     "koch_explore.descriptors",
     "koch_explore.vessels",
+    "koch_explore.synthesis.cli",
 ]
 
 

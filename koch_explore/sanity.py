@@ -114,7 +114,13 @@ def sanity_report(
 
     fovs = _fovs(eyes)
     rand_det = randomized_copy(detector)
-    rand_det.__dict__["_healthy_baselines"] = getattr(detector, "_healthy_baselines", {})
+    if "deconvnet-excess" in methods:
+        from .evidence import HealthyBaseline
+
+        HealthyBaseline.for_detector(detector, start)
+    # The randomised copy subtracts the trained detector's healthy baseline: the method is applied
+    # unchanged, only the network under it loses what it learned.
+    rand_det.__dict__["_healthy_baselines"] = detector.__dict__.get("_healthy_baselines", {})
     rand_det.source_path = getattr(detector, "source_path", None)
     out = {}
     for method in tqdm(methods, desc="methods", disable=not progress):

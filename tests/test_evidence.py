@@ -108,3 +108,15 @@ def test_randomized_copy_keeps_the_bottom_and_changes_the_top(detector):
     assert not torch.equal(sd["layers.dense1.fc.weight"], rd["layers.dense1.fc.weight"])
     last = [n for n in detector.layers.keys() if n.startswith("conv")][-1]
     assert not torch.equal(sd[f"layers.{last}.conv.weight"], rd[f"layers.{last}.conv.weight"])
+
+
+def test_sanity_report_runs_every_kind_of_method_on_a_fresh_detector():
+    from koch_explore.sanity import sanity_report
+
+    det = Detector.load(PHANTOM_WEIGHTS)  # fresh: no baseline cached yet
+    eyes = np.stack([(generate_phantom(seed=200 + i, size=256).image * 255).astype(np.uint8) for i in range(4)])
+    rep = sanity_report(det, eyes, None, ["deconvnet-excess", "gradcam", "random"], n_random=2, batch=2, progress=False)
+    assert rep["default"] == "deconvnet" and rep["n_eyes"] == 4 and rep["n_randomized"] == 2
+    for m, r in rep["methods"].items():
+        assert -1 <= r["input_dependence"] <= 1
+        assert (r["randomization_similarity"] is None) == (m == "random")

@@ -1,0 +1,185 @@
+"""Postulate 3, the losses that make a synthetic fundus healthy where it should be and diseased where
+descriptors were placed.
+
+All perceptual terms read the *frozen detector's own features* (:class:`DetectorFeatures`): ImageNet
+VGG weights cannot be shipped here, and the detector's features are what postulate 4 will look at.
+A user-supplied VGG-19 can replace it (any module returning a dict of named feature maps).
+
+* **adversarial** — least-squares GAN (Mao et al. 2017): stable with batch 1-4 on a CPU;
+* **retinal detail** — L1 between the features of the healthy fundus and of the synthetic one,
+  inside the FOV and *outside the placed lesions* (there the synthetic image must differ);
+* **pathological** (AAAI) — for each placed lesion, the Gram matrix of the synthetic image's
+  feature patch under the lesion's layer mask against the descriptor's Gram matrix (style, not
+  layout); the JBHI form (MSE between feature canvases under the masks) is ``pathological_mode="jbhi"``;
+* **total variation** inside the FOV;
+* **severity** (optional) — MSE between the detector's severity of the synthetic image and a target;
+* **global style** (the Tub-sGAN baseline) — one Gram loss over the whole FOV against a reference photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "DetectorFeatures",
+    "LossWeights",
+    "Placement",
+    "adversarial_d",
+    "adversarial_g",
+    "global_style",
+    "gram",
+    "pathological",
+    "retinal_detail",
+    "total_variation",
+]
+
+
+@dataclass
+class LossWeights:
+    """Weights of the generator's terms (the discriminator has only its adversarial term).
+
+    Scales differ from the papers' (1, 1e5, 10, 1, 100) because the terms are normalised here:
+    features are the detector's (unit-variance input), Grams are averaged per position, TV is a mean.
+    """
+
+    adversarial: float = 1.0
+    detail: float = 10.0
+    """Retinal detail: L1 of detector features, healthy vs synthetic, outside the lesions."""
+    pathological: float = 1.0
+    """Gram matrices of feature patches at the placed lesions vs the descriptors'."""
+    tv: float = 1.0
+    severity: float = 0.0
+    """MSE to a target severity; off unless a target is given."""
+    style: float = 0.0
+    """Whole-image Gram loss to a reference photo (the Tub-sGAN baseline); 0 in our mode."""
+
+
+class DetectorFeatures(nn.Module):
+    """The frozen detector as a feature extractor: images in [0, 1] -> (severity, {layer: map}).
+
+    Gradients flow to the *images* only; the detector is in eval mode and its parameters never
+    change (their ``requires_grad`` is switched off on this module's own reference).
+    """
+
+    def __init__(self, detector, layers: Sequence[str]):
+        super().__init__()
+        self.detector = detector.eval()
+        for p in self.detector.parameters():
+            p.requires_grad_(False)
+        self.layers = tuple(layers)
+        unknown = [n for n in self.layers if n not in detector.layer_names]
+        if unknown:
+            raise ValueError(f"layers {unknown} are not detector layers; choose from {detector.layer_names}")
+
+    def train(self, mode: bool = True):  # the detector stays in eval mode whatever the caller does
+        super().train(mode)
+        self.detector.eval()
+        return self
+
+    def forward(self, images: torch.Tensor, severity: bool = False) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(severity or None, {layer: features}); without ``severity`` the stack stops at the
+        deepest requested layer (the rest of the detector costs time and gives nothing here)."""
+        if severity or any(n.startswith("dense") or n in ("rmspool", "out") for n in self.layers):
+            sev, acts = self.detector.forward_features(images, keep=set(self.layers))
+            return (sev if severity else None), acts
+        order = self.detector.layer_names
+        last = max(order.index(n) for n in self.layers)
+        acts, h = {}, self.detector.norm(images)
+        if "norm" in self.layers:
+            acts["norm"] = h
+        for name in order[1 : last + 1]:
+            h = self.detector.layers[name](h)
+            if name in self.layers:
+                acts[name] = h
+        return None, acts
+
+
+def adversarial_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def adversarial_g(fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((fake - 1) ** 2).mean()
+
+
+def _resize_mask(mask: torch.Tensor, hw) -> torch.Tensor:
+    return F.interpolate(mask.float(), size=tuple(hw), mode="area")
+
+
+def retinal_detail(fake: dict[str, torch.Tensor], real: dict[str, torch.Tensor], fov: torch.Tensor,
+                   lesions: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over layers of the L1 distance of the features, weighted by FOV x (not lesion)."""
+    keep = fov if lesions is None else fov * (1 - lesions)
+    total = fov.new_zeros(())
+    for name, f in fake.items():
+        w = _resize_mask(keep, f.shape[-2:])
+        diff = (f - real[name].detach()).abs().mean(dim=1, keepdim=True)
+        total = total + (diff * w).sum() / w.sum().clamp_min(1.0)
+    return total / max(1, len(fake))
+
+
+def gram(patch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """C x C Gram matrix of the feature vectors of ``patch`` (C, h, w) under ``mask`` (h, w), divided
+    by their number — the same normalisation as the descriptors' stored Grams."""
+    f = patch[:, mask]
+    return f @ f.T / max(1, f.shape[1])
+
+
+@dataclass
+class Placement:
+    """One placed descriptor, as the losses need it: the image index in the batch, and per layer
+    the layer box (x0, y0, x1, y1), the layer mask (bool tensor) and the target Gram / feature patch."""
+
+    index: int
+    boxes: dict[str, tuple[int, int, int, int]]
+    masks: dict[str, torch.Tensor]
+    grams: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor]
+
+
+def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement], mode: str = "gram") -> torch.Tensor:
+    """Mean over placed lesions and layers: ``"gram"`` (AAAI) MSE of Gram matrices normalised by the
+    target's scale; ``"jbhi"`` MSE of the feature patches under the mask."""
+    if mode not in ("gram", "jbhi"):
+        raise ValueError(f"pathological mode {mode!r}: 'gram' or 'jbhi'")
+    terms = []
+    for p in placements:
+        for name, (x0, y0, x1, y1) in p.boxes.items():
+            if name not in fake:
+                continue
+            m = p.masks[name]
+            if not bool(m.any()):
+                continue
+            patch = fake[name][p.index, :, y0:y1, x0:x1]
+            if mode == "gram":
+                target = p.grams[name]
+                g = gram(patch, m)
+                terms.append(((g - target) ** 2).mean() / (target.pow(2).mean() + 1e-6))
+            else:
+                target = p.features[name]
+                terms.append(((patch[:, m] - target[:, m]) ** 2).mean())
+    if not terms:
+        return next(iter(fake.values())).new_zeros(())
+    return torch.stack(terms).mean()
+
+
+def total_variation(img: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+    dx = (img[..., :, 1:] - img[..., :, :-1]).abs() * fov[..., :, 1:] * fov[..., :, :-1]
+    dy = (img[..., 1:, :] - img[..., :-1, :]).abs() * fov[..., 1:, :] * fov[..., :-1, :]
+    return (dx.sum() + dy.sum()) / fov.sum().clamp_min(1.0) / img.shape[1]
+
+
+def global_style(fake: dict[str, torch.Tensor], reference_grams: dict[str, torch.Tensor], fov: torch.Tensor) -> torch.Tensor:
+    """Tub-sGAN: Gram matrices of the whole FOV's features vs the reference photo's, per layer."""
+    terms = []
+    for name, f in fake.items():
+        m = _resize_mask(fov, f.shape[-2:])[:, 0] > 0.5
+        for i in range(f.shape[0]):
+            target = reference_grams[name]
+            terms.append(((gram(f[i], m[i]) - target) ** 2).mean() / (target.pow(2).mean() + 1e-6))
+    return torch.stack(terms).mean()

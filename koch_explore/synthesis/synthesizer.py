@@ -1,0 +1,156 @@
+"""Postulate 3 for users: :class:`LesionSynthesizer` — inoculate a vessel tree with placed descriptors.
+
+::
+
+    synth = LesionSynthesizer.load("koch_explore/weights/synth_cpu256.safetensors")
+    layout = random_layout(bank, count=4, fov=fov, seed=0)          # or bank.relocate(...) by hand
+    image = synth.synthesize(vessels, fov, layout, z=None)           # (S, S, 3) float32 in [0, 1]
+    image4 = synth.synthesize(vessels, fov, synth.set_count(layout, 16, fov))
+
+Weights are safetensors (fp16 on disk) with the generator config and the detector hash of the
+descriptors it was trained with in the header; loading is strict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..weights_io import check_config, load_state_strict, read_weights, save_weights
+from .generator import Generator, GeneratorConfig, canvas_tensors
+
+__all__ = ["LesionSynthesizer", "random_layout", "layout_placements"]
+
+FORMAT = "koch-explore/lesion-synthesizer"
+FORMAT_VERSION = 1
+
+
+def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 8, tries: int = 100, rng=None):
+    """``count`` descriptors drawn from ``bank`` (with replacement when ``count > len(bank)``), each
+    moved to a random position whose snapped centroid lies inside ``fov`` and whose box stays inside
+    the FOV's bounding box and overlaps no earlier placement (when ``tries`` allow)."""
+    from ..descriptors import DescriptorBank, _overlaps
+
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if count and not len(bank):
+        raise ValueError("cannot place descriptors from an empty bank")
+    rng = np.random.default_rng(seed) if rng is None else rng
+    fov = np.asarray(fov, bool)
+    ys, xs = np.nonzero(fov)
+    placed = []
+    for j in rng.choice(len(bank), size=count, replace=count > len(bank)) if count else []:
+        d = bank[int(j)]
+        if d.image_size != fov.shape:
+            raise ValueError(f"descriptor from {d.source!r} was cut from a {d.image_size} image, the FOV is {fov.shape}")
+        best = None
+        for _ in range(tries):
+            k = rng.integers(len(ys))
+            cand = d.relocated((float(xs[k]), float(ys[k])), snap)
+            x0, y0, x1, y1 = cand.bbox
+            cy, cx = int(round(cand.centroid[1])), int(round(cand.centroid[0]))
+            if not (0 <= cy < fov.shape[0] and 0 <= cx < fov.shape[1] and fov[cy, cx]):
+                continue
+            if not (fov[y0:y1, x0:x1][cand.mask].mean() > 0.95):
+                continue  # the lesion must lie inside the FOV, not on the black frame
+            best = best or cand
+            if not any(_overlaps(cand.bbox, o.bbox) for o in placed):
+                best = cand
+                break
+        if best is not None:
+            placed.append(best)
+    return DescriptorBank(placed, detector_hash=bank.detector_hash, info=dict(bank.info))
+
+
+def layout_placements(layout_bank, index: int, layers, device=None):
+    """The losses' :class:`~koch_explore.synthesis.losses.Placement` list for one placed bank."""
+    from .losses import Placement
+
+    out = []
+    for d in layout_bank:
+        boxes, masks, grams, feats = {}, {}, {}, {}
+        for n in layers:
+            if n not in d.features:
+                continue
+            boxes[n] = d.layer_box(n)
+            masks[n] = torch.from_numpy(d.layer_mask(n)).to(device)
+            grams[n] = torch.from_numpy(d.grams[n]).to(device)
+            feats[n] = torch.from_numpy(d.features[n]).to(device)
+        if boxes:
+            out.append(Placement(index, boxes, masks, grams, feats))
+    return out
+
+
+class LesionSynthesizer:
+    """A trained generator and what it needs to turn (vessels, FOV, placed descriptors) into a fundus."""
+
+    def __init__(self, generator: Generator, detector_hash: str | None = None, metadata: dict | None = None):
+        self.generator = generator.eval()
+        self.cfg = generator.cfg
+        self.detector_hash = detector_hash
+        self.metadata = dict(metadata or {})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device) -> "LesionSynthesizer":
+        self.generator.to(device)
+        return self
+
+    @torch.no_grad()
+    def synthesize(self, vessels: np.ndarray, fov: np.ndarray, layout=None, z: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> np.ndarray:
+        """One fundus (S, S, 3) float32 in [0, 1]. ``layout``: a placed :class:`DescriptorBank`, a
+        :class:`RenderedLayout`, or None (no lesion: the healthy synthesis). ``z`` defaults to a
+        normal draw from ``seed``."""
+        from ..descriptors import DescriptorBank
+
+        s = self.cfg.size
+        v, f = np.asarray(vessels, np.float32), np.asarray(fov, bool)
+        if v.shape != (s, s) or f.shape != (s, s):
+            raise ValueError(f"vessels {v.shape} and fov {f.shape} must both be ({s}, {s}) for this generator")
+        if isinstance(layout, DescriptorBank):
+            if self.detector_hash and layout.detector_hash and layout.detector_hash != self.detector_hash:
+                from ..descriptors import BankMismatchError
+
+                raise BankMismatchError("the descriptors were cut with other detector weights than this synthesizer was trained with")
+            layout = layout.render((s, s), layers=list(self.cfg.canvas_channels), fov=f) if len(layout) else None
+        dev = self.device
+        if z is None:
+            z = torch.from_numpy(np.random.default_rng(seed).standard_normal(self.cfg.z_dim).astype(np.float32))
+        z = torch.as_tensor(z, dtype=torch.float32).reshape(1, -1).to(dev)
+        vt = torch.from_numpy(v)[None, None].to(dev)
+        ft = torch.from_numpy(f.astype(np.float32))[None, None].to(dev)
+        out = self.generator(vt, ft, z, canvas_tensors(layout, self.cfg, dev))
+        return out[0].permute(1, 2, 0).float().cpu().numpy()
+
+    @staticmethod
+    def relocate(layout_bank, i, to, snap: int = 8):
+        """Move placed descriptor(s) ``i`` so the centroid lands on ``to`` (x, y); re-render by synthesizing again."""
+        return layout_bank.relocate(i, to, snap)
+
+    @staticmethod
+    def set_count(layout_bank, n: int, fov: np.ndarray, seed: int = 0):
+        """Exactly ``n`` placed lesions drawn from ``layout_bank`` at random valid positions."""
+        return random_layout(layout_bank, n, fov, seed)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in self.generator.state_dict().items()}
+        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json(),
+                  "detector_hash": self.detector_hash or ""}
+        return save_weights(path, tensors, header, {**self.metadata, **(metadata or {})})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu", expect: GeneratorConfig | None = None) -> "LesionSynthesizer":
+        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "lesion synthesizer")
+        cfg = GeneratorConfig.from_json(meta["config"])
+        check_config(path, cfg, expect)
+        gen = Generator(cfg)
+        load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path, "lesion synthesizer")
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
+        return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)

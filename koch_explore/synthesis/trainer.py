@@ -1,0 +1,378 @@
+"""Postulate 3 training: one loop for the AAAI ``inoculate`` mode and the Tub-sGAN baseline.
+
+``inoculate``: the healthy set is DRIVE + CHASE_DB1 (photo, manual vessel tree, FOV) — or grade-0
+phantoms with ``data="phantom"``; the descriptor bank is isolated once from diseased training eyes
+(EyePACS grade >= 2 with the shipped detector, or grade >= 3 phantoms with the phantom detector) and
+kept in the run folder. Each step draws healthy images (flips, small rotation/scale, jitter), places
+a random number of random descriptors at random valid positions in each FOV, and trains:
+
+* the discriminator on (healthy photo, its tree) vs (synthetic, same tree), least squares;
+* the generator on adversarial + retinal detail (detector features of the healthy photo, outside
+  the placed lesions) + pathological (Gram matrices at the placed lesions vs the descriptors') + TV,
+  ``g_steps_per_d`` generator steps per discriminator step.
+
+``loss="global-style"`` trains the Tub-sGAN baseline with the same loop: no descriptors, one Gram
+style loss over the whole FOV against a DR reference photo.
+
+Checkpoints (``last.pt``) are written atomically every ``checkpoint_minutes`` and at the end;
+``resume=True`` continues from them. Under ``torchrun`` both networks are DDP-wrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .discriminator import Discriminator
+from .generator import Generator, GeneratorConfig, canvas_tensors
+from .losses import (DetectorFeatures, LossWeights, adversarial_d, adversarial_g, global_style, gram,
+                     pathological, retinal_detail, total_variation)
+from .synthesizer import LesionSynthesizer, layout_placements, random_layout
+
+PRESETS = {
+    "cpu-256": dict(size=256, ngf=32, ndf=32),
+    "gpu-512": dict(size=512, ngf=64, ndf=64, depth=7),
+}
+
+
+@dataclass
+class SynthTrainConfig:
+    preset: str = "cpu-256"
+    """Network sizes (PRESETS): "cpu-256" trains on 2 CPU cores, "gpu-512" is the papers' scale."""
+    data: str = "real"
+    """"real": DRIVE + CHASE_DB1 healthy set, EyePACS descriptors; "phantom": embedded data only."""
+    loss: str = "descriptors"
+    """"descriptors" (ours, AAAI) or "global-style" (the Tub-sGAN baseline)."""
+    root: str | None = None
+    """Data root (default: KOCH_DATA, ../shared/data, ./data)."""
+    detector: str | None = None
+    """Detector weights for descriptors and losses (default: shipped EyePACS, or phantom for data=phantom)."""
+    out: str = "runs/synth"
+    """Run folder: last.pt, bank.safetensors, samples/, generator.safetensors."""
+    steps: int = 3000
+    max_minutes: float | None = None
+    """Stop cleanly (checkpoint written) after this many minutes of this invocation."""
+    batch_size: int = 2
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    g_steps_per_d: int = 2
+    """Generator steps per discriminator step (the papers: 2)."""
+    weights: LossWeights = field(default_factory=LossWeights)
+    detail_layers: tuple[str, ...] = ("conv2", "conv5")
+    pathological_mode: str = "gram"
+    """"gram" (AAAI) or "jbhi" (MSE of feature patches)."""
+    max_lesions: int = 8
+    """Each training image gets 0..max_lesions placed descriptors."""
+    bank_images: int = 48
+    """Diseased eyes the descriptor bank is isolated from."""
+    max_lesion_area: float = 0.015
+    """Drop descriptors larger than this share of the image (whole-FOV evidence is no lesion)."""
+    style_reference: str | None = None
+    """global-style: the DR reference photo (default: the most severe bank source)."""
+    ema_decay: float = 0.999
+    sample_every: int = 250
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: healthy hosts and the descriptor bank
+# ---------------------------------------------------------------------------------------------
+
+
+def healthy_set(cfg: SynthTrainConfig, size: int) -> list[dict]:
+    """[{"image" (S,S,3) float32, "vessels" (S,S) float32, "fov" (S,S) bool, "name"}]."""
+    if cfg.data == "phantom":
+        from ..phantom import generate_phantom
+
+        out, seed = [], 2_000_000
+        while len(out) < 24:
+            ph = generate_phantom(seed, size=size, grade=0)
+            out.append({"image": np.clip(ph.image, 0, 1).astype(np.float32), "vessels": ph.vessels.astype(np.float32),
+                        "fov": ph.fov.astype(bool), "name": f"phantom_{seed}"})
+            seed += 1
+        return out
+    from ..data.datasets import VesselSegmentation
+
+    out = []
+    for ds in ("DRIVE", "CHASE_DB1"):
+        data = VesselSegmentation(ds, None, root=cfg.root, size=size)
+        for i in range(len(data)):
+            it = data[i]
+            out.append({"image": it["image"].astype(np.float32), "vessels": it["vessels"].astype(np.float32),
+                        "fov": it["fov"].astype(bool), "name": f"{ds}/{it['name']}"})
+    return out
+
+
+def build_bank(cfg: SynthTrainConfig, detector, size: int):
+    """Descriptors isolated from diseased training eyes with the default isolation settings."""
+    from ..descriptors import DescriptorBank, explain, isolate
+
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.data == "phantom":
+        from ..phantom import generate_phantom
+
+        imgs, names = [], []
+        for k in range(cfg.bank_images):
+            ph = generate_phantom(3_000_000 + k, size=size, grade=int(rng.integers(3, 5)))
+            imgs.append((np.clip(ph.image, 0, 1) * 255 + 0.5).astype(np.uint8))
+            names.append(f"phantom_{3_000_000 + k}")
+        images = np.stack(imgs)
+    else:
+        from ..detector_train import TrainConfig, load_graded
+
+        train = load_graded(TrainConfig(root=cfg.root, aptos=False), size, splits=("train",))["train"]
+        sick = np.flatnonzero(train.grades >= 2)
+        pick = np.sort(rng.choice(sick, size=min(cfg.bank_images, len(sick)), replace=False))
+        images, names = train.images[pick], [train.names[i] for i in pick]
+    bank = DescriptorBank(detector_hash=detector.weights_hash(), info={"built_by": "synth train", "data": cfg.data})
+    for s in range(0, len(images), 8):
+        x = torch.from_numpy(images[s : s + 8]).permute(0, 3, 1, 2).float().div(255).contiguous()
+        ev = explain(detector, x)
+        bank.extend(isolate(ev.projection, images=x, detector=detector, image_ids=names[s : s + 8]))
+    return bank.select(max_area=int(cfg.max_lesion_area * size * size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation of a healthy host (numpy, per image)
+# ---------------------------------------------------------------------------------------------
+
+
+def augment_host(item: dict, rng: np.random.Generator) -> dict:
+    """Flip, rotate +-5 deg, scale 0.97-1.05, shift +-4% — the same warp for photo, tree and FOV."""
+    s = item["image"].shape[0]
+    angle, scale = rng.uniform(-5, 5), rng.uniform(0.97, 1.05)
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
+    m[:, 2] += rng.uniform(-0.04, 0.04, size=2) * s
+    warp = lambda a, interp: cv2.warpAffine(a, m, (s, s), flags=interp, borderValue=0)  # noqa: E731
+    img = warp(item["image"], cv2.INTER_LINEAR)
+    ves = warp(item["vessels"], cv2.INTER_LINEAR)
+    fov = warp(item["fov"].astype(np.float32), cv2.INTER_LINEAR) > 0.5
+    if rng.random() < 0.5:
+        img, ves, fov = img[:, ::-1], ves[:, ::-1], fov[:, ::-1]
+    return {"image": np.ascontiguousarray(img * fov[..., None]), "vessels": np.ascontiguousarray((ves > 0.5).astype(np.float32)),
+            "fov": np.ascontiguousarray(fov), "name": item["name"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _jsonable(cfg: SynthTrainConfig) -> dict:
+    d = asdict(cfg)
+    d["detail_layers"] = list(cfg.detail_layers)
+    return d
+
+
+def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) a generator; returns {"step", "minutes", "losses"}; exports
+    ``out/generator.safetensors`` (EMA weights) at the end."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from tqdm.auto import tqdm
+
+    from ..descriptors import DescriptorBank
+    from ..detector import Detector, load_default
+
+    if cfg.loss not in ("descriptors", "global-style"):
+        raise ValueError(f"loss {cfg.loss!r}: 'descriptors' or 'global-style'")
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = _resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    main = rank == 0
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng([cfg.seed, rank])
+
+    if cfg.detector:
+        detector = Detector.load(cfg.detector)
+    elif cfg.data == "phantom":
+        detector = Detector.load(Path(__file__).resolve().parents[1] / "weights" / "detector_phantom_256.safetensors")
+    else:
+        detector = load_default()
+    gcfg = GeneratorConfig(**{**PRESETS[cfg.preset], "canvas_channels": {}, "canvas_scales": {}})
+    layers = [n for n in ("conv2", "conv5") if n in detector.layer_names]
+    sizes = {n: detector.forward_features(torch.zeros(1, 3, gcfg.size, gcfg.size), keep=set(layers))[1][n].shape for n in layers}
+    gcfg.canvas_channels = {n: int(sizes[n][1]) for n in layers}
+    gcfg.canvas_scales = {n: gcfg.size // int(sizes[n][-1]) for n in layers}
+    detector = detector.to(device)
+    feats = DetectorFeatures(detector, sorted(set(cfg.detail_layers) | set(layers)))
+
+    hosts = healthy_set(cfg, gcfg.size)
+    bank_path = out / "bank.safetensors"
+    if bank_path.exists():
+        bank = DescriptorBank.load(bank_path, detector=detector)
+    else:
+        bank = build_bank(cfg, detector, gcfg.size)
+        if main:
+            bank.save(bank_path)
+    if cfg.loss == "descriptors" and not len(bank):
+        raise ValueError("the descriptor bank is empty: no lesion isolated from the diseased training eyes")
+    ref_grams = None
+    if cfg.loss == "global-style":
+        from ..data.io import read_image
+        from ..data.preprocess import prepare_fundus
+
+        if cfg.style_reference:
+            ref, _ = prepare_fundus(read_image(cfg.style_reference), gcfg.size, path=cfg.style_reference)
+        else:  # the bank's most lesion-rich source image stands in for "a DR reference photo"
+            ref = None
+            raise ValueError("global-style needs --style-reference IMAGE (a DR photo)")
+        with torch.no_grad():
+            _, rf = feats(torch.from_numpy(ref).permute(2, 0, 1)[None].float().to(device))
+        m = {n: torch.ones(f.shape[-2:], dtype=torch.bool, device=device) for n, f in rf.items()}
+        ref_grams = {n: gram(f[0], m[n]) for n, f in rf.items() if n in cfg.detail_layers}
+
+    G, D = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
+    ema = copy.deepcopy(G).eval()
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
+    step, history = 0, []
+    ckpt = out / "last.pt"
+    if resume and ckpt.exists():
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if st["gcfg"] != json.loads(gcfg.to_json()):
+            raise ValueError(f"{ckpt}: checkpoint networks {st['gcfg']} differ from this run's {gcfg.to_json()}")
+        G.load_state_dict(st["G"]), D.load_state_dict(st["D"]), ema.load_state_dict(st["ema"])
+        opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
+        step, history = st["step"], json.loads(st["history"])
+        rng = np.random.default_rng([cfg.seed, rank, step])
+        if main:
+            print(f"resumed from {ckpt} at step {step}", flush=True)
+    g_net, d_net = (DDP(G), DDP(D)) if world > 1 else (G, D)
+
+    def checkpoint():
+        _atomic_save({"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict(),
+                      "opt_d": opt_d.state_dict(), "step": step, "history": json.dumps(history),
+                      "gcfg": json.loads(gcfg.to_json()), "config": json.dumps(_jsonable(cfg), default=str)}, ckpt)
+
+    # Fixed preview: the first host, 0 and 6 lesions, same z.
+    preview_host = hosts[0]
+    preview_layout = random_layout(bank, min(6, max(1, len(bank))), preview_host["fov"], seed=123) if len(bank) else None
+    preview_z = torch.from_numpy(np.random.default_rng(7).standard_normal(gcfg.z_dim).astype(np.float32))
+
+    t0, last_ck = time.time(), time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="synth", disable=not (main and progress), mininterval=5)
+    while step < cfg.steps:
+        batch = [augment_host(hosts[int(rng.integers(len(hosts)))], rng) for _ in range(cfg.batch_size)]
+        real = torch.from_numpy(np.stack([b["image"] for b in batch])).permute(0, 3, 1, 2).to(device)
+        ves = torch.from_numpy(np.stack([b["vessels"] for b in batch]))[:, None].to(device)
+        fov = torch.from_numpy(np.stack([b["fov"] for b in batch]).astype(np.float32))[:, None].to(device)
+        canv = {n: [] for n in gcfg.canvas_channels}
+        lesion_mask, placements = torch.zeros_like(fov), []
+        for i, b in enumerate(batch):
+            k = int(rng.integers(0, cfg.max_lesions + 1)) if cfg.loss == "descriptors" else 0
+            lay = random_layout(bank, k, b["fov"], rng=rng) if k else None
+            rendered = lay.render((gcfg.size, gcfg.size), layers=layers, fov=b["fov"]) if lay is not None and len(lay) else None
+            for n, t in canvas_tensors(rendered, gcfg).items():
+                canv[n].append(t)
+            if rendered is not None:
+                lm = cv2.dilate(rendered.mask.astype(np.uint8), np.ones((9, 9), np.uint8))
+                lesion_mask[i, 0] = torch.from_numpy(lm.astype(np.float32))
+                placements += layout_placements(lay, i, layers, device)
+        canv = {n: torch.cat(v).to(device) for n, v in canv.items()}
+        z = torch.randn(cfg.batch_size, gcfg.z_dim, device=device)
+
+        fake = g_net(ves, fov, z, canv)
+        rec = {}
+        if step % cfg.g_steps_per_d == 0:
+            d_loss = adversarial_d(d_net(real, ves), d_net(fake.detach(), ves))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            rec["d"] = d_loss.item()
+        w = cfg.weights
+        _, ff = feats(fake)
+        with torch.no_grad():
+            _, fr = feats(real)
+        detail_f = {n: ff[n] for n in cfg.detail_layers}
+        detail_r = {n: fr[n] for n in cfg.detail_layers}
+        terms = {
+            "adv": adversarial_g(d_net(fake, ves)),
+            "detail": retinal_detail(detail_f, detail_r, fov, lesion_mask),
+            "tv": total_variation(fake, fov),
+        }
+        if cfg.loss == "descriptors":
+            terms["path"] = pathological({n: ff[n] for n in layers}, placements, cfg.pathological_mode)
+        else:
+            terms["style"] = global_style(detail_f, ref_grams, fov)
+        scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0)}
+        g_loss = sum(scale[k] * v for k, v in terms.items())
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        with torch.no_grad():
+            for pe, pg in zip(ema.state_dict().values(), G.state_dict().values()):
+                if pe.is_floating_point():
+                    pe.lerp_(pg, 1 - min(cfg.ema_decay, (1 + step) / (10 + step)))
+                else:
+                    pe.copy_(pg)
+        step += 1
+        rec.update({k: v.item() for k, v in terms.items()}, g=g_loss.item(), step=step)
+        history.append(rec)
+        if main:
+            bar.update(1)
+            bar.set_postfix(g=f"{rec['g']:.3f}", path=f"{rec.get('path', rec.get('style', 0)):.3f}")
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                _write_sample(ema, preview_host, preview_layout, preview_z, out / "samples" / f"step_{step:06d}.png", layers)
+            if time.time() - last_ck > cfg.checkpoint_minutes * 60:
+                checkpoint()
+                last_ck = time.time()
+        if cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60:
+            break
+    bar.close()
+    if main:
+        checkpoint()
+        synth = LesionSynthesizer(ema, detector.weights_hash(), {
+            "train_config": _jsonable(cfg), "steps": step, "bank": str(bank_path), "bank_size": len(bank)})
+        synth.save(out / "generator.safetensors")
+    if world > 1:
+        dist.destroy_process_group()
+    recent = history[-50:]
+    return {"step": step, "minutes": (time.time() - t0) / 60,
+            "losses": {k: float(np.mean([r[k] for r in recent if k in r])) for k in (recent[-1] if recent else {}) if k != "step"}}
+
+
+@torch.no_grad()
+def _write_sample(ema: Generator, host: dict, layout, z: torch.Tensor, path: Path, layers) -> None:
+    from ..data.io import write_image
+
+    synth = LesionSynthesizer(ema)
+    healthy = synth.synthesize(host["vessels"], host["fov"], None, z=z)
+    sick = synth.synthesize(host["vessels"], host["fov"], layout, z=z) if layout is not None else healthy
+    row = np.concatenate([host["image"], np.repeat(host["vessels"][..., None], 3, 2), healthy, sick], axis=1)
+    write_image(path, np.clip(row, 0, 1))

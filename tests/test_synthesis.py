@@ -1,0 +1,108 @@
+"""The synthesizer's parts: generator geometry and conditioning, losses against the descriptors'
+own conventions, weights round trip, and a short phantom training that resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from koch_explore.descriptors import _gram
+from koch_explore.synthesis.discriminator import Discriminator
+from koch_explore.synthesis.generator import Generator, GeneratorConfig
+from koch_explore.synthesis.losses import Placement, gram, pathological, retinal_detail, total_variation
+from koch_explore.synthesis.synthesizer import LesionSynthesizer
+from koch_explore.weights_io import WeightsMismatchError
+
+SMALL = GeneratorConfig(size=64, ngf=8, ndf=8, depth=4, z_dim=16, z_channels=8,
+                        canvas_channels={"conv2": 4, "conv5": 6}, canvas_scales={"conv2": 2, "conv5": 8})
+
+
+def _inputs(b=2, s=64):
+    yy, xx = np.mgrid[:s, :s]
+    fov = ((yy - s / 2) ** 2 + (xx - s / 2) ** 2 < (0.45 * s) ** 2).astype(np.float32)
+    v = torch.zeros(b, 1, s, s)
+    v[:, :, s // 2, 8:-8] = 1
+    return v, torch.from_numpy(fov)[None, None].repeat(b, 1, 1, 1), torch.randn(b, SMALL.z_dim)
+
+
+def test_generator_output_is_an_rgb_fundus_black_outside_the_fov():
+    torch.manual_seed(0)
+    g, d = Generator(SMALL).eval(), Discriminator(SMALL).eval()
+    v, f, z = _inputs()
+    with torch.no_grad():
+        y = g(v, f, z)
+        assert y.shape == (2, 3, 64, 64) and 0 <= y.min() and y.max() <= 1
+        assert y[f.expand_as(y) == 0].abs().max() == 0
+        assert d(y, v).shape == (2,)
+        # Lesion canvases change the picture where they are placed, and little elsewhere.
+        canv = {"conv2": torch.zeros(2, 5, 32, 32), "conv5": torch.zeros(2, 7, 8, 8)}
+        canv["conv2"][:, :, 10:16, 10:16] = 3.0
+        y2 = g(v, f, z, canv)
+    diff = (y2 - y).abs().mean(dim=(0, 1))
+    assert diff[20:32, 20:32].mean() > 3 * diff[44:56, 44:56].mean()
+    with pytest.raises(ValueError, match="canvas conv2"):
+        g(v, f, z, {"conv2": torch.zeros(2, 3, 32, 32)})
+
+
+def test_gram_matches_the_descriptor_convention_and_pathological_is_zero_at_the_target():
+    rng = np.random.default_rng(0)
+    patch = rng.standard_normal((6, 5, 7)).astype(np.float32)
+    mask = rng.random((5, 7)) > 0.4
+    assert np.allclose(gram(torch.from_numpy(patch), torch.from_numpy(mask)).numpy(), _gram(patch, mask), atol=1e-5)
+    fake = {"conv5": torch.from_numpy(rng.standard_normal((1, 6, 8, 8)).astype(np.float32))}
+    box, m = (1, 2, 6, 7), torch.ones(5, 5, dtype=torch.bool)
+    patch_t = fake["conv5"][0, :, 2:7, 1:6]
+    p = Placement(0, {"conv5": box}, {"conv5": m}, {"conv5": gram(patch_t, m)}, {"conv5": patch_t.clone()})
+    assert float(pathological(fake, [p])) < 1e-10 and float(pathological(fake, [p], "jbhi")) < 1e-10
+    other = Placement(0, {"conv5": box}, {"conv5": m}, {"conv5": 2 * gram(patch_t, m)}, {"conv5": patch_t + 1})
+    assert float(pathological(fake, [other])) > 0.1 and float(pathological(fake, [other], "jbhi")) == pytest.approx(1.0)
+    assert float(pathological(fake, [])) == 0
+
+
+def test_detail_ignores_the_lesions_and_tv_is_zero_on_flat_images():
+    a, b = torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16)
+    b[..., 4:8, 4:8] = 5.0
+    fov = torch.ones(1, 1, 16, 16)
+    lesion = torch.zeros(1, 1, 16, 16)
+    lesion[..., 4:8, 4:8] = 1
+    assert float(retinal_detail({"x": b}, {"x": a}, fov)) > 0
+    assert float(retinal_detail({"x": b}, {"x": a}, fov, lesion)) == 0
+    assert float(total_variation(torch.full((1, 3, 16, 16), 0.3), fov)) == 0
+    assert float(total_variation(torch.rand(1, 3, 16, 16), fov)) > 0
+
+
+def test_synthesizer_weights_round_trip_and_strict_load(tmp_path):
+    torch.manual_seed(0)
+    s = LesionSynthesizer(Generator(SMALL), detector_hash="abc")
+    path = s.save(tmp_path / "g.safetensors", metadata={"steps": 3})
+    back = LesionSynthesizer.load(path)
+    assert back.cfg == SMALL and back.detector_hash == "abc" and back.metadata["steps"] == "3"
+    v, f, _ = _inputs(1)
+    z = np.random.default_rng(0).standard_normal(SMALL.z_dim).astype(np.float32)
+    a = s.synthesize(v[0, 0].numpy(), f[0, 0].numpy() > 0, None, z=z)
+    b = back.synthesize(v[0, 0].numpy(), f[0, 0].numpy() > 0, None, z=z)
+    assert a.shape == (64, 64, 3) and np.abs(a - b).max() < 2e-2  # fp16 on disk
+    other = GeneratorConfig(**{**SMALL.__dict__, "ngf": 16})
+    with pytest.raises(WeightsMismatchError):
+        LesionSynthesizer.load(path, expect=other)
+
+
+@pytest.mark.slow
+def test_phantom_training_runs_writes_samples_and_resumes(tmp_path):
+    from koch_explore.synthesis.trainer import SynthTrainConfig, train
+
+    out = tmp_path / "run"
+    cfg = SynthTrainConfig(data="phantom", steps=4, batch_size=1, bank_images=6, out=str(out), sample_every=2,
+                           checkpoint_minutes=100)
+    r1 = train(cfg, progress=False)
+    assert r1["step"] == 4 and (out / "last.pt").exists() and (out / "bank.safetensors").exists()
+    assert (out / "samples" / "step_000002.png").exists() and (out / "generator.safetensors").exists()
+    st1 = torch.load(out / "last.pt", weights_only=True)
+    cfg.steps = 6
+    r2 = train(cfg, resume=True, progress=False)
+    st2 = torch.load(out / "last.pt", weights_only=True)
+    assert r2["step"] == 6 and st2["step"] == 6 and len(__import__("json").loads(st2["history"])) == 6
+    assert not torch.equal(st1["G"]["to_rgb.weight"], st2["G"]["to_rgb.weight"])
+    synth = LesionSynthesizer.load(out / "generator.safetensors")
+    assert synth.cfg.size == 256 and synth.metadata["steps"] == "6"
