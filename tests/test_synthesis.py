@@ -106,3 +106,40 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path):
     assert not torch.equal(st1["G"]["to_rgb.weight"], st2["G"]["to_rgb.weight"])
     synth = LesionSynthesizer.load(out / "generator.safetensors")
     assert synth.cfg.size == 256 and synth.metadata["steps"] == "6"
+
+    # The CLI draws from a vessel tree + FOV of another size, with placements from a JSON layout.
+    import json
+
+    from koch_explore.cli import main
+    from koch_explore.data.io import read_image, write_image
+    from koch_explore.phantom import generate_phantom
+
+    ph = generate_phantom(seed=5, size=300, grade=0)
+    write_image(tmp_path / "v.png", ph.vessels)
+    write_image(tmp_path / "f.png", ph.fov)
+    (tmp_path / "layout.json").write_text(json.dumps([{"index": 0, "to": [100, 120]}, {"index": 1, "to": [160, 90], "rotate": 30}]))
+    args = ["synth", "generate", "--vessels", str(tmp_path / "v.png"), "--fov", str(tmp_path / "f.png"),
+            "--weights", str(out / "generator.safetensors"), "--out", str(tmp_path / "s.png")]
+    assert main(args + ["--bank", str(out / "bank.safetensors"), "--layout", str(tmp_path / "layout.json")]) == 0
+    img = read_image(tmp_path / "s.png")
+    assert img.shape == (256, 256, 3) and img.max() > 0
+    assert main(args[:-1] + [str(tmp_path / "h.png")]) == 0  # healthy: no bank
+    (tmp_path / "bad.json").write_text(json.dumps([{"to": [1, 2]}]))
+    assert main(args + ["--bank", str(out / "bank.safetensors"), "--layout", str(tmp_path / "bad.json")]) == 2
+
+
+def test_colour_transfer_matches_the_reference_statistics_inside_the_fov():
+    import cv2
+
+    from koch_explore.synthesis.colour import transfer_colour
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    fov = (yy - 32) ** 2 + (xx - 32) ** 2 < 28**2
+    img = (rng.random((64, 64, 3)) * 0.3 + np.array([0.2, 0.5, 0.2])).astype(np.float32) * fov[..., None]
+    ref = (rng.random((64, 64, 3)) * 0.2 + np.array([0.7, 0.35, 0.15])).astype(np.float32) * fov[..., None]
+    out = transfer_colour(img, fov, ref, fov)
+    lab_o, lab_r = cv2.cvtColor(out, cv2.COLOR_RGB2LAB), cv2.cvtColor(ref, cv2.COLOR_RGB2LAB)
+    for c in range(3):
+        assert abs(lab_o[..., c][fov].mean() - lab_r[..., c][fov].mean()) < 1.5
+    assert not out[~fov].any()
