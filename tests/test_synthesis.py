@@ -89,7 +89,7 @@ def test_synthesizer_weights_round_trip_and_strict_load(tmp_path):
 
 
 @pytest.mark.slow
-def test_phantom_training_runs_writes_samples_and_resumes(tmp_path):
+def test_phantom_training_runs_writes_samples_and_resumes(tmp_path, capsys):
     from koch_explore.synthesis.trainer import SynthTrainConfig, train
 
     out = tmp_path / "run"
@@ -124,6 +124,13 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path):
     img = read_image(tmp_path / "s.png")
     assert img.shape == (256, 256, 3) and img.max() > 0
     assert main(args[:-1] + [str(tmp_path / "h.png")]) == 0  # healthy: no bank
+    capsys.readouterr()
+    assert main(["synth", "eval", "--weights", str(out / "generator.safetensors"), "--bank", str(out / "bank.safetensors"),
+                 "--data", "phantom", "--max-hosts", "4", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"vessel_dice", "fd_ours", "fd_ours_ci", "fd_baseline", "severity_by_count"} <= set(rep)
+    assert list(rep["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"] and 0 <= rep["vessel_dice"] <= 1
+    assert rep["fd_ours_ci"][0] <= rep["fd_ours_ci"][1]
     (tmp_path / "bad.json").write_text(json.dumps([{"to": [1, 2]}]))
     assert main(args + ["--bank", str(out / "bank.safetensors"), "--layout", str(tmp_path / "bad.json")]) == 2
 
@@ -143,3 +150,13 @@ def test_colour_transfer_matches_the_reference_statistics_inside_the_fov():
     for c in range(3):
         assert abs(lab_o[..., c][fov].mean() - lab_r[..., c][fov].mean()) < 1.5
     assert not out[~fov].any()
+
+
+def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
+    from koch_explore.synthesis.evaluate import frechet_distance
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 5))
+    assert abs(frechet_distance(x, x)) < 1e-6
+    assert frechet_distance(x, x + 1.0) == pytest.approx(5.0, rel=0.05)
+    assert frechet_distance(x, 2 * x) > frechet_distance(x, 1.1 * x) > 0

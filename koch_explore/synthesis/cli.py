@@ -48,6 +48,18 @@ def add_cli(sub) -> None:
     g.add_argument("--colour-reference", default=None, help="recolour to this photo's Lab statistics (Fig. 10)")
     g.add_argument("--out", required=True, help="output image (PNG)")
     g.set_defaults(func=_cli_generate)
+
+    e = ssub.add_parser("eval", help="vessel_dice, Frechet distance (detector dense1) vs real, severity by lesion count")
+    e.add_argument("--weights", required=True, help="generator safetensors")
+    e.add_argument("--bank", required=True, help="descriptor bank to place from (e.g. runs/synth/bank.safetensors)")
+    e.add_argument("--baseline", default=None, help="a second generator (the Tub-sGAN baseline) for fd_baseline")
+    e.add_argument("--data", default="real", choices=["real", "phantom"], help="healthy hosts: DRIVE + CHASE_DB1, or phantoms")
+    e.add_argument("--root", default=None)
+    e.add_argument("--detector", default=None, help="detector weights (default: shipped EyePACS; phantom for --data phantom)")
+    e.add_argument("--max-hosts", type=int, default=None, help="use at most this many hosts (default all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cli_eval)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -124,4 +136,37 @@ def _cli_generate(args) -> int:
         print(f"synth generate: {exc}", file=sys.stderr)
         return 2
     print(f"synth generate: {0 if placed is None else len(placed)} lesions placed -> {out}")
+    return 0
+
+
+def _cli_eval(args) -> int:
+    from pathlib import Path
+
+    from ..descriptors import BankFormatError, BankMismatchError, DescriptorBank
+    from ..detector import Detector, load_default
+    from ..weights_io import WeightsMismatchError
+    from .evaluate import evaluate_synthesizer
+    from .synthesizer import LesionSynthesizer
+    from .trainer import SynthTrainConfig, healthy_set
+
+    try:
+        synth = LesionSynthesizer.load(args.weights)
+        if args.detector:
+            detector = Detector.load(args.detector)
+        elif args.data == "phantom":
+            detector = Detector.load(Path(__file__).resolve().parents[1] / "weights" / "detector_phantom_256.safetensors")
+        else:
+            detector = load_default()
+        bank = DescriptorBank.load(args.bank, detector=detector)
+        hosts = healthy_set(SynthTrainConfig(data=args.data, root=args.root), synth.cfg.size)[: args.max_hosts]
+        baseline = LesionSynthesizer.load(args.baseline) if args.baseline else None
+        rep = evaluate_synthesizer(synth, detector, hosts, bank, baseline, seed=args.seed, progress=not args.json)
+    except (FileNotFoundError, ValueError, WeightsMismatchError, BankMismatchError, BankFormatError) as exc:
+        print(f"synth eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        for k, v in rep.items():
+            print(f"{k:20s} {v}")
     return 0
