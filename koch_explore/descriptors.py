@@ -6,8 +6,9 @@ Read top to bottom:
    a batch of fundus images into one non-negative map per image, by the paper's deconvnet or any
    other method listed there.
 2. **Isolation** — :func:`segment` follows the paper's widget: Gaussian blur (sigma ~ 10 px at 512,
-   scaled with the side) -> divide by the maximum inside the field of view -> threshold (Otsu on
-   the FOV pixels, or a fixed fraction) -> 8-connected components -> drop the small ones.
+   scaled with the side) -> divide by the maximum inside the field of view -> threshold (a fixed
+   fraction, default 0.1, or Otsu on the FOV pixels) -> 8-connected components -> drop the small
+   ones.
    :func:`isolate` turns each component into a :class:`Descriptor`.
 3. **Descriptor** — bbox, mask, evidence, the detector's feature patches and the projection's
    activation patches at an early (1/2) and a mid (1/8) layer, Gram matrices of the masked
