@@ -77,3 +77,11 @@ def test_isolate_notebook_on_real_data_when_present():
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "mean lesions isolated" in text and "union" in text and "input dep" in text
     assert images_in(nb) >= 6  # steps x3, EyePACS grid, lesions per grade, methods side by side
+
+
+@pytest.mark.slow
+def test_inoculate_notebook_on_phantoms(tmp_path):
+    nb = run_notebook("04_inoculate.ipynb", "_phantom", data="phantom", train_steps=4, n_hosts=2, n_lesions=2)
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "training a small one on phantoms" in text and "picked:" in text
+    assert images_in(nb) >= 1
