@@ -160,3 +160,40 @@ def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
     assert abs(frechet_distance(x, x)) < 1e-6
     assert frechet_distance(x, x + 1.0) == pytest.approx(5.0, rel=0.05)
     assert frechet_distance(x, 2 * x) > frechet_distance(x, 1.1 * x) > 0
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "koch_explore", "synth", "train", "--data", "phantom", "--steps", "1000",
+           "--batch-size", "1", "--bank-images", "6", "--checkpoint-minutes", "0", "--sample-every", "0",
+           "--num-threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    step = 0
+    while time.time() < deadline and step < 3:
+        time.sleep(1)
+        if (out / "last.pt").exists():
+            try:
+                step = torch.load(out / "last.pt", weights_only=True)["step"]
+            except Exception:  # mid-rename: try again
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert step >= 3, "the run never checkpointed"
+    killed_at = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert not list(out.glob("*.tmp")) or (out / "last.pt").exists()  # the checkpoint survived the kill
+
+    from koch_explore.synthesis.trainer import SynthTrainConfig, train
+
+    res = train(SynthTrainConfig(data="phantom", steps=killed_at + 2, batch_size=1, bank_images=6, out=str(out),
+                                 sample_every=0, checkpoint_minutes=100), resume=True, progress=False)
+    assert res["step"] == killed_at + 2
+    hist = __import__("json").loads(torch.load(out / "last.pt", weights_only=True)["history"])
+    assert [h["step"] for h in hist] == list(range(1, killed_at + 3))
