@@ -307,6 +307,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(world size, rank, device) under ``torchrun`` (process group started: NCCL on CUDA, gloo on
+    CPU) or (1, 0, device) in a plain process."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_name)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world, rank, device
+
+
 def evaluate_split(model: Detector, arr: GradedArrays, device, tta: bool, amp: bool) -> tuple[dict, np.ndarray]:
     sev = predict_arrays(model, arr.images, device, tta=tta, amp=amp)
     t = metrics.fit_thresholds(sev, arr.grades)
@@ -321,14 +337,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None) -> dict
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm.auto import tqdm
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(cfg.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    world, rank, device = setup_distributed(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     main = rank == 0

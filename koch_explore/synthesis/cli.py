@@ -140,23 +140,15 @@ def _cli_generate(args) -> int:
 
 
 def _cli_eval(args) -> int:
-    from pathlib import Path
-
     from ..descriptors import BankFormatError, BankMismatchError, DescriptorBank
-    from ..detector import Detector, load_default
     from ..weights_io import WeightsMismatchError
     from .evaluate import evaluate_synthesizer
     from .synthesizer import LesionSynthesizer
-    from .trainer import SynthTrainConfig, healthy_set
+    from .trainer import SynthTrainConfig, healthy_set, load_detector
 
     try:
         synth = LesionSynthesizer.load(args.weights)
-        if args.detector:
-            detector = Detector.load(args.detector)
-        elif args.data == "phantom":
-            detector = Detector.load(Path(__file__).resolve().parents[1] / "weights" / "detector_phantom_256.safetensors")
-        else:
-            detector = load_default()
+        detector = load_detector(args.data, args.detector)
         bank = DescriptorBank.load(args.bank, detector=detector)
         hosts = healthy_set(SynthTrainConfig(data=args.data, root=args.root), synth.cfg.size)[: args.max_hosts]
         baseline = LesionSynthesizer.load(args.baseline) if args.baseline else None

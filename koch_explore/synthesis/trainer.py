@@ -21,7 +21,6 @@ Checkpoints (``last.pt``) are written atomically every ``checkpoint_minutes`` an
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,10 +84,16 @@ class SynthTrainConfig:
     num_threads: int | None = None
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def load_detector(data: str, path: str | None = None):
+    """The detector descriptors and losses use: ``path``, else the shipped weights for ``data``
+    (the phantom-trained detector for phantom data, the EyePACS one otherwise)."""
+    from ..detector import Detector, load_default
+
+    if path:
+        return Detector.load(path)
+    if data == "phantom":
+        return Detector.load(Path(__file__).resolve().parents[1] / "weights" / "detector_phantom_256.safetensors")
+    return load_default()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,13 +180,6 @@ def augment_host(item: dict, rng: np.random.Generator) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _jsonable(cfg: SynthTrainConfig) -> dict:
     d = asdict(cfg)
     d["detail_layers"] = list(cfg.detail_layers)
@@ -198,19 +196,13 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
     from tqdm.auto import tqdm
 
     from ..descriptors import DescriptorBank
-    from ..detector import Detector, load_default
+    from ..detector_train import atomic_torch_save, setup_distributed
 
     if cfg.loss not in ("descriptors", "global-style"):
         raise ValueError(f"loss {cfg.loss!r}: 'descriptors' or 'global-style'")
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = _resolve_device(cfg.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    world, rank, device = setup_distributed(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     main = rank == 0
@@ -218,12 +210,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng([cfg.seed, rank])
 
-    if cfg.detector:
-        detector = Detector.load(cfg.detector)
-    elif cfg.data == "phantom":
-        detector = Detector.load(Path(__file__).resolve().parents[1] / "weights" / "detector_phantom_256.safetensors")
-    else:
-        detector = load_default()
+    detector = load_detector(cfg.data, cfg.detector)
     gcfg = GeneratorConfig(**{**PRESETS[cfg.preset], "canvas_channels": {}, "canvas_scales": {}})
     layers = [n for n in ("conv2", "conv5") if n in detector.layer_names]
     sizes = {n: detector.forward_features(torch.zeros(1, 3, gcfg.size, gcfg.size), keep=set(layers))[1][n].shape for n in layers}
@@ -276,7 +263,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
     g_net, d_net = (DDP(G), DDP(D)) if world > 1 else (G, D)
 
     def checkpoint():
-        _atomic_save({"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict(),
+        atomic_torch_save({"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict(),
                       "opt_d": opt_d.state_dict(), "step": step, "history": json.dumps(history),
                       "gcfg": json.loads(gcfg.to_json()), "config": json.dumps(_jsonable(cfg), default=str)}, ckpt)
 
