@@ -142,10 +142,17 @@ def _deconvnet(detector, x, start, channels, seed):
 def _deconvnet_excess(detector, x, start, channels, seed):
     from .deconvnet import ActivationNetwork
 
+    from .deconvnet import select_channels
+
     base = HealthyBaseline.for_detector(detector, start)
+    with _Eval(detector), torch.no_grad():
+        _, acts = detector.forward_features(x, keep={start})
+    if start not in acts:
+        raise ValueError(f"unknown start layer {start!r}; choose one of {detector.layer_names}")
+    a = acts[start].float()
+    keep = select_channels(a, channels).view(*a.shape[:2], *([1] * (a.dim() - 2)))
+    excess = (a - base.mean.to(a)).clamp_min(0) * keep
     with ActivationNetwork(detector) as net:
-        p0 = net.project(x, start=start, channels=channels)  # forward pass for the activation
-        excess = (p0.activation - base.mean.to(p0.activation)).clamp_min(0) * (p0.signal != 0)
         p = net.project(x, start=start, signal=excess)
     return evidence_map(p), p
 
