@@ -7,7 +7,8 @@ Run: ``.venv/bin/python benchmarks/bench_synth.py [--repeats 5] [--threads 2] [-
 Both steps run on the same batch in the same process, interleaved, and the ratio is taken per repeat.
 The bare step is what any pix2pix-style GAN pays: G forward, D on real and fake, LSGAN losses, both
 backwards, both Adam steps. The full step adds the detector features of the synthetic and real
-images (retinal detail, pathological Gram terms at placed lesions) and TV. Phantom hosts and a
+images (retinal detail, pathological Gram terms at placed lesions), TV, and the vessel consistency
+term (the frozen vessel segmenter on one 256 px window at its working scale). Phantom hosts and a
 phantom descriptor bank stand in for the data (same tensor sizes as the real run).
 """
 
@@ -23,8 +24,8 @@ import torch
 from koch_explore.detector import Detector
 from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig, canvas_tensors
-from koch_explore.synthesis.losses import (DetectorFeatures, adversarial_d, adversarial_g, pathological,
-                                           retinal_detail, total_variation)
+from koch_explore.synthesis.losses import (DetectorFeatures, VesselConsistency, adversarial_d, adversarial_g,
+                                           pathological, retinal_detail, total_variation)
 from koch_explore.synthesis.synthesizer import LesionSynthesizer, layout_placements, random_layout
 from koch_explore.synthesis.trainer import SynthTrainConfig, build_bank, healthy_set
 
@@ -44,6 +45,9 @@ def main() -> None:
     hosts = healthy_set(cfg, 256)[: args.batch]
     bank = build_bank(cfg, det, 256)
     feats = DetectorFeatures(det, ["conv2", "conv5"])
+    from koch_explore.vessels import load_default as load_vessels
+
+    vessel_term = VesselConsistency(load_vessels())
     G, D = Generator(gcfg), Discriminator(gcfg)
     og, od = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     real = torch.from_numpy(np.stack([h["image"] for h in hosts])).permute(0, 3, 1, 2).contiguous()
@@ -78,6 +82,7 @@ def main() -> None:
         with torch.no_grad():
             _, fr = feats(real)
         g = adversarial_g(D(fake, ves)) + 10 * retinal_detail(ff, fr, fov) + pathological(ff, placements) + total_variation(fake, fov)
+        g = g + 2 * vessel_term(fake, ves, fov)
         og.zero_grad(); g.backward(); og.step()
 
     def timed(fn):

@@ -19,6 +19,7 @@ STAGE_MODULES = [
     "koch_explore.descriptors",
     "koch_explore.vessels",
     "koch_explore.synthesis.cli",
+    "koch_explore.koch",
 ]
 
 

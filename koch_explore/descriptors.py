@@ -186,8 +186,14 @@ def segment(evidence, fov=None, threshold: str | float = DEFAULT_THRESHOLD, blur
         cut = float(threshold)
         if not 0.0 <= cut <= 1.0:
             raise ValueError(f"a fixed threshold is a fraction of the maximum in [0, 1], got {cut}")
-    binary = ((blurred > cut) & fov).astype(np.uint8)
+    return cut_components(blurred, fov, cut, min_area, evidence=ev)
 
+
+def cut_components(blurred: np.ndarray, fov: np.ndarray, cut: float, min_area: int, evidence: np.ndarray | None = None) -> Segmentation:
+    """The second half of :func:`segment` on an already blurred, normalised map: keep
+    ``blurred > cut`` inside the FOV, 8-connected components of at least ``min_area`` pixels.
+    Widgets call it alone when only the threshold moves."""
+    binary = ((blurred > cut) & fov).astype(np.uint8)
     n, labels, stats, cents = cv2.connectedComponentsWithStats(binary, connectivity=8)
     keep = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area]
     relabel = np.zeros(n, np.int32)
@@ -199,6 +205,7 @@ def segment(evidence, fov=None, threshold: str | float = DEFAULT_THRESHOLD, blur
         boxes.append((x, y, x + bw, y + bh))
         areas.append(area)
         centroids.append((float(cents[k, 0]), float(cents[k, 1])))
+    ev = blurred if evidence is None else evidence
     return Segmentation(ev, blurred, float(cut), labels > 0, labels, boxes, areas, centroids, fov)
 
 

@@ -8,8 +8,9 @@ a random number of random descriptors at random valid positions in each FOV, and
 
 * the discriminator on (healthy photo, its tree) vs (synthetic, same tree), least squares;
 * the generator on adversarial + retinal detail (detector features of the healthy photo, outside
-  the placed lesions) + pathological (Gram matrices at the placed lesions vs the descriptors') + TV,
-  ``g_steps_per_d`` generator steps per discriminator step.
+  the placed lesions) + pathological (Gram matrices at the placed lesions vs the descriptors') + TV
+  + vessel consistency (the shipped vessel segmenter must find the host's tree in the synthetic
+  fundus), ``g_steps_per_d`` generator steps per discriminator step.
 
 ``loss="global-style"`` trains the Tub-sGAN baseline with the same loop: no descriptors, one Gram
 style loss over the whole FOV against a DR reference photo.
@@ -31,8 +32,8 @@ import torch
 
 from .discriminator import Discriminator
 from .generator import Generator, GeneratorConfig, canvas_tensors
-from .losses import (DetectorFeatures, LossWeights, adversarial_d, adversarial_g, global_style, gram,
-                     pathological, retinal_detail, total_variation)
+from .losses import (DetectorFeatures, LossWeights, VesselConsistency, adversarial_d, adversarial_g, global_style,
+                     gram, pathological, retinal_detail, total_variation)
 from .synthesizer import LesionSynthesizer, layout_placements, random_layout
 
 PRESETS = {
@@ -55,6 +56,12 @@ class SynthTrainConfig:
     """Detector weights for descriptors and losses (default: shipped EyePACS, or phantom for data=phantom)."""
     out: str = "runs/synth"
     """Run folder: last.pt, bank.safetensors, samples/, generator.safetensors."""
+    bank: str | None = None
+    """Place descriptors from this bank file instead of isolating a new one (e.g. lesions picked by
+    hand in a widget: "retrain on this layout"); copied into the run folder."""
+    init: str | None = None
+    """Start the generator (and its EMA) from these generator weights instead of from scratch
+    (fine-tuning; ignored when resuming)."""
     steps: int = 3000
     max_minutes: float | None = None
     """Stop cleanly (checkpoint written) after this many minutes of this invocation."""
@@ -72,6 +79,10 @@ class SynthTrainConfig:
     """Each training image gets 0..max_lesions placed descriptors."""
     bank_images: int = 48
     """Diseased eyes the descriptor bank is isolated from."""
+    bank_method: str = "deconvnet"
+    """Evidence method the bank is isolated with (see ``koch_explore.evidence.METHODS``); stored in
+    the bank, and the Koch test re-isolates with the same one. On 256 px phantoms the deconvnet
+    map is one blob covering ~40% of the fundus, so phantom runs use guided backprop."""
     max_lesion_area: float = 0.015
     """Drop descriptors larger than this share of the image (whole-FOV evidence is no lesion)."""
     style_reference: str | None = None
@@ -128,16 +139,18 @@ def healthy_set(cfg: SynthTrainConfig, size: int) -> list[dict]:
 def build_bank(cfg: SynthTrainConfig, detector, size: int):
     """Descriptors isolated from diseased training eyes with the default isolation settings."""
     from ..descriptors import DescriptorBank, explain, isolate
+    from ..isolation_eval import assign_types
 
     rng = np.random.default_rng(cfg.seed)
     if cfg.data == "phantom":
         from ..phantom import generate_phantom
 
-        imgs, names = [], []
+        imgs, names, truth = [], [], []
         for k in range(cfg.bank_images):
             ph = generate_phantom(3_000_000 + k, size=size, grade=int(rng.integers(3, 5)))
             imgs.append((np.clip(ph.image, 0, 1) * 255 + 0.5).astype(np.uint8))
             names.append(f"phantom_{3_000_000 + k}")
+            truth.append(ph.lesions)
         images = np.stack(imgs)
     else:
         from ..detector_train import TrainConfig, load_graded
@@ -146,12 +159,37 @@ def build_bank(cfg: SynthTrainConfig, detector, size: int):
         sick = np.flatnonzero(train.grades >= 2)
         pick = np.sort(rng.choice(sick, size=min(cfg.bank_images, len(sick)), replace=False))
         images, names = train.images[pick], [train.names[i] for i in pick]
-    bank = DescriptorBank(detector_hash=detector.weights_hash(), info={"built_by": "synth train", "data": cfg.data})
+    bank = DescriptorBank(detector_hash=detector.weights_hash(),
+                          info={"built_by": "synth train", "data": cfg.data, "method": cfg.bank_method})
     for s in range(0, len(images), 8):
         x = torch.from_numpy(images[s : s + 8]).permute(0, 3, 1, 2).float().div(255).contiguous()
-        ev = explain(detector, x)
-        bank.extend(isolate(ev.projection, images=x, detector=detector, image_ids=names[s : s + 8]))
+        ev = explain(detector, x, cfg.bank_method)
+        found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
+                        image_ids=names[s : s + 8])
+        if cfg.data == "phantom":  # exact truth: each descriptor gets the lesion type under it
+            found = [assign_types(ds, truth[s + j]) for j, ds in enumerate(found)]
+        bank.extend(found)
     return bank.select(max_area=int(cfg.max_lesion_area * size * size))
+
+
+def _default_style_reference(cfg: SynthTrainConfig, bank):
+    """The Tub-sGAN baseline's DR reference photo when none is given: the bank source eye that gave
+    the most descriptors (EyePACS ``images_256``), or a grade-4 phantom for phantom data."""
+    from collections import Counter
+
+    if cfg.data == "phantom":
+        from ..phantom import generate_phantom
+
+        return np.clip(generate_phantom(3_999_999, size=PRESETS[cfg.preset]["size"], grade=4).image, 0, 1).astype(np.float32)
+    from ..data.roots import resolve_data_root
+
+    sources = Counter(str(d.source) for d in bank.descriptors if d.source)
+    root = resolve_data_root(cfg.root, must_exist=True)
+    for stem, _ in sources.most_common():
+        hits = sorted((Path(root) / "EyePACS" / "images_256").glob(f"{stem}.*"))
+        if hits:
+            return str(hits[0])
+    raise ValueError("global-style: no --style-reference given and no bank source found under EyePACS/images_256")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +224,12 @@ def _jsonable(cfg: SynthTrainConfig) -> dict:
     return d
 
 
-def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, callback=None) -> dict:
     """Train (or resume) a generator; returns {"step", "minutes", "losses"}; exports
-    ``out/generator.safetensors`` (EMA weights) at the end."""
+    ``out/generator.safetensors`` (EMA weights) at the end.
+
+    ``callback(step, record, ema_generator)`` runs after every step on the main process; returning
+    ``False`` stops training cleanly (checkpoint and export as at the end) — how a widget pauses."""
     import copy
 
     import torch.distributed as dist
@@ -218,9 +259,22 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
     gcfg.canvas_scales = {n: gcfg.size // int(sizes[n][-1]) for n in layers}
     detector = detector.to(device)
     feats = DetectorFeatures(detector, sorted(set(cfg.detail_layers) | set(layers)))
+    vessel_term = None
+    if cfg.weights.vessel > 0:
+        from ..vessels import load_default as load_vessels
+
+        vessel_term = VesselConsistency(load_vessels(device))
 
     hosts = healthy_set(cfg, gcfg.size)
     bank_path = out / "bank.safetensors"
+    if cfg.bank and main and not (resume and bank_path.exists()):
+        from ..descriptors import _bank_paths
+
+        import shutil
+
+        bank_path.parent.mkdir(parents=True, exist_ok=True)
+        for src, dst in zip(_bank_paths(cfg.bank), _bank_paths(bank_path)):
+            shutil.copyfile(src, dst)
     if bank_path.exists():
         bank = DescriptorBank.load(bank_path, detector=detector)
     else:
@@ -234,17 +288,22 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
         from ..data.io import read_image
         from ..data.preprocess import prepare_fundus
 
-        if cfg.style_reference:
-            ref, _ = prepare_fundus(read_image(cfg.style_reference), gcfg.size, path=cfg.style_reference)
-        else:  # the bank's most lesion-rich source image stands in for "a DR reference photo"
-            ref = None
-            raise ValueError("global-style needs --style-reference IMAGE (a DR photo)")
+        ref_path = cfg.style_reference or _default_style_reference(cfg, bank)
+        if isinstance(ref_path, np.ndarray):
+            ref = ref_path
+        else:
+            ref, _ = prepare_fundus(read_image(ref_path), gcfg.size, path=ref_path)
+            if main:
+                print(f"style reference: {ref_path}", flush=True)
         with torch.no_grad():
             _, rf = feats(torch.from_numpy(ref).permute(2, 0, 1)[None].float().to(device))
         m = {n: torch.ones(f.shape[-2:], dtype=torch.bool, device=device) for n, f in rf.items()}
         ref_grams = {n: gram(f[0], m[n]) for n, f in rf.items() if n in cfg.detail_layers}
 
     G, D = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
+    if cfg.init and not (resume and (out / "last.pt").exists()):
+        start = LesionSynthesizer.load(cfg.init, expect=gcfg)
+        G.load_state_dict(start.generator.state_dict())
     ema = copy.deepcopy(G).eval()
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
@@ -313,11 +372,14 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
             "detail": retinal_detail(detail_f, detail_r, fov, lesion_mask),
             "tv": total_variation(fake, fov),
         }
+        if vessel_term is not None:
+            terms["vessel"] = vessel_term(fake, ves, fov)
         if cfg.loss == "descriptors":
             terms["path"] = pathological({n: ff[n] for n in layers}, placements, cfg.pathological_mode)
         else:
             terms["style"] = global_style(detail_f, ref_grams, fov)
-        scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0)}
+        scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0),
+                 "vessel": w.vessel}
         g_loss = sum(scale[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -333,12 +395,14 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True) ->
         history.append(rec)
         if main:
             bar.update(1)
-            bar.set_postfix(g=f"{rec['g']:.3f}", path=f"{rec.get('path', rec.get('style', 0)):.3f}")
+            bar.set_postfix(g=f"{rec['g']:.3f}", path=f"{rec.get('path', rec.get('style', 0)):.3f}", refresh=False)
             if cfg.sample_every and step % cfg.sample_every == 0:
                 _write_sample(ema, preview_host, preview_layout, preview_z, out / "samples" / f"step_{step:06d}.png", layers)
             if time.time() - last_ck > cfg.checkpoint_minutes * 60:
                 checkpoint()
                 last_ck = time.time()
+        if callback is not None and main and callback(step, rec, ema) is False:
+            break
         if cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60:
             break
     bar.close()

@@ -1,0 +1,406 @@
+"""Postulate 4: re-isolate what was inoculated — the Koch test as numbers.
+
+The paper showed synthetic fundus photos to five ophthalmologists. Here the detector itself is the
+rater: for each trial a healthy host (vessel tree + FOV) is inoculated with 0, 1, 2, 4, 8 and 16
+descriptors drawn from the bank (same noise ``z`` for all counts, so only the lesions differ), and
+
+* **hit rate** — of the placed lesions, the share whose centroid lies in the box of a component
+  re-isolated from the synthetic image (same evidence method and threshold as postulate 1);
+* **chance hit rate** — the same question for *decoy* points: random FOV points away from every
+  placement. Large boxes contain anything; the hit rate means something only well above this;
+* **spurious rate** — of the re-isolated components, the share overlapping no placed lesion
+  (``margin`` px of slack), and the components found on the healthy (0 lesion) synthesis;
+* **severity vs count** — the detector's severity for 0..16 copies; per trial the Spearman rho
+  between count and severity (each host its own control), averaged, with a bootstrap 95% CI over
+  trials; the mean curve's rho beside it;
+* **vessel Dice** of the healthy synthesis (the shipped vessel segmenter vs the host's tree) and,
+  with the hosts' real photos, the Fréchet distance of detector ``dense1`` features;
+* per lesion type where the bank's descriptors carry types (phantom and IDRiD banks do).
+
+Everything is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .descriptors import DEFAULT_THRESHOLD, segment
+from .evidence import DEFAULT_METHOD, explain
+
+__all__ = ["COUNTS", "KochConfig", "KochReport", "TrialCase", "postulate_test", "default_setup", "shipped_models"]
+
+COUNTS = (0, 1, 2, 4, 8, 16)
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class KochConfig:
+    """How the Koch test is run (defaults: the paper's counts, postulate 1's isolation)."""
+
+    trials: int = 40
+    """Hosts inoculated (cycled when there are fewer hosts than trials)."""
+    counts: tuple[int, ...] = COUNTS
+    """Lesion copies per trial; hits are scored on every count > 0."""
+    method: str | None = None
+    """Evidence method used to re-isolate; None: the one the bank was isolated with (its
+    ``info["method"]``), else isolation's default."""
+    start: str = "dense2"
+    """Deconvnet start layer."""
+    threshold: float | str = DEFAULT_THRESHOLD
+    """Isolation threshold (fraction of the map's maximum, or "otsu")."""
+    margin: int = 4
+    """Pixels of slack around a placed box when deciding whether a component is spurious."""
+    n_boot: int = 1000
+    """Bootstrap resamples (over trials) for the confidence intervals."""
+    seed: int = 0
+    keep_cases: int = 4
+    """Trials whose pictures are kept for the report."""
+
+
+@dataclass
+class TrialCase:
+    """One trial's pictures at the largest count <= 8 (what the report draws)."""
+
+    host: str
+    vessels: np.ndarray
+    fov: np.ndarray
+    healthy: np.ndarray
+    inoculated: np.ndarray
+    evidence: np.ndarray
+    placed_boxes: list[Box]
+    placed_types: list[str]
+    found_boxes: list[Box]
+    hits: list[bool]
+    spurious: list[bool]
+    descriptors: list  # the placed descriptors (for the culture panel)
+    severities: dict[int, float]
+
+
+@dataclass
+class KochReport:
+    n_trials: int
+    counts: list[int]
+    hit_rate: float
+    hit_rate_ci: list[float]
+    chance_hit_rate: float
+    spurious_rate: float
+    healthy_components: float
+    """Mean number of components re-isolated from the 0-lesion synthesis."""
+    hit_rate_by_count: dict[str, float]
+    hit_rate_by_type: dict[str, dict[str, float]]
+    """type -> {"placed", "found", "rate"}."""
+    severity_by_count: dict[str, float]
+    severity: list[list[float]]
+    """trials x counts."""
+    spearman_severity_count: float
+    spearman_ci: list[float]
+    spearman_mean_curve: float
+    vessel_dice: float | None
+    fd: float | None
+    fd_ci: list[float] | None
+    config: dict
+    components_per_image: list[int] = field(default_factory=list)
+    cases: list[TrialCase] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "cases"}
+        return json.loads(json.dumps(d, default=float))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _contains(box: Box, point) -> bool:
+    return box[0] - 0.5 <= point[0] < box[2] - 0.5 and box[1] - 0.5 <= point[1] < box[3] - 0.5
+
+
+def _overlaps(a: Box, b: Box, margin: int = 0) -> bool:
+    return a[0] < b[2] + margin and b[0] - margin < a[2] and a[1] < b[3] + margin and b[1] - margin < a[3]
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from .sanity import spearman
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearman(a, b))
+
+
+def _decoys(fov: np.ndarray, boxes: Sequence[Box], n: int, margin: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+    """``n`` random FOV points outside every placed box grown by ``margin``."""
+    free = fov.copy()
+    for x0, y0, x1, y1 in boxes:
+        free[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = False
+    ys, xs = np.nonzero(free)
+    if not len(ys):
+        return []
+    k = rng.integers(0, len(ys), size=n)
+    return [(float(xs[i]), float(ys[i])) for i in k]
+
+
+@torch.no_grad()
+def _severity(detector, images: np.ndarray) -> np.ndarray:
+    dev = next(detector.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(dev)
+    detector.eval()
+    return detector(x).float().reshape(-1).cpu().numpy()
+
+
+def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: int | None = None, seed: int | None = None,
+                   config: KochConfig | None = None, vessel_model=None, progress: bool = True) -> KochReport:
+    """Run the Koch test. ``healthy_set``: hosts {"vessels" (S,S), "fov" (S,S) bool, "name", and
+    optionally "image" (the real photo, for the Fréchet distance)} at the synthesizer's size.
+    ``vessel_model``: a vessel segmenter, or ``False`` to skip vessel Dice (default: the shipped one)."""
+    from tqdm.auto import tqdm
+
+    from .synthesis.synthesizer import random_layout
+
+    cfg = config or KochConfig()
+    if trials is not None:
+        cfg.trials = int(trials)
+    if seed is not None:
+        cfg.seed = int(seed)
+    if cfg.trials < 1:
+        raise ValueError(f"trials must be >= 1, got {cfg.trials}")
+    if not len(healthy_set):
+        raise ValueError("no healthy host to inoculate")
+    if not len(bank):
+        raise ValueError("the descriptor bank is empty: nothing to inoculate")
+    counts = list(cfg.counts)
+    if cfg.method is None:
+        cfg.method = str(getattr(bank, "info", {}).get("method") or DEFAULT_METHOD)
+    if vessel_model is None:
+        from .vessels import load_default as load_vessels
+
+        vessel_model = load_vessels()
+    detector.eval()
+
+    hits_by_trial, placed_by_trial, decoy_hits, decoy_n = [], [], 0, 0
+    by_count = {n: [0, 0] for n in counts if n > 0}
+    by_type: dict[str, list[int]] = {}
+    spurious, components, healthy_components, per_image = 0, 0, [], []
+    severity, dice, healthy_images, real_images, cases = [], [], [], [], []
+    case_count = max([n for n in counts if 0 < n <= 8] or [max(counts)])
+
+    for t in tqdm(range(cfg.trials), desc="koch test", disable=not progress):
+        host = healthy_set[t % len(healthy_set)]
+        ves, fov = np.asarray(host["vessels"], np.float32), np.asarray(host["fov"], bool)
+        tseed = cfg.seed * 100_003 + t
+        rng = np.random.default_rng(tseed)
+        layouts = {n: (random_layout(bank, n, fov, seed=tseed * 37 + n) if n else None) for n in counts}
+        images = np.stack([synthesizer.synthesize(ves, fov, layouts[n], seed=tseed) for n in counts])
+        severity.append(_severity(detector, images).tolist())
+        maps = explain(detector, images, cfg.method, start=cfg.start).maps
+        t_hits, t_placed = 0, 0
+        for j, n in enumerate(counts):
+            seg = segment(maps[j], fov, cfg.threshold)
+            per_image.append(len(seg.boxes))
+            if n == 0:
+                healthy_components.append(len(seg.boxes))
+                healthy_images.append(images[j])
+                if "image" in host:
+                    real_images.append(np.asarray(host["image"], np.float32))
+                if vessel_model is not False:
+                    _, binary = vessel_model.segment(images[j], fov, tta=1)
+                    truth = (ves > 0.5) & fov
+                    dice.append(float(2 * (binary & truth).sum() / max(1, binary.sum() + truth.sum())))
+                continue
+            placed = list(layouts[n])
+            hit = [any(_contains(b, d.centroid) for b in seg.boxes) for d in placed]
+            spur = [not any(_overlaps(b, d.bbox, cfg.margin) for d in placed) for b in seg.boxes]
+            for d, h in zip(placed, hit):
+                ty = d.type or "unknown"
+                by_type.setdefault(ty, [0, 0])
+                by_type[ty][0] += 1
+                by_type[ty][1] += int(h)
+            by_count[n][0] += len(placed)
+            by_count[n][1] += sum(hit)
+            t_placed += len(placed)
+            t_hits += sum(hit)
+            spurious += sum(spur)
+            components += len(seg.boxes)
+            for p in _decoys(fov, [d.bbox for d in placed], len(placed), cfg.margin, rng):
+                decoy_n += 1
+                decoy_hits += any(_contains(b, p) for b in seg.boxes)
+            if n == case_count and len(cases) < cfg.keep_cases:
+                cases.append(TrialCase(str(host.get("name", t)), ves, fov, images[counts.index(0)] if 0 in counts else images[0],
+                                       images[j], maps[j], [d.bbox for d in placed], [d.type or "unknown" for d in placed],
+                                       list(seg.boxes), hit, spur, placed, {c: float(s) for c, s in zip(counts, severity[-1])}))
+        hits_by_trial.append(t_hits)
+        placed_by_trial.append(t_placed)
+
+    sev = np.asarray(severity, np.float64)
+    boot = np.random.default_rng(cfg.seed)
+    hits_arr, placed_arr = np.asarray(hits_by_trial, np.float64), np.asarray(placed_by_trial, np.float64)
+    hit_rate = float(hits_arr.sum() / max(1.0, placed_arr.sum()))
+    idx = boot.integers(0, len(hits_arr), size=(cfg.n_boot, len(hits_arr)))
+    hr_boot = hits_arr[idx].sum(1) / np.maximum(1.0, placed_arr[idx].sum(1))
+    rhos = np.array([_spearman(counts, row) for row in sev])
+    rhos_ok = np.nan_to_num(rhos, nan=0.0)  # a flat severity row shows no rise: rho 0
+    rho_boot = rhos_ok[idx].mean(1)
+    fd = fd_ci = None
+    if len(real_images) >= 8 and len(real_images) == len(healthy_images):
+        from .synthesis.evaluate import dense1_features, frechet_with_ci
+
+        fake_f, _ = dense1_features(detector, np.stack(healthy_images))
+        real_f, _ = dense1_features(detector, np.stack(real_images))
+        fd, ci = frechet_with_ci(fake_f, real_f, seed=cfg.seed)
+        fd_ci = list(ci)
+    return KochReport(
+        n_trials=cfg.trials, counts=counts, hit_rate=hit_rate,
+        hit_rate_ci=[float(np.percentile(hr_boot, 2.5)), float(np.percentile(hr_boot, 97.5))],
+        chance_hit_rate=float(decoy_hits / max(1, decoy_n)),
+        spurious_rate=float(spurious / max(1, components)),
+        healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
+        hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
+        hit_rate_by_type={k: {"placed": v[0], "found": v[1], "rate": float(v[1] / max(1, v[0]))} for k, v in sorted(by_type.items())},
+        severity_by_count={str(n): float(sev[:, j].mean()) for j, n in enumerate(counts)},
+        severity=sev.tolist(),
+        spearman_severity_count=float(rhos_ok.mean()),
+        spearman_ci=[float(np.percentile(rho_boot, 2.5)), float(np.percentile(rho_boot, 97.5))],
+        spearman_mean_curve=_spearman(counts, sev.mean(0)),
+        vessel_dice=float(np.mean(dice)) if dice else None,
+        fd=fd, fd_ci=fd_ci,
+        config={**asdict(cfg), "counts": counts},
+        components_per_image=per_image,
+        cases=cases,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped setups
+# ---------------------------------------------------------------------------------------------
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+SETUPS = {
+    # data: (detector, synthesizer, bank)
+    "real": ("detector_eyepacs_256.safetensors", "synth_cpu256.safetensors", "synth_cpu256.bank.safetensors"),
+    "phantom": ("detector_phantom_256.safetensors", "synth_phantom_256.safetensors", "synth_phantom_256.bank.safetensors"),
+}
+
+
+def resolve_data(data: str, root=None) -> str:
+    """"auto" -> "real" when DRIVE and CHASE_DB1 are found under the data root, else "phantom"."""
+    if data != "auto":
+        if data not in SETUPS:
+            raise ValueError(f"data {data!r}: 'auto', 'real' or 'phantom'")
+        return data
+    from .data.roots import resolve_data_root
+
+    r = resolve_data_root(root)
+    return "real" if r is not None and (Path(r) / "DRIVE").is_dir() and (Path(r) / "CHASE_DB1").is_dir() else "phantom"
+
+
+def shipped_models(data: str, detector=None, weights=None, bank=None, device="cpu"):
+    """(detector, synthesizer, bank) shipped for ``data`` ("real" or "phantom"); each of
+    ``detector`` / ``weights`` / ``bank`` (paths) overrides the shipped file."""
+    from .descriptors import DescriptorBank
+    from .detector import Detector
+    from .synthesis import LesionSynthesizer
+
+    d_file, s_file, b_file = SETUPS[data]
+    paths = {"detector": Path(detector or WEIGHTS / d_file), "generator": Path(weights or WEIGHTS / s_file),
+             "bank": Path(bank or WEIGHTS / b_file)}
+    for what, p in paths.items():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no {what} file (train one with `koch-explore synth train --data {data}` "
+                                    f"or pass --{'weights' if what == 'generator' else what})")
+    det = Detector.load(paths["detector"], map_location=device)
+    synth = LesionSynthesizer.load(paths["generator"], map_location=device)
+    return det, synth, DescriptorBank.load(paths["bank"], detector=det)
+
+
+def default_setup(data: str = "auto", root=None, detector=None, weights=None, bank=None, device="cpu"):
+    """(detector, synthesizer, bank, hosts, data): :func:`shipped_models` plus the healthy hosts
+    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom") at the synthesizer's size."""
+    from .synthesis.trainer import SynthTrainConfig, healthy_set
+
+    data = resolve_data(data, root)
+    det, synth, descriptors = shipped_models(data, detector, weights, bank, device)
+    hosts = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
+    return det, synth, descriptors, hosts, data
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: koch-test and report
+# ---------------------------------------------------------------------------------------------
+
+
+def _common(p) -> None:
+    p.add_argument("--data", default="auto", choices=["auto", "real", "phantom"],
+                   help="real: DRIVE + CHASE_DB1 hosts, EyePACS descriptors; phantom: embedded data; auto: real when found")
+    p.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
+    p.add_argument("--trials", type=int, default=KochConfig.trials, help="hosts inoculated (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default=None, help="evidence method used to re-isolate (default: the bank's own)")
+    p.add_argument("--detector", default=None, help="detector weights (default: the shipped ones for --data)")
+    p.add_argument("--weights", default=None, help="generator weights (default: the shipped ones for --data)")
+    p.add_argument("--bank", default=None, help="descriptor bank (default: the one shipped with the generator)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+
+
+def add_cli(sub) -> None:
+    k = sub.add_parser("koch-test", help="postulate 4: re-isolate inoculated lesions; hit rate and severity vs count")
+    _common(k)
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+    k.set_defaults(func=_cli_koch_test)
+    r = sub.add_parser("report", help="run the Koch test and write an offline HTML report")
+    _common(r)
+    r.add_argument("--out", required=True, help="folder for index.html and report.json")
+    r.set_defaults(func=_cli_report)
+
+
+def _run(args) -> tuple[KochReport, str]:
+    from .detector_train import resolve_device
+
+    device = resolve_device(args.device)
+    det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank, device)
+    rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method))
+    return rep, data
+
+
+def _cli_koch_test(args) -> int:
+    import sys
+
+    try:
+        rep, data = _run(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"koch-test: {exc}", file=sys.stderr)
+        return 2
+    out = rep.to_json()
+    keys = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
+    if args.json:
+        print(json.dumps({**{k: out[k] for k in keys}, "data": data,
+                          **{k: v for k, v in out.items() if k not in keys and k not in ("severity", "components_per_image")}}))
+    else:
+        print(f"Koch test on {data} data, {rep.n_trials} trials")
+        print(f"  hit rate          {rep.hit_rate:.3f}  95% CI [{rep.hit_rate_ci[0]:.3f}, {rep.hit_rate_ci[1]:.3f}]"
+              f"  (chance {rep.chance_hit_rate:.3f})")
+        print(f"  spurious rate     {rep.spurious_rate:.3f}  ({rep.healthy_components:.2f} components on healthy syntheses)")
+        print(f"  severity ~ count  rho {rep.spearman_severity_count:.3f}  95% CI [{rep.spearman_ci[0]:.3f}, {rep.spearman_ci[1]:.3f}]")
+        print("  severity by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.severity_by_count.items()))
+        if rep.vessel_dice is not None:
+            print(f"  vessel Dice       {rep.vessel_dice:.3f}")
+    return 0
+
+
+def _cli_report(args) -> int:
+    import sys
+
+    from .report import write_report
+
+    try:
+        rep, data = _run(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
+    path = write_report(rep, args.out, title=f"Koch report — {data} data")
+    print(f"report written to {path}")
+    return 0

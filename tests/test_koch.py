@@ -1,0 +1,100 @@
+"""Postulate 4: the Koch test and its report, on the shipped phantom setup (embedded data only)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from koch_explore.koch import KochConfig, default_setup, postulate_test
+
+KEYS = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
+
+
+@pytest.fixture(scope="module")
+def phantom_setup():
+    try:
+        det, synth, bank, hosts, data = default_setup("phantom")
+    except FileNotFoundError as exc:  # the shipped phantom generator is part of the package
+        pytest.fail(str(exc))
+    return det, synth, bank, hosts[:6]
+
+
+@pytest.fixture(scope="module")
+def report(phantom_setup):
+    det, synth, bank, hosts = phantom_setup
+    return postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
+
+
+class NoiseSynthesizer:
+    """A broken synthesizer: ignores tree and lesions, returns coloured noise inside the FOV."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def synthesize(self, vessels, fov, layout=None, z=None, seed=0):
+        rng = np.random.default_rng(seed + 7)
+        img = rng.uniform(0.1, 0.6, size=(*np.shape(fov), 3)).astype(np.float32)
+        return img * np.asarray(fov, bool)[..., None]
+
+
+def test_report_keys_and_ranges(report):
+    j = report.to_json()
+    for k in KEYS:
+        assert k in j, k
+    assert j["n_trials"] == 6
+    assert 0.0 <= j["hit_rate"] <= 1.0 and 0.0 <= j["spurious_rate"] <= 1.0
+    assert j["spearman_ci"][0] <= j["spearman_severity_count"] <= j["spearman_ci"][1] + 1e-9
+    assert 0.0 <= j["vessel_dice"] <= 1.0
+    assert list(j["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"]
+    placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
+    assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
+    json.dumps(j)  # plain JSON
+
+
+def test_phantom_lesions_are_refound_and_raise_severity(report):
+    # The shipped phantom chain must pass its own Koch test clearly above chance.
+    assert report.hit_rate > report.chance_hit_rate + 0.2
+    assert report.spearman_severity_count > 0.5
+    assert report.severity_by_count["16"] > report.severity_by_count["0"]
+
+
+def test_deterministic_for_a_seed(phantom_setup, report):
+    det, synth, bank, hosts = phantom_setup
+    again = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
+    assert again.to_json() == report.to_json()
+    other = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
+    assert other.severity != report.severity
+
+
+def test_broken_synthesizer_gives_low_hit_rate(phantom_setup, report):
+    det, synth, bank, hosts = phantom_setup
+    broken = postulate_test(det, NoiseSynthesizer(synth.cfg.size), bank, hosts, config=KochConfig(trials=6, seed=1),
+                            progress=False, vessel_model=False)
+    assert broken.hit_rate < report.hit_rate - 0.25
+    assert broken.spearman_severity_count < 0.5
+
+
+def test_report_html_is_self_contained(report, tmp_path):
+    from koch_explore.report import write_report
+
+    path = write_report(report, tmp_path / "r", title="phantom")
+    page = path.read_text()
+    assert page.count("data:image/png;base64,") == 4 and "hit rate" in page and "<script" not in page
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["n_trials"] == 6
+
+
+def test_koch_test_cli_json(capsys):
+    from koch_explore.cli import main
+
+    assert main(["koch-test", "--data", "phantom", "--trials", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(k in out for k in KEYS) and out["data"] == "phantom" and out["n_trials"] == 2
+
+
+def test_koch_test_cli_missing_weights(tmp_path, capsys):
+    from koch_explore.cli import main
+
+    assert main(["koch-test", "--data", "phantom", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""``LesionPicker``: click an isolated component to put its descriptor in a bank (or take it out).
+
+Every component of the image's evidence map is cultured once into a candidate :class:`Descriptor`
+(feature patches, Grams, severity share); clicking toggles the candidate under the cursor. The bank
+saves and loads atomically like every bank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from koch_explore.descriptors import DEFAULT_THRESHOLD, DescriptorBank, _as_image_tensor, isolate
+from koch_explore.evidence import DEFAULT_METHOD, explain
+
+from ._render import close_widgets, colourise, encode, mosaic, to_uint8
+
+__all__ = ["LesionPicker"]
+
+
+class LesionPicker:
+    """A clickable fundus with its components; selected ones go into :attr:`bank`.
+
+    Plain-Python API: :meth:`click` (x, y in image pixels), :meth:`toggle` (candidate index),
+    :attr:`candidates`, :attr:`selected`, :attr:`bank`, :meth:`save`, :meth:`load`, :meth:`close`.
+    """
+
+    def __init__(self, detector, image: np.ndarray, fov: np.ndarray | None = None, method: str = DEFAULT_METHOD,
+                 threshold: float | str = DEFAULT_THRESHOLD, image_id: str = "image", bank_path: str = "picked_bank.safetensors",
+                 width: int = 512):
+        import ipywidgets as W
+        import plotly.graph_objects as go
+
+        self.detector = detector
+        x = _as_image_tensor(image[None] if np.ndim(image) == 3 else image)[:1].to(next(detector.parameters()).device)
+        self.image = to_uint8(x[0].permute(1, 2, 0).cpu().numpy())
+        ev = explain(detector, x, method)
+        self.candidates = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
+                                  threshold=threshold, fov=fov, image_ids=[image_id], require_disease=False, min_share=float("nan"))[0]
+        self.method = method
+        self.selected: list[int] = []
+        self.bank = DescriptorBank(detector_hash=detector.weights_hash(), info={"built_by": "LesionPicker", "method": method})
+
+        h, w = self.image.shape[:2]
+        self.figure = go.FigureWidget(go.Image(z=self.image, hoverinfo="x+y"))
+        self.figure.update_layout(width=width, height=round(width * h / w), margin=dict(l=0, r=0, t=0, b=0),
+                                  xaxis=dict(visible=False), yaxis=dict(visible=False), dragmode=False)
+        self.figure.data[0].on_click(self._on_click)
+        self.info = W.HTML()
+        self.detail = W.Image(format="png")
+        self.path_text = W.Text(value=str(bank_path), description="bank file")
+        self.save_button, self.load_button = W.Button(description="save bank"), W.Button(description="load bank")
+        self.save_button.on_click(lambda _b: self.save(self.path_text.value))
+        self.load_button.on_click(lambda _b: self.load(self.path_text.value))
+        side = W.VBox([self.info, self.detail])
+        self._rows = [side, W.HBox([self.figure, side]), W.HBox([self.path_text, self.save_button, self.load_button])]
+        self.widget = W.VBox(self._rows[1:])
+        self._redraw(None)
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def click(self, x: float, y: float) -> int | None:
+        """Toggle the smallest candidate whose box contains (x, y); returns its index or None."""
+        inside = [k for k, d in enumerate(self.candidates)
+                  if d.bbox[0] - 0.5 <= x < d.bbox[2] - 0.5 and d.bbox[1] - 0.5 <= y < d.bbox[3] - 0.5]
+        if not inside:
+            self.info.value = f"no component at ({x:.0f}, {y:.0f})"
+            return None
+        k = min(inside, key=lambda i: self.candidates[i].area)
+        self.toggle(k)
+        return k
+
+    def toggle(self, k: int) -> None:
+        if not 0 <= k < len(self.candidates):
+            raise IndexError(f"candidate {k} of {len(self.candidates)}")
+        if k in self.selected:
+            self.selected.remove(k)
+        else:
+            self.selected.append(k)
+        self.bank = DescriptorBank([self.candidates[i] for i in self.selected], detector_hash=self.bank.detector_hash, info=self.bank.info)
+        self._redraw(k)
+
+    def save(self, path: str | Path) -> Path:
+        out = self.bank.save(path)
+        self.info.value = f"saved {len(self.bank)} descriptors to {out}"
+        return out
+
+    def load(self, path: str | Path) -> DescriptorBank:
+        """Replace the selection by a saved bank (its descriptors need not come from this image)."""
+        self.bank = DescriptorBank.load(path, detector=self.detector)
+        self.selected = [k for k, c in enumerate(self.candidates) if any(c.bbox == d.bbox and c.source == d.source for d in self.bank)]
+        self._redraw(None)
+        self.info.value = f"loaded {len(self.bank)} descriptors from {path}"
+        return self.bank
+
+    def close(self) -> None:
+        self.figure.data[0].on_click(None)
+        for b in (self.save_button, self.load_button):
+            b._click_handlers.callbacks.clear()
+        close_widgets(self.widget, *self._rows, self.info, self.detail, self.path_text, self.save_button, self.load_button, self.figure)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _on_click(self, _trace, points, _state) -> None:
+        if points.xs:
+            self.click(points.xs[0], points.ys[0])
+
+    def _redraw(self, k: int | None) -> None:
+        shapes = []
+        for i, d in enumerate(self.candidates):
+            x0, y0, x1, y1 = d.bbox
+            on = i in self.selected
+            shapes.append(dict(type="rect", x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5,
+                               line=dict(color="#00ff66" if on else "#ffd000", width=2 if on else 1)))
+        self.figure.layout.shapes = shapes
+        head = f"{len(self.candidates)} components ({self.method}); <b>{len(self.bank)} in the bank</b>"
+        if k is None:
+            self.info.value = head
+            return
+        d = self.candidates[k]
+        state = "added" if k in self.selected else "removed"
+        self.info.value = (f"{head}<br>#{k} {state}: area {d.area} px, score {d.score:.2f}, "
+                           f"severity share {d.severity_share:+.3f}")
+        x0, y0, x1, y1 = d.bbox
+        tiles = [self.image[y0:y1, x0:x1], colourise(d.evidence / (d.evidence.max() + 1e-12)), to_uint8(d.mask.astype(np.float32))]
+        titles = ["patch", "evidence", "mask"]
+        for n, f in d.features.items():
+            m = np.abs(f).mean(0)
+            tiles.append(colourise(m / (m.max() + 1e-12)))
+            titles.append(f"{n} features")
+        self.detail.value = encode(mosaic(tiles, titles, tile=96, cols=3))

@@ -1,0 +1,108 @@
+"""``ThresholdExplorer``: slide the isolation threshold and watch the lesions appear and merge.
+
+The evidence map is computed once; a slider move only re-thresholds the cached blurred map and
+re-labels its components (no network, no blur), then redraws an SVG: the fundus (encoded once), a
+transparent mask overlay, one ``rect.koch-box`` per component. That keeps a redraw at 512 px well
+under 30 ms (``benchmarks/bench_widgets.py``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from koch_explore.descriptors import DEFAULT_THRESHOLD, Segmentation, cut_components, default_min_area, segment
+
+from ._render import close_widgets, data_url, svg_view, to_uint8
+
+__all__ = ["ThresholdExplorer"]
+
+
+class ThresholdExplorer:
+    """Fundus + evidence map, a threshold slider, an Otsu button, the live mask, boxes and count.
+
+    Plain-Python API: :meth:`set_threshold`, :meth:`otsu`, :attr:`segmentation`, :attr:`count`,
+    :attr:`last_redraw_ms`; :meth:`close` releases the widgets and their observers.
+    """
+
+    def __init__(self, image: np.ndarray, evidence: np.ndarray, fov: np.ndarray | None = None,
+                 threshold: float = DEFAULT_THRESHOLD,
+                 min_area: int | None = None, width: int = 512, title: str = ""):
+        import ipywidgets as W
+
+        img = to_uint8(image)
+        self.shape = img.shape[:2]
+        if np.shape(evidence) != self.shape:
+            raise ValueError(f"evidence map {np.shape(evidence)} does not match the image {self.shape}")
+        first = segment(evidence, fov, threshold)  # blurs once; later moves reuse `blurred`
+        self._blurred, self._fov = first.blurred, first.fov
+        self._evidence = np.asarray(evidence, np.float32)
+        self.min_area = default_min_area(self.shape) if min_area is None else int(min_area)
+        self._background = data_url(img, "jpeg")
+        self.width = width
+        self.segmentation: Segmentation = first
+        self.last_redraw_ms = float("nan")
+
+        self.slider = W.FloatSlider(value=float(threshold), min=0.0, max=1.0, step=0.01, description="threshold",
+                                    continuous_update=True, readout_format=".2f", layout=W.Layout(width="420px"))
+        self.otsu_button = W.Button(description="Otsu", tooltip="set the threshold by Otsu's method")
+        self.count_label = W.HTML()
+        self.view = W.HTML()
+        self.slider.observe(self._on_slider, names="value")
+        self.otsu_button.on_click(lambda _b: self.otsu())
+        self._header = W.HTML(f"<b>{title}</b>") if title else W.HTML()
+        self._row = W.HBox([self.slider, self.otsu_button, self.count_label])
+        self.widget = W.VBox([self._header, self._row, self.view])
+        self.redraw()
+
+    # -- API -----------------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float:
+        return float(self.slider.value)
+
+    @property
+    def count(self) -> int:
+        return len(self.segmentation.boxes)
+
+    def set_threshold(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"threshold is a fraction of the map's maximum in [0, 1], got {value}")
+        self.slider.value = float(value)  # the observer redraws
+
+    def otsu(self) -> float:
+        """Set the threshold by Otsu's method on the blurred map (inside the FOV); returns it."""
+        values = np.round(self._blurred[self._fov] * 255).astype(np.uint8).reshape(1, -1)
+        t = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0] if values.size else 255.0
+        self.set_threshold(min(1.0, (t + 0.5) / 255.0))
+        return self.threshold
+
+    def redraw(self) -> None:
+        t0 = time.perf_counter()
+        self.segmentation = self._segment(self.threshold)
+        seg = self.segmentation
+        overlay = np.zeros((*self.shape, 4), np.uint8)
+        overlay[seg.mask] = (255, 220, 0, 110)
+        self.view.value = svg_view(self._background, self.shape, data_url(overlay), seg.boxes, width=self.width)
+        self.count_label.value = f'<span class="koch-count">{self.count} lesion{"s" if self.count != 1 else ""}</span>'
+        self.last_redraw_ms = (time.perf_counter() - t0) * 1000
+
+    def close(self) -> None:
+        self.slider.unobserve(self._on_slider, names="value")
+        self.otsu_button._click_handlers.callbacks.clear()
+        close_widgets(self.widget, self._header, self._row, self.slider, self.otsu_button, self.count_label, self.view)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _on_slider(self, _change) -> None:
+        self.redraw()
+
+    def _segment(self, cut: float) -> Segmentation:
+        return cut_components(self._blurred, self._fov, cut, self.min_area, evidence=self._evidence)
