@@ -23,7 +23,7 @@ Everything is deterministic for a seed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +32,7 @@ import torch
 
 from .descriptors import DEFAULT_THRESHOLD, segment
 from .evidence import DEFAULT_METHOD, explain
+from .isolation_eval import _contains
 
 __all__ = ["COUNTS", "KochConfig", "KochReport", "TrialCase", "postulate_test", "default_setup", "shipped_models"]
 
@@ -116,10 +117,6 @@ class KochReport:
 # ---------------------------------------------------------------------------------------------
 
 
-def _contains(box: Box, point) -> bool:
-    return box[0] - 0.5 <= point[0] < box[2] - 0.5 and box[1] - 0.5 <= point[1] < box[3] - 0.5
-
-
 def _overlaps(a: Box, b: Box, margin: int = 0) -> bool:
     return a[0] < b[2] + margin and b[0] - margin < a[2] and a[1] < b[3] + margin and b[1] - margin < a[3]
 
@@ -162,7 +159,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
 
     from .synthesis.synthesizer import random_layout
 
-    cfg = config or KochConfig()
+    cfg = replace(config or KochConfig())  # a copy: the caller's config is never changed
     if trials is not None:
         cfg.trials = int(trials)
     if seed is not None:

@@ -3,6 +3,8 @@ own conventions, weights round trip, and a short phantom training that resumes."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,8 @@ from koch_explore.synthesis.generator import Generator, GeneratorConfig
 from koch_explore.synthesis.losses import Placement, gram, pathological, retinal_detail, total_variation
 from koch_explore.synthesis.synthesizer import LesionSynthesizer
 from koch_explore.weights_io import WeightsMismatchError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "koch_explore" / "weights"
 
 SMALL = GeneratorConfig(size=64, ngf=8, ndf=8, depth=4, z_dim=16, z_channels=8,
                         canvas_channels={"conv2": 4, "conv5": 6}, canvas_scales={"conv2": 2, "conv5": 8})
@@ -197,3 +201,34 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert res["step"] == killed_at + 2
     hist = __import__("json").loads(torch.load(out / "last.pt", weights_only=True)["history"])
     assert [h["step"] for h in hist] == list(range(1, killed_at + 3))
+
+
+@pytest.mark.slow
+def test_reconstruct_mode_draws_each_photo_with_its_own_descriptors(tmp_path):
+    from koch_explore.descriptors import DescriptorBank
+    from koch_explore.synthesis.trainer import SynthTrainConfig, load_detector, reconstruct_set, train
+
+    cfg = SynthTrainConfig(data="phantom", mode="reconstruct", bank_method="guided-backprop", bank_images=4, steps=2,
+                           batch_size=1, out=str(tmp_path / "rec"), sample_every=0, num_threads=2)
+    hosts, bank = reconstruct_set(cfg, load_detector("phantom"), 256)
+    assert len(hosts) == 4 and len(bank) == sum(len(h["layout"]) for h in hosts) > 0
+    for h in hosts:  # descriptors stay where they were cut: inside their own photo's FOV
+        for d in h["layout"]:
+            cx, cy = (round(c) for c in d.centroid)
+            assert h["fov"][cy, cx] and d.source == h["name"]
+    assert 0.02 < np.mean([h["vessels"][h["fov"]].mean() for h in hosts]) < 0.3  # a segmented tree, not empty or all
+    res = train(cfg, progress=False)
+    assert res["step"] == 2 and "path" in res["losses"]
+    assert len(DescriptorBank.load(tmp_path / "rec" / "bank.safetensors", detector=load_detector("phantom"))) == len(bank)
+    with pytest.raises(ValueError, match="mode"):
+        train(SynthTrainConfig(data="phantom", mode="paint", out=str(tmp_path / "x")), progress=False)
+
+
+def test_severity_term_is_trained_when_weighted(tmp_path):
+    from koch_explore.synthesis.losses import LossWeights
+    from koch_explore.synthesis.trainer import SynthTrainConfig, train
+
+    bank = WEIGHTS_DIR / "synth_phantom_256.bank.safetensors"
+    res = train(SynthTrainConfig(data="phantom", steps=1, batch_size=2, max_lesions=4, bank=str(bank), out=str(tmp_path / "s"),
+                                 sample_every=0, weights=LossWeights(severity=1.0, vessel=0.0), num_threads=2), progress=False)
+    assert "severity" in res["losses"] and np.isfinite(res["losses"]["severity"]) and "vessel" not in res["losses"]

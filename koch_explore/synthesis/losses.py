@@ -16,7 +16,8 @@ A user-supplied VGG-19 can replace it (any module returning a dict of named feat
   fundus and the host's tree (Costa et al. 2017 train segmentation and synthesis jointly for the
   same reason): detector features at 1/4 scale and coarser barely see capillaries, so without it
   the generator blurs the thin vessels it was given;
-* **severity** (optional) — MSE between the detector's severity of the synthetic image and a target;
+* **severity** (optional) — MSE between the detector's severity of the synthetic image and the host's
+  plus the placed descriptors' severity shares;
 * **global style** (the Tub-sGAN baseline) — one Gram loss over the whole FOV against a reference photo.
 """
 
@@ -61,7 +62,8 @@ class LossWeights:
     vessel: float = 2.0
     """Soft Dice of the vessel segmenter's map of the synthetic fundus vs the host's tree."""
     severity: float = 0.0
-    """MSE to a target severity; off unless a target is given."""
+    """MSE between the detector's severity of the synthetic image and the host's severity plus the
+    severity shares of the placed descriptors (what each lesion added in its source eye); 0 = off."""
     style: float = 0.0
     """Whole-image Gram loss to a reference photo (the Tub-sGAN baseline); 0 in our mode."""
 

@@ -48,6 +48,11 @@ class SynthTrainConfig:
     """Network sizes (PRESETS): "cpu-256" trains on 2 CPU cores, "gpu-512" is the papers' scale."""
     data: str = "real"
     """"real": DRIVE + CHASE_DB1 healthy set, EyePACS descriptors; "phantom": embedded data only."""
+    mode: str = "inoculate"
+    """"inoculate" (AAAI): healthy hosts, bank descriptors placed at random positions; "reconstruct"
+    (JBHI): DR photos (IDRiD_lesions + EyePACS fullres_sample_512, or grade >= 3 phantoms) are their
+    own targets, drawn from their vessel trees (shipped segmenter) with the descriptors isolated from
+    the same photo, in place."""
     loss: str = "descriptors"
     """"descriptors" (ours, AAAI) or "global-style" (the Tub-sGAN baseline)."""
     root: str | None = None
@@ -192,6 +197,49 @@ def _default_style_reference(cfg: SynthTrainConfig, bank):
     raise ValueError("global-style: no --style-reference given and no bank source found under EyePACS/images_256")
 
 
+def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
+    """JBHI mode's data: (hosts with their own placed ``layout``, the union bank). Each DR photo is
+    prepared to ``size``, its tree comes from the shipped vessel segmenter, and its descriptors are
+    isolated from it with ``cfg.bank_method`` (they stay where they were found)."""
+    from ..data.io import read_image
+    from ..data.preprocess import prepare_fundus
+    from ..descriptors import DescriptorBank, explain, isolate
+    from ..vessels import load_default as load_vessels
+
+    photos = []
+    if cfg.data == "phantom":
+        from ..phantom import generate_phantom
+
+        rng = np.random.default_rng(cfg.seed)
+        for k in range(min(cfg.bank_images, 24)):
+            ph = generate_phantom(4_000_000 + k, size=size, grade=int(rng.integers(3, 5)))
+            photos.append((np.clip(ph.image, 0, 1).astype(np.float32), ph.fov.astype(bool), f"phantom_{4_000_000 + k}"))
+    else:
+        from ..data.roots import dataset_dir
+
+        files = sorted(p for p in dataset_dir("IDRiD_lesions", cfg.root).glob("*.jpg"))
+        files += sorted(dataset_dir("EyePACS", cfg.root).joinpath("fullres_sample_512").glob("*.jp*g"))
+        for p in files:
+            img, fov = prepare_fundus(read_image(p), size, path=p)
+            photos.append((img.astype(np.float32), fov.astype(bool), p.stem))
+    vessel_model = load_vessels(device)
+    hosts, bank = [], DescriptorBank(detector_hash=detector.weights_hash(),
+                                     info={"built_by": "synth train (reconstruct)", "data": cfg.data, "method": cfg.bank_method})
+    for s in range(0, len(photos), 8):
+        chunk = photos[s : s + 8]
+        x = torch.from_numpy(np.stack([c[0] for c in chunk])).permute(0, 3, 1, 2).contiguous().to(device)
+        ev = explain(detector, x, cfg.bank_method)
+        found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
+                        fov=np.stack([c[1] for c in chunk]), image_ids=[c[2] for c in chunk])
+        for (img, fov, name), ds in zip(chunk, found):
+            ds = [d for d in ds if d.area <= cfg.max_lesion_area * size * size]
+            _, tree = vessel_model.segment(img, fov, tta=1)
+            layout = DescriptorBank(ds, detector_hash=bank.detector_hash, info=dict(bank.info))
+            hosts.append({"image": img * fov[..., None], "vessels": tree.astype(np.float32), "fov": fov, "name": name, "layout": layout})
+            bank.extend(ds)
+    return hosts, bank
+
+
 # ---------------------------------------------------------------------------------------------
 # Augmentation of a healthy host (numpy, per image)
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +287,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     from ..descriptors import DescriptorBank
     from ..detector_train import atomic_torch_save, setup_distributed
 
+    if cfg.mode not in ("inoculate", "reconstruct"):
+        raise ValueError(f"mode {cfg.mode!r}: 'inoculate' or 'reconstruct'")
     if cfg.loss not in ("descriptors", "global-style"):
         raise ValueError(f"loss {cfg.loss!r}: 'descriptors' or 'global-style'")
     if cfg.preset not in PRESETS:
@@ -265,8 +315,13 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
         vessel_term = VesselConsistency(load_vessels(device))
 
-    hosts = healthy_set(cfg, gcfg.size)
     bank_path = out / "bank.safetensors"
+    if cfg.mode == "reconstruct":
+        hosts, own_bank = reconstruct_set(cfg, detector, gcfg.size, device)
+        if main and not bank_path.exists():
+            own_bank.save(bank_path)
+    else:
+        hosts = healthy_set(cfg, gcfg.size)
     if cfg.bank and main and not (resume and bank_path.exists()):
         from ..descriptors import _bank_paths
 
@@ -275,7 +330,9 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         bank_path.parent.mkdir(parents=True, exist_ok=True)
         for src, dst in zip(_bank_paths(cfg.bank), _bank_paths(bank_path)):
             shutil.copyfile(src, dst)
-    if bank_path.exists():
+    if cfg.mode == "reconstruct":
+        bank = own_bank
+    elif bank_path.exists():
         bank = DescriptorBank.load(bank_path, detector=detector)
     else:
         bank = build_bank(cfg, detector, gcfg.size)
@@ -334,15 +391,21 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     t0, last_ck = time.time(), time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc="synth", disable=not (main and progress), mininterval=5)
     while step < cfg.steps:
-        batch = [augment_host(hosts[int(rng.integers(len(hosts)))], rng) for _ in range(cfg.batch_size)]
+        picks = [hosts[int(rng.integers(len(hosts)))] for _ in range(cfg.batch_size)]
+        # reconstruct: no warp, the photo's own descriptors must stay where they were cut
+        batch = picks if cfg.mode == "reconstruct" else [augment_host(h, rng) for h in picks]
         real = torch.from_numpy(np.stack([b["image"] for b in batch])).permute(0, 3, 1, 2).to(device)
         ves = torch.from_numpy(np.stack([b["vessels"] for b in batch]))[:, None].to(device)
         fov = torch.from_numpy(np.stack([b["fov"] for b in batch]).astype(np.float32))[:, None].to(device)
         canv = {n: [] for n in gcfg.canvas_channels}
         lesion_mask, placements = torch.zeros_like(fov), []
+        added = torch.zeros(cfg.batch_size, device=device)  # severity the placed lesions added in their source eyes
         for i, b in enumerate(batch):
-            k = int(rng.integers(0, cfg.max_lesions + 1)) if cfg.loss == "descriptors" else 0
-            lay = random_layout(bank, k, b["fov"], rng=rng) if k else None
+            if cfg.mode == "reconstruct":
+                lay = b["layout"] if cfg.loss == "descriptors" and len(b["layout"]) else None
+            else:
+                k = int(rng.integers(0, cfg.max_lesions + 1)) if cfg.loss == "descriptors" else 0
+                lay = random_layout(bank, k, b["fov"], rng=rng) if k else None
             rendered = lay.render((gcfg.size, gcfg.size), layers=layers, fov=b["fov"]) if lay is not None and len(lay) else None
             for n, t in canvas_tensors(rendered, gcfg).items():
                 canv[n].append(t)
@@ -350,6 +413,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
                 lm = cv2.dilate(rendered.mask.astype(np.uint8), np.ones((9, 9), np.uint8))
                 lesion_mask[i, 0] = torch.from_numpy(lm.astype(np.float32))
                 placements += layout_placements(lay, i, layers, device)
+                added[i] = float(sum(d.severity_share for d in lay if np.isfinite(d.severity_share)))
         canv = {n: torch.cat(v).to(device) for n, v in canv.items()}
         z = torch.randn(cfg.batch_size, gcfg.z_dim, device=device)
 
@@ -362,16 +426,20 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             opt_d.step()
             rec["d"] = d_loss.item()
         w = cfg.weights
-        _, ff = feats(fake)
+        want_sev = w.severity > 0
+        sev_fake, ff = feats(fake, severity=want_sev)
         with torch.no_grad():
-            _, fr = feats(real)
+            sev_real, fr = feats(real, severity=want_sev)
         detail_f = {n: ff[n] for n in cfg.detail_layers}
         detail_r = {n: fr[n] for n in cfg.detail_layers}
         terms = {
             "adv": adversarial_g(d_net(fake, ves)),
-            "detail": retinal_detail(detail_f, detail_r, fov, lesion_mask),
+            # reconstruct: the photo is the target lesions included, so detail covers the whole FOV
+            "detail": retinal_detail(detail_f, detail_r, fov, None if cfg.mode == "reconstruct" else lesion_mask),
             "tv": total_variation(fake, fov),
         }
+        if want_sev:  # the host's own severity plus what each placed lesion added where it was cut
+            terms["severity"] = ((sev_fake.reshape(-1) - (sev_real.reshape(-1) + added)) ** 2).mean()
         if vessel_term is not None:
             terms["vessel"] = vessel_term(fake, ves, fov)
         if cfg.loss == "descriptors":
@@ -379,7 +447,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         else:
             terms["style"] = global_style(detail_f, ref_grams, fov)
         scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0),
-                 "vessel": w.vessel}
+                 "vessel": w.vessel, "severity": w.severity}
         g_loss = sum(scale[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
