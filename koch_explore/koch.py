@@ -90,6 +90,8 @@ class KochReport:
     hit_rate: float
     hit_rate_ci: list[float]
     chance_hit_rate: float
+    hit_above_chance: float
+    """hit_rate - chance_hit_rate: what the placements add to what big boxes contain anyway."""
     spurious_rate: float
     healthy_components: float
     """Mean number of components re-isolated from the 0-lesion synthesis."""
@@ -254,6 +256,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         n_trials=cfg.trials, counts=counts, hit_rate=hit_rate,
         hit_rate_ci=[float(np.percentile(hr_boot, 2.5)), float(np.percentile(hr_boot, 97.5))],
         chance_hit_rate=float(decoy_hits / max(1, decoy_n)),
+        hit_above_chance=hit_rate - float(decoy_hits / max(1, decoy_n)),
         spurious_rate=float(spurious / max(1, components)),
         healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
         hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
@@ -281,18 +284,33 @@ SETUPS = {
     "real": ("detector_eyepacs_256.safetensors", "synth_cpu256.safetensors", "synth_cpu256.bank.safetensors"),
     "phantom": ("detector_phantom_256.safetensors", "synth_phantom_256.safetensors", "synth_phantom_256.bank.safetensors"),
 }
+SETUPS["embedded"] = SETUPS["real"]  # the shipped real models on the CC0 photo inside scikit-image
+
+
+def embedded_hosts(size: int = 256) -> list[dict]:
+    """One real healthy host that needs no data: ``skimage.data.retina()`` (CC0, inside the wheel),
+    prepared to ``size``, its tree from the shipped vessel segmenter."""
+    from skimage import data as skdata
+
+    from .data.preprocess import prepare_fundus
+    from .vessels import load_default as load_vessels
+
+    img, fov = prepare_fundus(skdata.retina().astype(np.float32) / 255.0, size)
+    _, tree = load_vessels().segment(img, fov)
+    return [{"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool), "name": "skimage-retina"}]
 
 
 def resolve_data(data: str, root=None) -> str:
-    """"auto" -> "real" when DRIVE and CHASE_DB1 are found under the data root, else "phantom"."""
+    """"auto" -> "real" when DRIVE and CHASE_DB1 are found under the data root, else "embedded"
+    (the shipped real models on ``skimage.data.retina()``)."""
     if data != "auto":
         if data not in SETUPS:
-            raise ValueError(f"data {data!r}: 'auto', 'real' or 'phantom'")
+            raise ValueError(f"data {data!r}: 'auto', 'real', 'embedded' or 'phantom'")
         return data
     from .data.roots import resolve_data_root
 
     r = resolve_data_root(root)
-    return "real" if r is not None and (Path(r) / "DRIVE").is_dir() and (Path(r) / "CHASE_DB1").is_dir() else "phantom"
+    return "real" if r is not None and (Path(r) / "DRIVE").is_dir() and (Path(r) / "CHASE_DB1").is_dir() else "embedded"
 
 
 def shipped_models(data: str, detector=None, weights=None, bank=None, device="cpu"):
@@ -321,7 +339,10 @@ def default_setup(data: str = "auto", root=None, detector=None, weights=None, ba
 
     data = resolve_data(data, root)
     det, synth, descriptors = shipped_models(data, detector, weights, bank, device)
-    hosts = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
+    if data == "embedded":
+        hosts = embedded_hosts(synth.cfg.size)
+    else:
+        hosts = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
     return det, synth, descriptors, hosts, data
 
 
@@ -331,8 +352,9 @@ def default_setup(data: str = "auto", root=None, detector=None, weights=None, ba
 
 
 def _common(p) -> None:
-    p.add_argument("--data", default="auto", choices=["auto", "real", "phantom"],
-                   help="real: DRIVE + CHASE_DB1 hosts, EyePACS descriptors; phantom: embedded data; auto: real when found")
+    p.add_argument("--data", default="auto", choices=["auto", "real", "embedded", "phantom"],
+                   help="real: DRIVE + CHASE_DB1 hosts, EyePACS descriptors; embedded: the same models on skimage's "
+                        "retina photo (no data needed); phantom: phantom detector/synthesizer; auto: real when found, else embedded")
     p.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
     p.add_argument("--trials", type=int, default=KochConfig.trials, help="hosts inoculated (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""Postulate 4: the Koch test and its report, on the shipped phantom setup (embedded data only)."""
+"""Postulate 4: the Koch test and its report on the embedded setup: the shipped EyePACS detector,
+DRIVE/CHASE synthesizer and bank, on ``skimage.data.retina()`` as the healthy host (no data needed)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ KEYS = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "
 
 
 @pytest.fixture(scope="module")
-def phantom_setup():
+def embedded_setup():
     try:
-        det, synth, bank, hosts, data = default_setup("phantom")
-    except FileNotFoundError as exc:  # the shipped phantom generator is part of the package
+        det, synth, bank, hosts, data = default_setup("embedded")
+    except FileNotFoundError as exc:  # the shipped generator is part of the package
         pytest.fail(str(exc))
-    return det, synth, bank, hosts[:6]
+    return det, synth, bank, hosts
 
 
 @pytest.fixture(scope="module")
-def report(phantom_setup):
-    det, synth, bank, hosts = phantom_setup
+def report(embedded_setup):
+    det, synth, bank, hosts = embedded_setup
     return postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
 
 
@@ -50,30 +51,33 @@ def test_report_keys_and_ranges(report):
     assert list(j["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"]
     placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
     assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
+    assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
     json.dumps(j)  # plain JSON
 
 
-def test_phantom_lesions_are_refound_and_raise_severity(report):
-    # The shipped phantom chain must pass its own Koch test clearly above chance.
-    assert report.hit_rate > report.chance_hit_rate + 0.2
-    assert report.spearman_severity_count > 0.5
-    assert report.severity_by_count["16"] > report.severity_by_count["0"]
+def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
+    # The shipped chain on the real CC0 host must pass its own Koch test clearly above chance.
+    assert report.hit_above_chance > 0.15
+    assert report.spearman_severity_count > 0.6
+    assert report.severity_by_count["16"] > report.severity_by_count["0"] + 0.1
 
 
-def test_deterministic_for_a_seed(phantom_setup, report):
-    det, synth, bank, hosts = phantom_setup
+def test_deterministic_for_a_seed(embedded_setup, report):
+    det, synth, bank, hosts = embedded_setup
     again = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
     assert again.to_json() == report.to_json()
     other = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
     assert other.severity != report.severity
 
 
-def test_broken_synthesizer_gives_low_hit_rate(phantom_setup, report):
-    det, synth, bank, hosts = phantom_setup
+def test_broken_synthesizer_gives_low_hit_rate(embedded_setup, report):
+    det, synth, bank, hosts = embedded_setup
     broken = postulate_test(det, NoiseSynthesizer(synth.cfg.size), bank, hosts, config=KochConfig(trials=6, seed=1),
                             progress=False, vessel_model=False)
-    assert broken.hit_rate < report.hit_rate - 0.25
-    assert broken.spearman_severity_count < 0.5
+    # Noise gives big boxes that contain placements and decoys alike: the raw hit rate stays, the
+    # part above chance and the severity rise vanish.
+    assert broken.hit_above_chance < 0.1 and broken.hit_above_chance < report.hit_above_chance - 0.15
+    assert broken.spearman_severity_count < 0.4
 
 
 def test_report_html_is_self_contained(report, tmp_path):
@@ -91,6 +95,7 @@ def test_koch_test_cli_json(capsys):
     assert main(["koch-test", "--data", "phantom", "--trials", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(k in out for k in KEYS) and out["data"] == "phantom" and out["n_trials"] == 2
+    assert out["hit_rate_by_type"]  # the phantom bank is typed
 
 
 def test_koch_test_cli_missing_weights(tmp_path, capsys):

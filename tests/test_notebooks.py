@@ -53,7 +53,7 @@ def test_quickstart_on_embedded_data_only(tmp_path):
     # phantom grids, truth, retina, isolation steps, culture gallery, inoculation grid, Koch figures
     assert images_in(nb) >= 9
     assert len(list((tmp_path / "phantoms" / "images").glob("*.png"))) == 4
-    assert "Koch test on phantoms, 3 trials" in text and "hit rate" in text and "real-data Koch test skipped" in text
+    assert "Koch test on the skimage retina host, 3 trials" in text and "above chance" in text and "real-data Koch test skipped" in text
     page = (tmp_path / "koch" / "index.html").read_text()
     assert "data:image/png;base64," in page and "Spearman" in page
 
