@@ -376,22 +376,25 @@ def add_cli(sub) -> None:
     r.set_defaults(func=_cli_report)
 
 
-def _run(args) -> tuple[KochReport, str]:
+def _run(args) -> tuple[KochReport | None, str | None]:
+    """Set up and run the test for a CLI call; (None, None) after printing a clear error."""
     from .detector_train import resolve_device
 
-    device = resolve_device(args.device)
-    det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank, device)
-    rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method))
+    try:
+        det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
+                                                      resolve_device(args.device))
+        rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method))
+    except (FileNotFoundError, ValueError) as exc:
+        import sys
+
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return None, None
     return rep, data
 
 
 def _cli_koch_test(args) -> int:
-    import sys
-
-    try:
-        rep, data = _run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"koch-test: {exc}", file=sys.stderr)
+    rep, data = _run(args)
+    if rep is None:
         return 2
     out = rep.to_json()
     keys = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
@@ -411,14 +414,10 @@ def _cli_koch_test(args) -> int:
 
 
 def _cli_report(args) -> int:
-    import sys
-
     from .report import write_report
 
-    try:
-        rep, data = _run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"report: {exc}", file=sys.stderr)
+    rep, data = _run(args)
+    if rep is None:
         return 2
     path = write_report(rep, args.out, title=f"Koch report — {data} data")
     print(f"report written to {path}")
