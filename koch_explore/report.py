@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plotting import _plt, draw_boxes
+from .plotting import _plt, colourise, draw_boxes, mosaic
 
 __all__ = ["write_report", "figure_cases", "figure_severity", "figure_hits", "figure_distributions"]
 
@@ -29,29 +29,8 @@ def _png(fig) -> str:
 
 def _culture_mosaic(descriptors, tile: int = 48) -> np.ndarray:
     """The placed descriptors' evidence patches (normalised, masked) side by side, as RGB."""
-    import cv2
-    import matplotlib
-
-    cmap = matplotlib.colormaps["magma"]
-    tiles = []
-    for d in descriptors[:8]:
-        ev = np.asarray(d.evidence, np.float32) * d.mask
-        ev = ev / (ev.max() + 1e-12)
-        h, w = ev.shape
-        s = tile / max(h, w)
-        ev = cv2.resize(ev, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_NEAREST)
-        canvas = np.zeros((tile, tile), np.float32)
-        canvas[: ev.shape[0], : ev.shape[1]] = ev
-        tiles.append(cmap(canvas)[..., :3])
-    if not tiles:
-        return np.zeros((tile, tile, 3), np.float32)
-    cols = min(4, len(tiles))
-    rows = int(np.ceil(len(tiles) / cols))
-    out = np.zeros((rows * tile, cols * tile, 3), np.float32)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, cols)
-        out[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = t
-    return out
+    return mosaic([colourise(d.evidence * d.mask / (float((d.evidence * d.mask).max()) + 1e-12)) for d in descriptors[:8]],
+                  tile=tile, cols=4)
 
 
 def figure_cases(cases, size: float = 2.6):

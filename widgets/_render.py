@@ -11,17 +11,9 @@ import base64
 import cv2
 import numpy as np
 
+from koch_explore.plotting import colourise, mosaic, to_uint8  # shared with the HTML report
+
 __all__ = ["to_uint8", "encode", "data_url", "colourise", "svg_view", "mosaic", "close_widgets"]
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """float [0, 1] or uint8, gray or RGB -> uint8 RGB."""
-    a = np.asarray(img)
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
 
 
 def encode(img: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
@@ -37,12 +29,6 @@ def encode(img: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
 
 def data_url(img: np.ndarray, fmt: str = "png") -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(encode(img, fmt)).decode("ascii")
-
-
-def colourise(values: np.ndarray, cmap: int = cv2.COLORMAP_MAGMA) -> np.ndarray:
-    """A map in [0, 1] (NaN: black) -> uint8 RGB via an OpenCV colour map."""
-    v = np.nan_to_num(np.asarray(values, np.float32), nan=0.0)
-    return cv2.cvtColor(cv2.applyColorMap((np.clip(v, 0, 1) * 255).astype(np.uint8), cmap), cv2.COLOR_BGR2RGB)
 
 
 def svg_view(background_url: str, size: tuple[int, int], overlay_url: str | None = None, boxes=(), colours=None,
@@ -63,26 +49,6 @@ def svg_view(background_url: str, size: tuple[int, int], overlay_url: str | None
             parts.append(f'<text x="{x0}" y="{max(6, y0 - 2)}" fill="{c}" font-size="{max(6, w // 60)}">{labels[i]}</text>')
     parts.append("</svg>")
     return "".join(parts)
-
-
-def mosaic(tiles: list[np.ndarray], titles: list[str] | None = None, tile: int = 128, cols: int = 4) -> np.ndarray:
-    """uint8 RGB tiles (any sizes) resized into a grid with small captions."""
-    if not tiles:
-        return np.zeros((tile, tile, 3), np.uint8)
-    cols = max(1, min(cols, len(tiles)))
-    rows = int(np.ceil(len(tiles) / cols))
-    cap = 14 if titles else 0
-    out = np.zeros((rows * (tile + cap), cols * tile, 3), np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, cols)
-        t = to_uint8(t)
-        s = tile / max(t.shape[:2])
-        t = cv2.resize(t, (max(1, round(t.shape[1] * s)), max(1, round(t.shape[0] * s))), interpolation=cv2.INTER_NEAREST if s > 1 else cv2.INTER_AREA)
-        y, x = r * (tile + cap) + cap, c * tile
-        out[y : y + t.shape[0], x : x + t.shape[1]] = t
-        if titles:
-            cv2.putText(out, titles[i][:22], (x + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
 
 
 def close_widgets(*widgets) -> None:
