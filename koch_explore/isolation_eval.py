@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from .descriptors import DEFAULT_MIN_SHARE, DEFAULT_THRESHOLD, Box, Descriptor, explain, isolate
+from .evidence import DEFAULT_METHOD, cam_layer
 from .metrics import roc_auc
 
 __all__ = [
@@ -226,7 +227,7 @@ def evaluate_isolation(
     detector,
     samples: Iterable[LesionSample],
     types: Sequence[str],
-    method: str = "deconvnet",
+    method: str = DEFAULT_METHOD,
     start: str = "dense2",
     channels=None,
     threshold: str | float = DEFAULT_THRESHOLD,
@@ -279,7 +280,8 @@ def evaluate_isolation(
         # against this chance level.
         "box_coverage": float(np.mean(coverage)) if coverage else None,
         "method": method,
-        "start": start if method in ("deconvnet", "deconvnet-excess", "gradcam") else None,
+        "start": (cam_layer(detector, start) if method in ("gradcam", "guided-gradcam")
+                  else start if method in ("deconvnet", "deconvnet-excess") else None),
         "threshold": threshold,
         "blur_sigma": blur_sigma,
         "min_area": min_area,

@@ -2,7 +2,9 @@
 
 The paper showed synthetic fundus photos to five ophthalmologists. Here the detector itself is the
 rater: for each trial a healthy host (vessel tree + FOV) is inoculated with 0, 1, 2, 4, 8 and 16
-descriptors drawn from the bank (same noise ``z`` for all counts, so only the lesions differ), and
+descriptors drawn from the bank — a dose series: the same noise ``z`` for all counts and nested
+layouts (the n-lesion layout is the first n placements of the largest one), so from one count to the
+next only lesions are *added* — and
 
 * **hit rate** — of the placed lesions, the share whose centroid lies in the box of a component
   re-isolated from the synthetic image (same evidence method and threshold as postulate 1);
@@ -55,6 +57,10 @@ class KochConfig:
     """Deconvnet start layer."""
     threshold: float | str = DEFAULT_THRESHOLD
     """Isolation threshold (fraction of the map's maximum, or "otsu")."""
+    nested: bool = True
+    """Dose series: the n-lesion layout is the first n placements of the largest count's layout, so
+    a larger count only adds lesions. False: an independent random layout per count (then the
+    severity curve also carries the luck of which descriptors and places were drawn)."""
     margin: int = 4
     """Pixels of slack around a placed box when deciding whether a component is spurious."""
     n_boot: int = 1000
@@ -144,6 +150,17 @@ def _decoys(fov: np.ndarray, boxes: Sequence[Box], n: int, margin: int, rng: np.
     return [(float(xs[i]), float(ys[i])) for i in k]
 
 
+def _layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
+    """count -> placed bank (None for 0): prefixes of one layout when ``nested``, else independent."""
+    from .descriptors import DescriptorBank
+    from .synthesis.synthesizer import random_layout
+
+    if not nested:
+        return {n: (random_layout(bank, n, fov, seed=seed * 37 + n) if n else None) for n in counts}
+    full = list(random_layout(bank, max(counts), fov, seed=seed * 37))
+    return {n: (DescriptorBank(full[:n], detector_hash=bank.detector_hash, info=dict(bank.info)) if n else None) for n in counts}
+
+
 @torch.no_grad()
 def _severity(detector, images: np.ndarray) -> np.ndarray:
     dev = next(detector.parameters()).device
@@ -158,8 +175,6 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     optionally "image" (the real photo, for the Fréchet distance)} at the synthesizer's size.
     ``vessel_model``: a vessel segmenter, or ``False`` to skip vessel Dice (default: the shipped one)."""
     from tqdm.auto import tqdm
-
-    from .synthesis.synthesizer import random_layout
 
     cfg = replace(config or KochConfig())  # a copy: the caller's config is never changed
     if trials is not None:
@@ -193,7 +208,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         ves, fov = np.asarray(host["vessels"], np.float32), np.asarray(host["fov"], bool)
         tseed = cfg.seed * 100_003 + t
         rng = np.random.default_rng(tseed)
-        layouts = {n: (random_layout(bank, n, fov, seed=tseed * 37 + n) if n else None) for n in counts}
+        layouts = _layouts(bank, counts, fov, tseed, cfg.nested)
         images = np.stack([synthesizer.synthesize(ves, fov, layouts[n], seed=tseed) for n in counts])
         severity.append(_severity(detector, images).tolist())
         maps = explain(detector, images, cfg.method, start=cfg.start).maps
@@ -363,6 +378,8 @@ def _common(p) -> None:
     p.add_argument("--weights", default=None, help="generator weights (default: the shipped ones for --data)")
     p.add_argument("--bank", default=None, help="descriptor bank (default: the one shipped with the generator)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--independent-layouts", action="store_true",
+                   help="draw an independent layout per count instead of the nested dose series")
 
 
 def add_cli(sub) -> None:
@@ -383,7 +400,8 @@ def _run(args) -> tuple[KochReport | None, str | None]:
     try:
         det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
                                                       resolve_device(args.device))
-        rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method))
+        rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method,
+                                                                                    nested=not args.independent_layouts))
     except (FileNotFoundError, ValueError) as exc:
         import sys
 

@@ -8,7 +8,9 @@
 * ``randomization_similarity`` — mean Spearman rank correlation between each eye's map under the
   trained detector and under the same detector with its dense head and its top conv blocks
   re-initialised (the cascading randomisation of Adebayo et al. 2018). A map that survives losing
-  what the network learned explains the architecture, not the diagnosis; lower is better.
+  what the network learned explains the architecture, not the diagnosis; lower is better. With
+  ``cascade`` also ``randomization_cascade``: the same figure with 1, 2, ... all conv blocks
+  re-initialised (the full cascade of the paper; it should fall, and stay low, as blocks go).
 * ``pixel_auc_lesions`` — pixel AUC of the map against the IDRiD expert lesion masks inside the FOV,
   per type and for the union, averaged over images.
 
@@ -105,6 +107,7 @@ def sanity_report(
     n_random: int = 32,
     batch: int = 16,
     progress: bool = True,
+    cascade: bool = False,
 ) -> dict:
     """The ``isolate sanity --json`` object for ``methods``: ``eyes`` uint8 (N, H, W, 3) validation
     eyes; ``lesion_samples`` :class:`~koch_explore.isolation_eval.LesionSample` with IDRiD masks."""
@@ -122,6 +125,13 @@ def sanity_report(
     # unchanged, only the network under it loses what it learned.
     rand_det.__dict__["_healthy_baselines"] = detector.__dict__.get("_healthy_baselines", {})
     rand_det.source_path = getattr(detector, "source_path", None)
+    cascade_dets = {}
+    if cascade:
+        for k in range(1, len(detector.cfg.blocks) + 1):
+            d = randomized_copy(detector, blocks=k)
+            d.__dict__["_healthy_baselines"] = rand_det.__dict__["_healthy_baselines"]
+            d.source_path = rand_det.source_path
+            cascade_dets[k] = d
     out = {}
     for method in tqdm(methods, desc="methods", disable=not progress):
         maps = _maps(detector, eyes, method, start, batch)
@@ -132,6 +142,10 @@ def sanity_report(
             k = min(n_random, len(eyes))
             rmaps = _maps(rand_det, eyes[:k], method, start, batch)
             rec["randomization_similarity"] = randomization_similarity(maps[:k], rmaps, fovs[:k])
+            if cascade_dets:
+                rec["randomization_cascade"] = {
+                    str(b): randomization_similarity(maps[:k], _maps(d, eyes[:k], method, start, batch), fovs[:k])
+                    for b, d in cascade_dets.items()}
         if lesion_samples:
             aucs: dict[str, list[float]] = {}
             imgs = np.stack([(s.image * 255 + 0.5).astype(np.uint8) for s in lesion_samples])
@@ -176,7 +190,8 @@ def cli_sanity(args) -> int:
         print(f"isolate sanity: {exc}", file=sys.stderr)
         return 2
     methods = METHODS if args.method is None else [args.method]
-    rep = sanity_report(detector, eyes, lesions, methods, args.start, batch=args.batch_size, progress=not args.json)
+    rep = sanity_report(detector, eyes, lesions, methods, args.start, batch=args.batch_size, progress=not args.json,
+                        cascade=getattr(args, "cascade", False))
     if args.json:
         print(json.dumps(rep))
         return 0
@@ -188,4 +203,9 @@ def cli_sanity(args) -> int:
         a = r.get("pixel_auc_lesions", {})
         print(f"{m:18s} {f(r['input_dependence']):>9s} {f(r['randomization_similarity']):>9s} {f(a.get('union')):>9s}  "
               + "  ".join(f"{f(a.get(t)):>5s}" for t in ("MA", "HE", "EX", "SE")))
+    if any("randomization_cascade" in r for r in rep["methods"].values()):
+        print("cascading randomisation (rank correlation with 1, 2, ... conv blocks + head re-initialised):")
+        for m, r in rep["methods"].items():
+            if "randomization_cascade" in r:
+                print(f"{m:18s} " + "  ".join(f"{b}: {v:.3f}" for b, v in r["randomization_cascade"].items()))
     return 0

@@ -16,8 +16,8 @@ from koch_explore.weights_io import WeightsMismatchError
 PHANTOM_WEIGHTS = "koch_explore/weights/detector_phantom_256.safetensors"
 
 
-# Measured: Grad-CAM on the 1/16 grid and the plain gradient barely move (0.156 -> 0.160,
-# 0.173 -> 0.188 on this phantom); the others at least double (see the test below).
+# Measured: Grad-CAM (8x8 cells) and the plain gradient move little on this phantom; the others at
+# least double (see the test below).
 COARSE = {"gradcam", "gradient"}
 
 
@@ -115,8 +115,22 @@ def test_sanity_report_runs_every_kind_of_method_on_a_fresh_detector():
 
     det = Detector.load(PHANTOM_WEIGHTS)  # fresh: no baseline cached yet
     eyes = np.stack([(generate_phantom(seed=200 + i, size=256).image * 255).astype(np.uint8) for i in range(4)])
-    rep = sanity_report(det, eyes, None, ["deconvnet-excess", "gradcam", "random"], n_random=2, batch=2, progress=False)
-    assert rep["default"] == "deconvnet" and rep["n_eyes"] == 4 and rep["n_randomized"] == 2
+    rep = sanity_report(det, eyes, None, ["deconvnet-excess", "guided-gradcam", "random"], n_random=2, batch=2, progress=False,
+                        cascade=True)
+    assert rep["default"] == "guided-gradcam" and rep["n_eyes"] == 4 and rep["n_randomized"] == 2
     for m, r in rep["methods"].items():
         assert -1 <= r["input_dependence"] <= 1
         assert (r["randomization_similarity"] is None) == (m == "random")
+        if m != "random":  # the cascade: 1 ... all 5 conv blocks re-initialised, block 2 is the headline figure
+            assert list(r["randomization_cascade"]) == ["1", "2", "3", "4", "5"]
+            assert r["randomization_cascade"]["2"] == pytest.approx(r["randomization_similarity"])
+
+
+@pytest.mark.parametrize("preset", ["o_O-256", "o_O-512"])
+def test_cam_layer_is_the_last_conv_with_cells_of_at_most_32_px(preset):
+    from koch_explore.evidence import cam_layer
+
+    det = Detector(preset)
+    assert cam_layer(det) == "conv11" and cam_layer(det, "conv5") == "conv5" and cam_layer(det, "dense2") == "conv11"
+    _, acts = det.eval().forward_features(torch.zeros(1, 3, det.cfg.input_size, det.cfg.input_size), keep={"conv11", "conv12"})
+    assert det.cfg.input_size / acts["conv11"].shape[-1] == 32 and det.cfg.input_size / acts["conv12"].shape[-1] == 64

@@ -70,6 +70,20 @@ def test_deterministic_for_a_seed(embedded_setup, report):
     assert other.severity != report.severity
 
 
+def test_nested_layouts_only_add_lesions(embedded_setup):
+    from koch_explore.koch import COUNTS, _layouts
+
+    _, _, bank, hosts = embedded_setup
+    fov = hosts[0]["fov"]
+    nested = _layouts(bank, COUNTS, fov, seed=3, nested=True)
+    assert nested[0] is None
+    boxes = {n: [d.bbox for d in nested[n]] for n in COUNTS if n}
+    for a, b in zip(COUNTS[1:], COUNTS[2:]):
+        assert boxes[b][: len(boxes[a])] == boxes[a], (a, b)  # the larger dose contains the smaller
+    indep = _layouts(bank, COUNTS, fov, seed=3, nested=False)
+    assert [d.bbox for d in indep[4]] != boxes[16][:4]
+
+
 def test_broken_synthesizer_gives_low_hit_rate(embedded_setup, report):
     det, synth, bank, hosts = embedded_setup
     broken = postulate_test(det, NoiseSynthesizer(synth.cfg.size), bank, hosts, config=KochConfig(trials=6, seed=1),

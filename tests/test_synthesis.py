@@ -232,3 +232,21 @@ def test_severity_term_is_trained_when_weighted(tmp_path):
     res = train(SynthTrainConfig(data="phantom", steps=1, batch_size=2, max_lesions=4, bank=str(bank), out=str(tmp_path / "s"),
                                  sample_every=0, weights=LossWeights(severity=1.0, vessel=0.0), num_threads=2), progress=False)
     assert "severity" in res["losses"] and np.isfinite(res["losses"]["severity"]) and "vessel" not in res["losses"]
+
+
+def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_path):
+    from koch_explore.synthesis.trainer import SynthTrainConfig, train
+
+    init = WEIGHTS_DIR / "synth_phantom_256.safetensors"
+    bank = WEIGHTS_DIR / "synth_phantom_256.bank.safetensors"
+    cfg = SynthTrainConfig(data="phantom", steps=8, d_warmup=2, batch_size=1, max_lesions=2, bank=str(bank), init=str(init),
+                           out=str(tmp_path / "ft"), sample_every=0, checkpoint_minutes=100, num_threads=2)
+    train(cfg, progress=False)
+    st = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    hist = __import__("json").loads(st["history"])
+    assert [sorted(h) for h in hist[:2]] == [["d", "step"]] * 2  # discriminator-only steps first
+    assert all("g" in h for h in hist[2:])
+    start = LesionSynthesizer.load(init).generator.state_dict()
+    moved = max(float((st["G"][k].float() - v.float()).abs().max()) for k, v in start.items() if v.is_floating_point())
+    ema_moved = max(float((st["ema"][k].float() - v.float()).abs().max()) for k, v in start.items() if v.is_floating_point())
+    assert moved > 0 and ema_moved < moved  # the EMA keeps its full decay: it starts at the trained weights

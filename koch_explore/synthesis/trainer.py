@@ -86,13 +86,20 @@ class SynthTrainConfig:
     """Diseased eyes the descriptor bank is isolated from."""
     bank_method: str = "deconvnet"
     """Evidence method the bank is isolated with (see ``koch_explore.evidence.METHODS``); stored in
-    the bank, and the Koch test re-isolates with the same one. On 256 px phantoms the deconvnet
-    map is one blob covering ~40% of the fundus, so phantom runs use guided backprop."""
+    the bank, and the Koch test re-isolates with the same one. The paper's deconvnet, which the
+    shipped real synthesizer was trained with (isolation's own default is guided Grad-CAM since it
+    passed the sanity checks). On 256 px phantoms the deconvnet map is one blob covering ~40% of the
+    fundus, so phantom runs use guided backprop."""
     max_lesion_area: float = 0.015
     """Drop descriptors larger than this share of the image (whole-FOV evidence is no lesion)."""
     style_reference: str | None = None
     """global-style: the DR reference photo (default: the most severe bank source)."""
     ema_decay: float = 0.999
+    d_warmup: int = 200
+    """Fine-tuning (``init``) only: discriminator-only steps first. A fresh discriminator's first
+    verdicts are noise, and a generator that listens to them loses in a few hundred steps what it
+    learned (measured: stripes and colour casts by step 200). At most a quarter of ``steps``;
+    ignored when training from scratch."""
     sample_every: int = 250
     checkpoint_minutes: float = 5.0
     seed: int = 0
@@ -362,6 +369,9 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         start = LesionSynthesizer.load(cfg.init, expect=gcfg)
         G.load_state_dict(start.generator.state_dict())
     ema = copy.deepcopy(G).eval()
+    # A fine-tune's EMA starts at trained weights: the from-scratch warm-up (EMA tracking G closely
+    # for the first steps) would overwrite them with the first, noisiest steps.
+    fine_tune = bool(cfg.init)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
     step, history = 0, []
@@ -419,6 +429,17 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
         fake = g_net(ves, fov, z, canv)
         rec = {}
+        if fine_tune and step < min(cfg.d_warmup, cfg.steps // 4):
+            d_loss = adversarial_d(d_net(real, ves), d_net(fake.detach(), ves))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            step += 1
+            history.append({"d": d_loss.item(), "step": step})
+            if main:
+                bar.update(1)
+                bar.set_postfix(d=f"{d_loss.item():.3f}", refresh=False)
+            continue
         if step % cfg.g_steps_per_d == 0:
             d_loss = adversarial_d(d_net(real, ves), d_net(fake.detach(), ves))
             opt_d.zero_grad(set_to_none=True)
@@ -455,7 +476,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         with torch.no_grad():
             for pe, pg in zip(ema.state_dict().values(), G.state_dict().values()):
                 if pe.is_floating_point():
-                    pe.lerp_(pg, 1 - min(cfg.ema_decay, (1 + step) / (10 + step)))
+                    pe.lerp_(pg, 1 - (cfg.ema_decay if fine_tune else min(cfg.ema_decay, (1 + step) / (10 + step))))
                 else:
                     pe.copy_(pg)
         step += 1
