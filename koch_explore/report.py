@@ -165,7 +165,8 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <p>Koch's fourth postulate, measured: {report.n_trials} healthy hosts were inoculated with
-{", ".join(map(str, report.counts))} descriptors each (same noise per host), and the detector re-isolated
+{", ".join(map(str, report.counts))} descriptors each ({"a dose series: same noise per host, each count adds lesions to the last"
+if report.config.get("nested", True) else "same noise per host, an independent layout per count"}), and the detector re-isolated
 lesions from the synthetic images with the same evidence method and threshold as postulate 1.</p>
 <table>{table}</table>
 <h3>Mean severity by placed lesions</h3>
