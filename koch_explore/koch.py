@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .descriptors import DEFAULT_THRESHOLD, segment
+from .descriptors import DEFAULT_THRESHOLD, _threshold_arg, segment
 from .evidence import DEFAULT_METHOD, explain
 from .isolation_eval import _contains
 
@@ -55,8 +55,9 @@ class KochConfig:
     ``info["method"]``), else isolation's default."""
     start: str = "dense2"
     """Deconvnet start layer."""
-    threshold: float | str = DEFAULT_THRESHOLD
-    """Isolation threshold (fraction of the map's maximum, or "otsu")."""
+    threshold: float | str | None = None
+    """Isolation threshold (fraction of the map's maximum, or "otsu"); None: the one the bank was
+    isolated with (its ``info["threshold"]``), else isolation's default."""
     nested: bool = True
     """Dose series: the n-lesion layout is the first n placements of the largest count's layout, so
     a larger count only adds lesions. False: an independent random layout per count (then the
@@ -190,6 +191,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     counts = list(cfg.counts)
     if cfg.method is None:
         cfg.method = str(getattr(bank, "info", {}).get("method") or DEFAULT_METHOD)
+    if cfg.threshold is None:
+        cfg.threshold = getattr(bank, "info", {}).get("threshold") or DEFAULT_THRESHOLD
     if vessel_model is None:
         from .vessels import load_default as load_vessels
 
@@ -378,6 +381,9 @@ def _common(p) -> None:
     p.add_argument("--weights", default=None, help="generator weights (default: the shipped ones for --data)")
     p.add_argument("--bank", default=None, help="descriptor bank (default: the one shipped with the generator)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--threshold", type=_threshold_arg, default=None,
+                   help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own, else "
+                        f"{DEFAULT_THRESHOLD})")
     p.add_argument("--independent-layouts", action="store_true",
                    help="draw an independent layout per count instead of the nested dose series")
 
@@ -401,7 +407,7 @@ def _run(args) -> tuple[KochReport | None, str | None]:
         det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
                                                       resolve_device(args.device))
         rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method,
-                                                                                    nested=not args.independent_layouts))
+                                                                        threshold=args.threshold, nested=not args.independent_layouts))
     except (FileNotFoundError, ValueError) as exc:
         import sys
 

@@ -110,6 +110,13 @@ def test_koch_test_cli_json(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(k in out for k in KEYS) and out["data"] == "phantom" and out["n_trials"] == 2
     assert out["hit_rate_by_type"]  # the phantom bank is typed
+    assert out["config"]["threshold"] == 0.1 and out["config"]["nested"] is True
+    assert main(["koch-test", "--data", "phantom", "--trials", "2", "--threshold", "otsu", "--independent-layouts", "--json"]) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["config"]["threshold"] == "otsu" and other["config"]["nested"] is False
+    with pytest.raises(SystemExit):
+        main(["koch-test", "--data", "phantom", "--threshold", "1.5"])
+    assert "threshold" in capsys.readouterr().err
 
 
 def test_koch_test_cli_missing_weights(tmp_path, capsys):
