@@ -14,8 +14,9 @@ the same whatever produced the map.
 ``gradient-x-input``   |d severity / d n  *  n| with n the normalised image conv1 sees (the raw
                        RGB would weight every pixel by its brightness)
 ``gradcam``            Grad-CAM at a conv layer (``start`` when it names one, else :func:`cam_layer`)
-``guided-gradcam``     sqrt(|guided backprop| x Grad-CAM) (Selvaraju et al. 2017 multiply the two): the fine detail of guided
-                       backprop, kept only where the top of the network says the grade comes from
+``guided-gradcam``     sqrt(|guided backprop| x Grad-CAM) (Selvaraju et al. 2017 multiply the two):
+                       guided backprop's fine detail, kept where the top of the network says the
+                       grade comes from (the default)
 ``occlusion``          severity drop when a patch is replaced by its blurred surroundings
 ``gradient``           |d severity / d input| (baseline)
 ``random``             blurred noise at the isolation's scale (the floor any method must beat)
