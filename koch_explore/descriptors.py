@@ -214,17 +214,9 @@ def cut_components(blurred: np.ndarray, fov: np.ndarray, cut: float, min_area: i
 def default_feature_layers(detector) -> tuple[str, str]:
     """The last conv on the 1/2 grid and the last on the 1/8 grid (``conv2``, ``conv5`` in both
     presets), found from the detector's strides, so another layer plan gets the right ones."""
-    import torch.nn as nn
+    from .detector import conv_strides
 
-    from .detector import ConvBlock
-
-    stride, last = 1, {}
-    for name, layer in detector.layers.items():
-        if isinstance(layer, ConvBlock):
-            stride *= layer.stride
-            last[stride] = name
-        elif isinstance(layer, nn.MaxPool2d):
-            stride *= layer.stride if isinstance(layer.stride, int) else layer.stride[0]
+    last = {stride: name for name, stride in conv_strides(detector).items()}  # the last conv wins
     if 2 not in last or 8 not in last:
         raise ValueError(f"detector has no conv on the 1/2 and 1/8 grids (grids: {sorted(last)})")
     return last[2], last[8]

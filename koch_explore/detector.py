@@ -394,6 +394,19 @@ class Detector(nn.Module):
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "detector_eyepacs_256.safetensors"
 
 
+def conv_strides(detector) -> dict[str, int]:
+    """conv name -> image pixels per cell of its output grid (strided convs and max-pools multiply),
+    in forward order. Layers are chosen by grid, not by name, so another layer plan gets the right ones."""
+    stride, out = 1, {}
+    for name, layer in detector.layers.items():
+        if isinstance(layer, ConvBlock):
+            stride *= layer.stride
+            out[name] = stride
+        elif isinstance(layer, nn.MaxPool2d):
+            stride *= layer.stride if isinstance(layer.stride, int) else layer.stride[0]
+    return out
+
+
 def load_default(device: str | torch.device = "cpu") -> Detector:
     """The shipped EyePACS detector."""
     return Detector.load(DEFAULT_WEIGHTS, map_location=device)

@@ -194,22 +194,12 @@ def cam_layer(detector, start: str | None = None) -> str:
     :data:`CAM_STRIDE` px per cell (``conv11`` in both o_O presets: 8x8 cells at 256 px). Grad-CAM
     usually takes the last conv, but o_O's last conv sits on a 4x4 grid at 256 px, where one cell
     spans a sixteenth of the image and no single lesion can be pointed at."""
-    import torch.nn as nn
+    from .detector import conv_strides
 
-    from .detector import ConvBlock
-
-    convs = _conv_names(detector)
-    if start in convs:
+    strides = conv_strides(detector)
+    if start in strides:
         return start
-    stride, best = 1, convs[0]
-    for name, layer in detector.layers.items():
-        if isinstance(layer, ConvBlock):
-            stride *= layer.stride
-            if stride <= CAM_STRIDE:
-                best = name
-        elif isinstance(layer, nn.MaxPool2d):
-            stride *= layer.stride if isinstance(layer.stride, int) else layer.stride[0]
-    return best
+    return [n for n, s in strides.items() if s <= CAM_STRIDE][-1]
 
 
 def _gradcam(detector, x, start, channels, seed):

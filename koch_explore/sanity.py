@@ -116,22 +116,21 @@ def sanity_report(
     from .isolation_eval import pixel_auc
 
     fovs = _fovs(eyes)
-    rand_det = randomized_copy(detector)
     if "deconvnet-excess" in methods:
         from .evidence import HealthyBaseline
 
         HealthyBaseline.for_detector(detector, start)
-    # The randomised copy subtracts the trained detector's healthy baseline: the method is applied
-    # unchanged, only the network under it loses what it learned.
-    rand_det.__dict__["_healthy_baselines"] = detector.__dict__.get("_healthy_baselines", {})
-    rand_det.source_path = getattr(detector, "source_path", None)
-    cascade_dets = {}
-    if cascade:
-        for k in range(1, len(detector.cfg.blocks) + 1):
-            d = randomized_copy(detector, blocks=k)
-            d.__dict__["_healthy_baselines"] = rand_det.__dict__["_healthy_baselines"]
-            d.source_path = rand_det.source_path
-            cascade_dets[k] = d
+
+    def randomized(blocks: int):
+        # The randomised copy subtracts the trained detector's healthy baseline: the method is applied
+        # unchanged, only the network under it loses what it learned.
+        d = randomized_copy(detector, blocks)
+        d.__dict__["_healthy_baselines"] = detector.__dict__.get("_healthy_baselines", {})
+        d.source_path = getattr(detector, "source_path", None)
+        return d
+
+    rand_det = randomized(RANDOMIZED_BLOCKS)
+    cascade_dets = {k: randomized(k) for k in range(1, len(detector.cfg.blocks) + 1)} if cascade else {}
     out = {}
     for method in tqdm(methods, desc="methods", disable=not progress):
         maps = _maps(detector, eyes, method, start, batch)
