@@ -153,13 +153,12 @@ def _decoys(fov: np.ndarray, boxes: Sequence[Box], n: int, margin: int, rng: np.
 
 def _layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
     """count -> placed bank (None for 0): prefixes of one layout when ``nested``, else independent."""
-    from .descriptors import DescriptorBank
     from .synthesis.synthesizer import random_layout
 
     if not nested:
         return {n: (random_layout(bank, n, fov, seed=seed * 37 + n) if n else None) for n in counts}
-    full = list(random_layout(bank, max(counts), fov, seed=seed * 37))
-    return {n: (DescriptorBank(full[:n], detector_hash=bank.detector_hash, info=dict(bank.info)) if n else None) for n in counts}
+    full = random_layout(bank, max(counts), fov, seed=seed * 37)
+    return {n: (full.select(indices=range(min(n, len(full)))) if n else None) for n in counts}
 
 
 @torch.no_grad()
@@ -189,10 +188,11 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     if not len(bank):
         raise ValueError("the descriptor bank is empty: nothing to inoculate")
     counts = list(cfg.counts)
+    info = getattr(bank, "info", {})  # re-isolate as the bank was cultured
     if cfg.method is None:
-        cfg.method = str(getattr(bank, "info", {}).get("method") or DEFAULT_METHOD)
+        cfg.method = str(info.get("method") or DEFAULT_METHOD)
     if cfg.threshold is None:
-        cfg.threshold = getattr(bank, "info", {}).get("threshold") or DEFAULT_THRESHOLD
+        cfg.threshold = info.get("threshold") or DEFAULT_THRESHOLD
     if vessel_model is None:
         from .vessels import load_default as load_vessels
 

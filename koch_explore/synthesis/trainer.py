@@ -239,11 +239,12 @@ def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
         found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
                         fov=np.stack([c[1] for c in chunk]), image_ids=[c[2] for c in chunk])
         for (img, fov, name), ds in zip(chunk, found):
-            ds = [d for d in ds if d.area <= cfg.max_lesion_area * size * size]
+            # the same size limit as build_bank: whole-FOV evidence is no lesion
+            layout = DescriptorBank(ds, detector_hash=bank.detector_hash, info=dict(bank.info)).select(
+                max_area=int(cfg.max_lesion_area * size * size))
             _, tree = vessel_model.segment(img, fov, tta=1)
-            layout = DescriptorBank(ds, detector_hash=bank.detector_hash, info=dict(bank.info))
             hosts.append({"image": img * fov[..., None], "vessels": tree.astype(np.float32), "fov": fov, "name": name, "layout": layout})
-            bank.extend(ds)
+            bank.extend(layout)
     return hosts, bank
 
 
@@ -429,23 +430,20 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
         fake = g_net(ves, fov, z, canv)
         rec = {}
-        if fine_tune and step < min(cfg.d_warmup, cfg.steps // 4):
-            d_loss = adversarial_d(d_net(real, ves), d_net(fake.detach(), ves))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            step += 1
-            history.append({"d": d_loss.item(), "step": step})
-            if main:
-                bar.update(1)
-                bar.set_postfix(d=f"{d_loss.item():.3f}", refresh=False)
-            continue
-        if step % cfg.g_steps_per_d == 0:
+        warming = fine_tune and step < min(cfg.d_warmup, cfg.steps // 4)  # discriminator-only steps
+        if warming or step % cfg.g_steps_per_d == 0:
             d_loss = adversarial_d(d_net(real, ves), d_net(fake.detach(), ves))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
             rec["d"] = d_loss.item()
+        if warming:
+            step += 1
+            history.append({**rec, "step": step})
+            if main:
+                bar.update(1)
+                bar.set_postfix(d=f"{rec['d']:.3f}", refresh=False)
+            continue
         w = cfg.weights
         want_sev = w.severity > 0
         sev_fake, ff = feats(fake, severity=want_sev)
