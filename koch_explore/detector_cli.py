@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
+
+from .config_cli import add_config_arguments, config_from_args
 
 
 def add_cli(sub) -> None:
@@ -16,21 +17,7 @@ def add_cli(sub) -> None:
     from .detector_train import TrainConfig
 
     t = dsub.add_parser("train", help="train on EyePACS (+APTOS) or phantom grades; resumable; torchrun-ready")
-    for f in fields(TrainConfig):
-        if f.name.startswith("_"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.name == "final_class_weights":
-            t.add_argument(flag, type=float, nargs=5, default=list(f.default))
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            if "float" in str(f.type):
-                typ = float
-            elif "int" in str(f.type):
-                typ = int
-            t.add_argument(flag, type=typ, default=f.default)
+    add_config_arguments(t, TrainConfig)
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--export", default=None, help="copy the best weights here when done (safetensors)")
     t.set_defaults(func=_train)
@@ -68,9 +55,7 @@ def add_cli(sub) -> None:
 def _train(args) -> int:
     from .detector_train import TrainConfig, train
 
-    kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    kw["final_class_weights"] = tuple(kw["final_class_weights"])
-    cfg = TrainConfig(**kw)
+    cfg = config_from_args(TrainConfig, args)
     cfg._resume = bool(args.resume)
     best = train(cfg)
     if args.export and best.get("epoch"):

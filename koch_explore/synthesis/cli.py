@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+
+from ..config_cli import add_config_arguments, config_from_args
 
 __all__ = ["add_cli"]
 
@@ -17,21 +18,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("synth", help="train the lesion synthesizer GAN (postulate 3)")
     ssub = p.add_subparsers(dest="synth_command", metavar="ACTION")
     t = ssub.add_parser("train", help=f"train (presets {', '.join(PRESETS)}); resumable; torchrun-ready")
-    for f in fields(SynthTrainConfig):
-        if f.name == "weights":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if f.name == "detail_layers":
-            t.add_argument(flag, nargs="+", default=list(f.default))
-        elif kind.startswith("int"):
-            t.add_argument(flag, type=int, default=f.default)
-        elif kind.startswith("float"):
-            t.add_argument(flag, type=float, default=f.default)
-        else:
-            t.add_argument(flag, default=f.default)
-    for f in fields(LossWeights):
-        t.add_argument(f"--w-{f.name}", type=float, default=f.default, help=f"loss weight of the {f.name} term")
+    add_config_arguments(t, SynthTrainConfig)
+    add_config_arguments(t, LossWeights, prefix="--w-", help_default="loss weight of the {name} term")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.set_defaults(func=_cli_train)
 
@@ -67,11 +55,9 @@ def _cli_train(args) -> int:
     from .losses import LossWeights
     from .trainer import SynthTrainConfig, train
 
-    kw = {f.name: getattr(args, f.name) for f in fields(SynthTrainConfig) if f.name != "weights"}
-    kw["detail_layers"] = tuple(kw["detail_layers"])
-    kw["weights"] = LossWeights(**{f.name: getattr(args, f"w_{f.name}") for f in fields(LossWeights)})
+    cfg = config_from_args(SynthTrainConfig, args, weights=config_from_args(LossWeights, args, prefix="w_"))
     try:
-        res = train(SynthTrainConfig(**kw), resume=args.resume)
+        res = train(cfg, resume=args.resume)
     except (FileNotFoundError, ValueError) as exc:
         print(f"synth train: {exc}", file=sys.stderr)
         return 2
