@@ -7,8 +7,9 @@ Run: ``.venv/bin/python benchmarks/bench_synth.py [--repeats 5] [--threads 2] [-
 Both steps run on the same batch in the same process, interleaved, and the ratio is taken per repeat.
 The bare step is what any pix2pix-style GAN pays: G forward, D on real and fake, LSGAN losses, both
 backwards, both Adam steps. The full step adds the detector features of the synthetic and real
-images (retinal detail, pathological Gram terms at placed lesions), TV, and the vessel consistency
-term (the frozen vessel segmenter on one 256 px window at its working scale). Phantom hosts and a
+images (retinal detail, pathological Gram terms at placed lesions), the severity term (the whole
+detector, its dense head included), TV, and the vessel consistency term (the frozen vessel
+segmenter on one 256 px window at its working scale): the shipped generator's recipe. Phantom hosts and a
 phantom descriptor bank stand in for the data (same tensor sizes as the real run).
 """
 
@@ -25,7 +26,7 @@ from koch_explore.detector import Detector
 from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig, canvas_tensors
 from koch_explore.synthesis.losses import (DetectorFeatures, VesselConsistency, adversarial_d, adversarial_g,
-                                           pathological, retinal_detail, total_variation)
+                                           pathological, retinal_detail, severity_term, total_variation)
 from koch_explore.synthesis.synthesizer import LesionSynthesizer, layout_placements, random_layout
 from koch_explore.synthesis.trainer import SynthTrainConfig, build_bank, healthy_set
 
@@ -68,8 +69,10 @@ def main() -> None:
 
     def full():
         canv, placements = {n: [] for n in gcfg.canvas_channels}, []
+        added = torch.zeros(args.batch)
         for i, h in enumerate(hosts):
             lay = random_layout(bank, 4, h["fov"], rng=rng)
+            added[i] = float(sum(d.severity_share for d in lay if np.isfinite(d.severity_share)))
             rendered = lay.render((256, 256), layers=list(gcfg.canvas_channels), fov=h["fov"])
             for n, t in canvas_tensors(rendered, gcfg).items():
                 canv[n].append(t)
@@ -78,11 +81,11 @@ def main() -> None:
         fake = G(ves, fov, z, canv)
         d = adversarial_d(D(real, ves), D(fake.detach(), ves))
         od.zero_grad(); d.backward(); od.step()
-        _, ff = feats(fake)
+        sev_f, ff = feats(fake, severity=True)
         with torch.no_grad():
-            _, fr = feats(real)
+            sev_r, fr = feats(real, severity=True)
         g = adversarial_g(D(fake, ves)) + 10 * retinal_detail(ff, fr, fov) + pathological(ff, placements) + total_variation(fake, fov)
-        g = g + 2 * vessel_term(fake, ves, fov)
+        g = g + 2 * vessel_term(fake, ves, fov) + 10 * severity_term(sev_f.reshape(-1), sev_r.reshape(-1), added)
         og.zero_grad(); g.backward(); og.step()
 
     def timed(fn):

@@ -76,6 +76,18 @@ def test_detail_ignores_the_lesions_and_tv_is_zero_on_flat_images():
     assert float(total_variation(torch.rand(1, 3, 16, 16), fov)) > 0
 
 
+def test_severity_term_matches_healthy_hosts_and_floors_inoculated_ones():
+    from koch_explore.synthesis.losses import severity_term
+
+    host, added = torch.tensor([0.4, 0.4, 0.4, 0.4]), torch.tensor([0.0, 0.0, 0.2, 0.2])
+    fake = torch.tensor([0.5, 0.3, 0.9, 0.5])  # healthy above, healthy below, inoculated above, below its target
+    per = lambda t: (4 * float(severity_term(fake, host, added, t)))  # noqa: E731 — the sum of squared errors
+    assert per("match") == pytest.approx(0.01 + 0.01 + 0.09 + 0.01)
+    assert per("floor") == pytest.approx(0.01 + 0.01 + 0.0 + 0.01)  # more than the shares is no error
+    with pytest.raises(ValueError, match="severity target"):
+        severity_term(fake, host, added, "exact")
+
+
 def test_synthesizer_weights_round_trip_and_strict_load(tmp_path):
     torch.manual_seed(0)
     s = LesionSynthesizer(Generator(SMALL), detector_hash="abc")
@@ -130,9 +142,11 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path, capsys):
     assert main(args[:-1] + [str(tmp_path / "h.png")]) == 0  # healthy: no bank
     capsys.readouterr()
     assert main(["synth", "eval", "--weights", str(out / "generator.safetensors"), "--bank", str(out / "bank.safetensors"),
-                 "--data", "phantom", "--max-hosts", "4", "--json"]) == 0
+                 "--data", "phantom", "--max-hosts", "4", "--json",
+                 "--check-detector", str(WEIGHTS_DIR / "detector_eyepacs_256.safetensors")]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert {"vessel_dice", "fd_ours", "fd_ours_ci", "fd_baseline", "severity_by_count"} <= set(rep)
+    assert {"vessel_dice", "fd_ours", "fd_ours_ci", "fd_baseline", "severity_by_count", "fdcheck_ours"} <= set(rep)
+    assert rep["fdcheck_ours"] != rep["fd_ours"] and rep["fdcheck_baseline"] is None  # another space; no baseline given
     assert list(rep["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"] and 0 <= rep["vessel_dice"] <= 1
     assert rep["fd_ours_ci"][0] <= rep["fd_ours_ci"][1]
     (tmp_path / "bad.json").write_text(json.dumps([{"to": [1, 2]}]))
@@ -164,6 +178,20 @@ def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
     assert abs(frechet_distance(x, x)) < 1e-6
     assert frechet_distance(x, x + 1.0) == pytest.approx(5.0, rel=0.05)
     assert frechet_distance(x, 2 * x) > frechet_distance(x, 1.1 * x) > 0
+
+
+def test_paired_frechet_gap_sees_which_generator_is_closer():
+    from koch_explore.synthesis.evaluate import frechet_distance, paired_frechet_gap
+
+    rng = np.random.default_rng(1)
+    real = rng.standard_normal((60, 4))
+    near, far = real + 0.2 * rng.standard_normal((60, 4)), real + 1.0
+    gap, (lo, hi), wins = paired_frechet_gap(near, far, real, n_boot=100)
+    assert gap == pytest.approx(frechet_distance(near, real) - frechet_distance(far, real))
+    assert lo <= gap <= hi < 0 and wins == 1.0
+    assert paired_frechet_gap(far, near, real, n_boot=100)[2] == 0.0
+    with pytest.raises(ValueError, match="one row per host"):
+        paired_frechet_gap(near[:10], far, real)
 
 
 @pytest.mark.slow

@@ -44,6 +44,9 @@ def add_cli(sub) -> None:
     e.add_argument("--data", default="real", choices=["real", "phantom"], help="healthy hosts: DRIVE + CHASE_DB1, or phantoms")
     e.add_argument("--root", default=None)
     e.add_argument("--detector", default=None, help="detector weights (default: shipped EyePACS; phantom for --data phantom)")
+    e.add_argument("--check-detector", default=None,
+                   help="a second detector (e.g. koch_explore/weights/detector_phantom_256.safetensors) whose dense1 "
+                        "space gives the Frechet figures again as fdcheck_*: one no training loss reads")
     e.add_argument("--max-hosts", type=int, default=None, help="use at most this many hosts (default all)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
@@ -138,7 +141,9 @@ def _cli_eval(args) -> int:
         bank = DescriptorBank.load(args.bank, detector=detector)
         hosts = healthy_set(SynthTrainConfig(data=args.data, root=args.root), synth.cfg.size)[: args.max_hosts]
         baseline = LesionSynthesizer.load(args.baseline) if args.baseline else None
-        rep = evaluate_synthesizer(synth, detector, hosts, bank, baseline, seed=args.seed, progress=not args.json)
+        check = load_detector(args.data, args.check_detector) if args.check_detector else None
+        rep = evaluate_synthesizer(synth, detector, hosts, bank, baseline, seed=args.seed, progress=not args.json,
+                                   check_detector=check)
     except (FileNotFoundError, ValueError, WeightsMismatchError, BankMismatchError, BankFormatError) as exc:
         print(f"synth eval: {exc}", file=sys.stderr)
         return 2

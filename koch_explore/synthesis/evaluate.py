@@ -8,7 +8,10 @@
   hosts' real photos (``vessel_dice_frangi_real``).
 * ``fd`` — Fréchet distance between the detector's ``dense1`` features of synthetic and real healthy
   fundus photos (an FID with the DR detector in place of Inception, which cannot be shipped here),
-  with a bootstrap 95% interval over images.
+  with a bootstrap 95% interval over images; beside a baseline generator also ``fd_gap`` = ours -
+  baseline with a *paired* bootstrap interval (the same resampled hosts for both) and
+  ``fd_ours_closer``, the share of resamples in which ours is closer; with a second detector
+  (``--check-detector``, one no training loss reads) the same figures as ``fdcheck_*``.
 * ``severity_by_count`` — mean detector severity over the hosts when 0, 1, 2, 4, 8, 16 descriptors
   are placed (the paper's Fig. 8): it must rise with the count.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["frechet_distance", "dense1_features", "evaluate_synthesizer"]
+__all__ = ["frechet_distance", "dense1_features", "evaluate_synthesizer", "paired_frechet_gap"]
 
 COUNTS = (0, 1, 2, 4, 8, 16)
 
@@ -35,6 +38,23 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     r = _sqrtm_psd(sx)
     cross = _sqrtm_psd(r @ sy @ r)
     return float(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * np.trace(cross))
+
+
+def paired_frechet_gap(a: np.ndarray, b: np.ndarray, real: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, tuple[float, float], float]:
+    """FD(a, real) - FD(b, real) with a bootstrap 95% interval that resamples *hosts*: row i of ``a``,
+    ``b`` and ``real`` come from host i, so each resample keeps the same hosts for both generators
+    (the two separate intervals overlap far more than their difference varies). Also returns the
+    share of resamples in which ``a`` is closer."""
+    if not len(a) == len(b) == len(real):
+        raise ValueError(f"paired Frechet gap needs one row per host in each set, got {len(a)}, {len(b)}, {len(real)}")
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(a), len(a))
+        gaps.append(frechet_distance(a[i], real[i]) - frechet_distance(b[i], real[i]))
+    gaps = np.asarray(gaps)
+    ci = (float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5)))
+    return frechet_distance(a, real) - frechet_distance(b, real), ci, float((gaps < 0).mean())
 
 
 def frechet_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, tuple[float, float]]:
@@ -72,10 +92,31 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * inter / max(1, a.sum() + b.sum()))
 
 
+def _realism(extractor, real: np.ndarray, ours: np.ndarray, base: np.ndarray | None, seed: int, prefix: str) -> dict:
+    """The Fréchet figures of ``ours`` (and ``base``) against ``real`` in ``extractor``'s dense1 space."""
+    rf, _ = dense1_features(extractor, real)
+    of, _ = dense1_features(extractor, ours)
+    fd, ci = frechet_with_ci(of, rf, seed=seed)
+    rep = {f"{prefix}_ours": fd, f"{prefix}_ours_ci": list(ci)}
+    if base is None:
+        return {**rep, f"{prefix}_baseline": None, f"{prefix}_baseline_ci": None, f"{prefix}_gap": None,
+                f"{prefix}_gap_ci": None, f"{prefix}_ours_closer": None}
+    bf, _ = dense1_features(extractor, base)
+    fdb, ci_b = frechet_with_ci(bf, rf, seed=seed)
+    gap, gap_ci, wins = paired_frechet_gap(of, bf, rf, seed=seed)
+    return {**rep, f"{prefix}_baseline": fdb, f"{prefix}_baseline_ci": list(ci_b), f"{prefix}_gap": gap,
+            f"{prefix}_gap_ci": list(gap_ci), f"{prefix}_ours_closer": wins}
+
+
 def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None, vessel_model=None,
-                         counts=COUNTS, seed: int = 0, progress: bool = True) -> dict:
+                         counts=COUNTS, seed: int = 0, progress: bool = True, check_detector=None) -> dict:
     """The ``synth eval --json`` object. ``hosts``: healthy {"image", "vessels", "fov"} at the
-    synthesizer's size (the real side of the Fréchet distance and the trees to draw from)."""
+    synthesizer's size (the real side of the Fréchet distance and the trees to draw from).
+
+    ``check_detector``: a second network of the detector's family whose ``dense1`` space gives the
+    same Fréchet figures under ``fdcheck_*``. The generator's losses read ``detector`` (its severity
+    term reads the very head ``dense1`` feeds), so a distance in a space no loss has seen — e.g. the
+    phantom-trained detector — checks that the gain is not only the generator learning that network."""
     from tqdm.auto import tqdm
 
     from .synthesizer import random_layout
@@ -85,7 +126,6 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
 
         vessel_model = load_vessels()
     real = np.stack([h["image"] for h in hosts])
-    real_f, _ = dense1_features(detector, real)
     healthy = []
     dice, frangi_fake, frangi_real = [], [], []
     for i, h in enumerate(tqdm(hosts, desc="healthy synthesis", disable=not progress, leave=False)):
@@ -97,17 +137,15 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
         frac = truth.sum() / max(1, h["fov"].sum())
         frangi_fake.append(_dice(frangi_tree(img, h["fov"], frac), truth))
         frangi_real.append(_dice(frangi_tree(h["image"], h["fov"], frac), truth))
-    fake_f, _ = dense1_features(detector, np.stack(healthy))
-    fd, fd_ci = frechet_with_ci(fake_f, real_f, seed=seed)
-    rep = {"vessel_dice": float(np.mean(dice)), "vessel_dice_frangi": float(np.mean(frangi_fake)),
-           "vessel_dice_frangi_real": float(np.mean(frangi_real)), "fd_ours": fd, "fd_ours_ci": list(fd_ci), "n_hosts": len(hosts)}
+    healthy = np.stack(healthy)
+    base = None
     if baseline is not None:
         base = np.stack([baseline.synthesize(h["vessels"], h["fov"], None, seed=seed + i) for i, h in enumerate(hosts)])
-        bf, _ = dense1_features(detector, base)
-        fdb, fdb_ci = frechet_with_ci(bf, real_f, seed=seed)
-        rep.update(fd_baseline=fdb, fd_baseline_ci=list(fdb_ci))
-    else:
-        rep.update(fd_baseline=None, fd_baseline_ci=None)
+    rep = {"vessel_dice": float(np.mean(dice)), "vessel_dice_frangi": float(np.mean(frangi_fake)),
+           "vessel_dice_frangi_real": float(np.mean(frangi_real)), "n_hosts": len(hosts)}
+    rep.update(_realism(detector, real, healthy, base, seed, "fd"))
+    if check_detector is not None:
+        rep.update(_realism(check_detector, real, healthy, base, seed, "fdcheck"))
     sev_by = {}
     for n in tqdm(counts, desc="severity by count", disable=not progress, leave=False):
         imgs = []

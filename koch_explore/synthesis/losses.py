@@ -16,8 +16,9 @@ A user-supplied VGG-19 can replace it (any module returning a dict of named feat
   fundus and the host's tree (Costa et al. 2017 train segmentation and synthesis jointly for the
   same reason): detector features at 1/4 scale and coarser barely see capillaries, so without it
   the generator blurs the thin vessels it was given;
-* **severity** (optional) — MSE between the detector's severity of the synthetic image and the host's
-  plus the placed descriptors' severity shares;
+* **severity** (optional; JBHI weights it 10) — the detector's severity of the synthetic image against
+  the host's: equal for a healthy synthesis, and with descriptors placed at least the host's plus the
+  descriptors' severity shares ("floor") or exactly that ("match");
 * **global style** (the Tub-sGAN baseline) — one Gram loss over the whole FOV against a reference photo.
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "gram",
     "pathological",
     "retinal_detail",
+    "severity_term",
     "total_variation",
 ]
 
@@ -62,8 +64,8 @@ class LossWeights:
     vessel: float = 2.0
     """Soft Dice of the vessel segmenter's map of the synthetic fundus vs the host's tree."""
     severity: float = 0.0
-    """MSE between the detector's severity of the synthetic image and the host's severity plus the
-    severity shares of the placed descriptors (what each lesion added in its source eye); 0 = off."""
+    """The detector's severity of the synthetic image vs the host's (plus the placed descriptors'
+    severity shares: what each lesion added in its source eye), see :func:`severity_term`; 0 = off."""
     style: float = 0.0
     """Whole-image Gram loss to a reference photo (the Tub-sGAN baseline); 0 in our mode."""
 
@@ -220,6 +222,19 @@ def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement],
     if not terms:
         return next(iter(fake.values())).new_zeros(())
     return torch.stack(terms).mean()
+
+
+def severity_term(fake: torch.Tensor, host: torch.Tensor, added: torch.Tensor, target: str = "floor") -> torch.Tensor:
+    """Mean squared shortfall of the synthetic images' severities ``fake`` (B,) from ``host + added``.
+    Where ``added`` is 0 (nothing placed) any difference counts; with ``target="floor"`` an
+    inoculated image is penalised only below its target, so lesions may raise the severity more than
+    their shares (an additive estimate from their source eyes) say."""
+    if target not in ("floor", "match"):
+        raise ValueError(f"severity target {target!r}: 'floor' or 'match'")
+    diff = fake - (host + added)
+    if target == "floor":
+        diff = torch.where(added > 0, diff.clamp_max(0.0), diff)
+    return (diff**2).mean()
 
 
 def total_variation(img: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
