@@ -27,7 +27,7 @@ from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig, canvas_tensors
 from koch_explore.synthesis.losses import (DetectorFeatures, VesselConsistency, adversarial_d, adversarial_g,
                                            pathological, retinal_detail, severity_term, total_variation)
-from koch_explore.synthesis.synthesizer import LesionSynthesizer, layout_placements, random_layout
+from koch_explore.synthesis.synthesizer import LesionSynthesizer, layout_placements, layout_severity_share, random_layout
 from koch_explore.synthesis.trainer import SynthTrainConfig, build_bank, healthy_set
 
 TARGET = 1.6
@@ -72,7 +72,7 @@ def main() -> None:
         added = torch.zeros(args.batch)
         for i, h in enumerate(hosts):
             lay = random_layout(bank, 4, h["fov"], rng=rng)
-            added[i] = float(sum(d.severity_share for d in lay if np.isfinite(d.severity_share)))
+            added[i] = layout_severity_share(lay)
             rendered = lay.render((256, 256), layers=list(gcfg.canvas_channels), fov=h["fov"])
             for n, t in canvas_tensors(rendered, gcfg).items():
                 canv[n].append(t)

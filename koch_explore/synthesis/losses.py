@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "SEVERITY_TARGETS",
     "DetectorFeatures",
     "LossWeights",
     "Placement",
@@ -224,13 +225,16 @@ def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement],
     return torch.stack(terms).mean()
 
 
+SEVERITY_TARGETS = ("floor", "match")
+
+
 def severity_term(fake: torch.Tensor, host: torch.Tensor, added: torch.Tensor, target: str = "floor") -> torch.Tensor:
     """Mean squared shortfall of the synthetic images' severities ``fake`` (B,) from ``host + added``.
     Where ``added`` is 0 (nothing placed) any difference counts; with ``target="floor"`` an
     inoculated image is penalised only below its target, so lesions may raise the severity more than
     their shares (an additive estimate from their source eyes) say."""
-    if target not in ("floor", "match"):
-        raise ValueError(f"severity target {target!r}: 'floor' or 'match'")
+    if target not in SEVERITY_TARGETS:
+        raise ValueError(f"severity target {target!r}: one of {SEVERITY_TARGETS}")
     diff = fake - (host + added)
     if target == "floor":
         diff = torch.where(added > 0, diff.clamp_max(0.0), diff)

@@ -22,7 +22,7 @@ import torch
 from ..weights_io import check_config, load_state_strict, read_weights, save_weights
 from .generator import Generator, GeneratorConfig, canvas_tensors
 
-__all__ = ["LesionSynthesizer", "random_layout", "layout_placements"]
+__all__ = ["LesionSynthesizer", "random_layout", "layout_placements", "layout_severity_share"]
 
 FORMAT = "koch-explore/lesion-synthesizer"
 FORMAT_VERSION = 1
@@ -63,6 +63,12 @@ def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 
         if best is not None:
             placed.append(best)
     return DescriptorBank(placed, detector_hash=bank.detector_hash, info=dict(bank.info))
+
+
+def layout_severity_share(layout_bank) -> float:
+    """What the placed descriptors added to the severity of their source eyes, summed (the severity
+    term's allowance for them); descriptors without a measured share count 0."""
+    return float(sum(d.severity_share for d in layout_bank if np.isfinite(d.severity_share)))
 
 
 def layout_placements(layout_bank, index: int, layers, device=None):

@@ -32,9 +32,9 @@ import torch
 
 from .discriminator import Discriminator
 from .generator import Generator, GeneratorConfig, canvas_tensors
-from .losses import (DetectorFeatures, LossWeights, VesselConsistency, adversarial_d, adversarial_g, global_style,
-                     gram, pathological, retinal_detail, severity_term, total_variation)
-from .synthesizer import LesionSynthesizer, layout_placements, random_layout
+from .losses import (SEVERITY_TARGETS, DetectorFeatures, LossWeights, VesselConsistency, adversarial_d, adversarial_g,
+                     global_style, gram, pathological, retinal_detail, severity_term, total_variation)
+from .synthesizer import LesionSynthesizer, layout_placements, layout_severity_share, random_layout
 
 PRESETS = {
     "cpu-256": dict(size=256, ngf=32, ndf=32),
@@ -307,8 +307,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         raise ValueError(f"mode {cfg.mode!r}: 'inoculate' or 'reconstruct'")
     if cfg.loss not in ("descriptors", "global-style"):
         raise ValueError(f"loss {cfg.loss!r}: 'descriptors' or 'global-style'")
-    if cfg.severity_target not in ("floor", "match"):
-        raise ValueError(f"severity_target {cfg.severity_target!r}: 'floor' or 'match'")
+    if cfg.severity_target not in SEVERITY_TARGETS:
+        raise ValueError(f"severity_target {cfg.severity_target!r}: one of {SEVERITY_TARGETS}")
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
     world, rank, device = setup_distributed(cfg.device)
@@ -435,7 +435,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
                 lesion_mask[i, 0] = torch.from_numpy(lm.astype(np.float32))
                 placements += layout_placements(lay, i, layers, device)
                 if cfg.mode == "inoculate":  # a reconstructed photo's severity already holds its lesions
-                    added[i] = float(sum(d.severity_share for d in lay if np.isfinite(d.severity_share)))
+                    added[i] = layout_severity_share(lay)
         canv = {n: torch.cat(v).to(device) for n, v in canv.items()}
         z = torch.randn(cfg.batch_size, gcfg.z_dim, device=device)
 
