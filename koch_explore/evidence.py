@@ -48,9 +48,12 @@ __all__ = [
     "Evidence",
     "HealthyBaseline",
     "METHODS",
+    "PROJECTION_METHODS",
+    "cam_layer",
     "evidence_map",
     "evidence_maps",
     "explain",
+    "used_start",
 ]
 
 METHODS = (
@@ -119,10 +122,6 @@ def _run_from(detector, h: torch.Tensor, after: str | None = None, keep: str | N
         if name == keep:
             kept = h
     return h.squeeze(1), kept
-
-
-def _conv_names(detector) -> list[str]:
-    return [n for n in detector.layers.keys() if n.startswith("conv")]
 
 
 def _gaussian_fill(x: torch.Tensor, fov: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -200,6 +199,18 @@ def cam_layer(detector, start: str | None = None) -> str:
     if start in strides:
         return start
     return [n for n, s in strides.items() if s <= CAM_STRIDE][-1]
+
+
+PROJECTION_METHODS = ("deconvnet", "deconvnet-excess")
+"""Methods that project from ``start`` (a layer above the convs, ``dense2`` by default)."""
+
+
+def used_start(detector, method: str, start: str | None) -> str | None:
+    """The layer ``method`` really starts from for ``start``: the projection's start layer, Grad-CAM's
+    conv (:func:`cam_layer`), or None for methods that take none."""
+    if method in ("gradcam", "guided-gradcam"):
+        return cam_layer(detector, start)
+    return start if method in PROJECTION_METHODS else None
 
 
 def _gradcam(detector, x, start, channels, seed):
@@ -299,10 +310,7 @@ def explain(detector, images, method: str = DEFAULT_METHOD, start: str = "dense2
     x = _as_image_tensor(images).to(_device(detector))
     maps, projection = _METHODS[method](detector, x, start, channels, seed)
     maps = np.nan_to_num(np.ascontiguousarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    used_start = start if method in ("deconvnet", "deconvnet-excess") else None
-    if method in ("gradcam", "guided-gradcam"):
-        used_start = cam_layer(detector, start)
-    return Evidence(maps, method, used_start, projection)
+    return Evidence(maps, method, used_start(detector, method, start), projection)
 
 
 def evidence_maps(detector, images, method: str = DEFAULT_METHOD, start: str = "dense2", channels=None, seed: int = 0) -> np.ndarray:

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from .descriptors import DEFAULT_MIN_SHARE, DEFAULT_THRESHOLD, Box, Descriptor, explain, isolate
-from .evidence import DEFAULT_METHOD, cam_layer
+from .evidence import DEFAULT_METHOD, used_start
 from .metrics import roc_auc
 
 __all__ = [
@@ -280,8 +280,7 @@ def evaluate_isolation(
         # against this chance level.
         "box_coverage": float(np.mean(coverage)) if coverage else None,
         "method": method,
-        "start": (cam_layer(detector, start) if method in ("gradcam", "guided-gradcam")
-                  else start if method in ("deconvnet", "deconvnet-excess") else None),
+        "start": used_start(detector, method, start),
         "threshold": threshold,
         "blur_sigma": blur_sigma,
         "min_area": min_area,
