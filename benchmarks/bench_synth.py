@@ -9,8 +9,10 @@ The bare step is what any pix2pix-style GAN pays: G forward, D on real and fake,
 backwards, both Adam steps. The full step adds the detector features of the synthetic and real
 images (retinal detail, pathological Gram terms at placed lesions), the severity term (the whole
 detector, its dense head included), TV, and the vessel consistency term (the frozen vessel
-segmenter on one 256 px window at its working scale): the shipped generator's recipe. Phantom hosts and a
-phantom descriptor bank stand in for the data (same tensor sizes as the real run).
+segmenter on one 256 px window at its working scale): the shipped generator's recipe. A third step adds
+the optional evidence term (``--w-evidence``: the activation network's projection of the synthetic
+images, differentiated through), reported beside it. Phantom hosts and a phantom descriptor bank stand
+in for the data (same tensor sizes as the real run).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import time
 import numpy as np
 import torch
 
+from koch_explore.deconvnet import DifferentiableEvidence
+from koch_explore.descriptors import default_blur_sigma
 from koch_explore.detector import Detector
 from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig, canvas_tensors
 from koch_explore.synthesis.losses import (DetectorFeatures, VesselConsistency, adversarial_d, adversarial_g,
-                                           pathological, retinal_detail, severity_term, total_variation)
+                                           evidence_term, pathological, retinal_detail, severity_term, total_variation)
 from koch_explore.synthesis.synthesizer import LesionSynthesizer, layout_placements, layout_severity_share, random_layout
 from koch_explore.synthesis.trainer import SynthTrainConfig, build_bank, healthy_set
 
@@ -49,6 +53,7 @@ def main() -> None:
     from koch_explore.vessels import load_default as load_vessels
 
     vessel_term = VesselConsistency(load_vessels())
+    evidence_net = DifferentiableEvidence(det, str(bank.info.get("method") or cfg.bank_method))
     G, D = Generator(gcfg), Discriminator(gcfg)
     og, od = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     real = torch.from_numpy(np.stack([h["image"] for h in hosts])).permute(0, 3, 1, 2).contiguous()
@@ -67,7 +72,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
 
-    def full():
+    def full(evidence: bool = False):
         canv, placements = {n: [] for n in gcfg.canvas_channels}, []
         added = torch.zeros(args.batch)
         for i, h in enumerate(hosts):
@@ -86,6 +91,8 @@ def main() -> None:
             sev_r, fr = feats(real, severity=True)
         g = adversarial_g(D(fake, ves)) + 10 * retinal_detail(ff, fr, fov) + pathological(ff, placements) + total_variation(fake, fov)
         g = g + 2 * vessel_term(fake, ves, fov) + 10 * severity_term(sev_f.reshape(-1), sev_r.reshape(-1), added)
+        if evidence:
+            g = g + 30 * evidence_term(evidence_net(fake), fov[:, 0], placements, default_blur_sigma(256))
         og.zero_grad(); g.backward(); og.step()
 
     def timed(fn):
@@ -93,8 +100,9 @@ def main() -> None:
         fn()
         return time.perf_counter() - t0
 
-    bare(); full()  # warm-up
-    pairs = [(timed(bare), timed(full)) for _ in range(args.repeats)]
+    bare(); full(); full(True)  # warm-up
+    runs = [(timed(bare), timed(full), timed(lambda: full(True))) for _ in range(args.repeats)]
+    pairs = [r[:2] for r in runs]
     synth = LesionSynthesizer(G)
     gen = [timed(lambda: synth.synthesize(hosts[0]["vessels"], hosts[0]["fov"], None)) for _ in range(args.repeats)]
     b, f = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
@@ -103,6 +111,8 @@ def main() -> None:
           f"batch {args.batch}, {args.threads} threads, medians of {args.repeats} interleaved repeats:")
     print(f"  bare G + D step   {b * 1000:8.0f} ms")
     print(f"  full train step   {f * 1000:8.0f} ms   ratio {ratio:.2f} (target <= {TARGET})")
+    e = statistics.median(r[2] for r in runs)
+    print(f"  + evidence term   {e * 1000:8.0f} ms   ratio {statistics.median(r[2] / r[0] for r in runs):.2f} (optional, not in the shipped recipe)")
     print(f"  generate 1 image  {statistics.median(gen) * 1000:8.0f} ms")
 
 

@@ -54,6 +54,7 @@ from koch_explore.detector import ConvBlock, DenseMaxout, Detector, RMSPool
 __all__ = [
     "ActivationNetwork",
     "Deconvnet",
+    "DifferentiableEvidence",
     "Maxout",
     "Projection",
     "Step",
@@ -496,3 +497,49 @@ def guided_gradient(detector: Detector, images: torch.Tensor) -> torch.Tensor:
         acts = _modified_forward(model, x, _GuidedLeakyReLU)
         (grad,) = torch.autograd.grad(acts["out"].sum(), x)
     return grad.detach()
+
+
+class DifferentiableEvidence:
+    """Input-level evidence maps that stay differentiable with respect to the images: what a
+    generator needs to be trained *toward* the evidence the detector will show (the JBHI paper's
+    pathological loss compares such input-level projections).
+
+    ``method="deconvnet"`` is :func:`rectified_gradient` with the start activation kept in the
+    graph (the deconvnet's signal is the activation itself, so it carries gradient), and the walk
+    built with ``create_graph``; ``"guided-backprop"`` is :func:`guided_gradient` the same way. Both
+    return ``|map|`` averaged over RGB, as :func:`koch_explore.evidence.explain` does, and agree with
+    it to float precision. Where the image enters: through the start activation, through the RMS
+    pool's and the normalisation's vector-Jacobian products (they depend on their forward input)
+    and, for guided backprop, nowhere else — switches and rectifier masks are piecewise constant.
+
+    The detector is folded once and frozen; nothing is registered on it. ::
+
+        ev = DifferentiableEvidence(detector)
+        maps = ev(fake)          # (B, H, W), differentiable
+        loss(maps).backward()    # gradients reach ``fake`` (and what made it), not the detector
+    """
+
+    METHODS = ("deconvnet", "guided-backprop")
+
+    def __init__(self, detector: Detector, method: str = "deconvnet", start: str = "dense2"):
+        if method not in self.METHODS:
+            raise ValueError(f"no differentiable form of evidence method {method!r}; choose one of {self.METHODS}")
+        self.model = detector.fold_batchnorm()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        names = ["norm", *self.model.layers]
+        if method == "deconvnet" and start not in names:
+            raise ValueError(f"unknown start layer {start!r}; choose one of {names}")
+        self.method, self.start = method, start
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images if images.requires_grad else images.detach().requires_grad_(True)
+        with torch.enable_grad():
+            if self.method == "deconvnet":
+                acts = _modified_forward(self.model, x, _RectifiedLeakyReLU)
+                a = acts[self.start]
+                (g,) = torch.autograd.grad(a, x, grad_outputs=a, create_graph=True)
+            else:
+                acts = _modified_forward(self.model, x, _GuidedLeakyReLU)
+                (g,) = torch.autograd.grad(acts["out"].sum(), x, create_graph=True)
+        return g.abs().mean(dim=1)

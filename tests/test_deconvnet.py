@@ -225,3 +225,28 @@ def test_zero_activation_gives_zero_map():
     assert not p.activation.any()
     assert not p.input.any()
     assert not any(m.any() for m in p.maps.values())
+
+
+# -- differentiable evidence (what the synthesizer's evidence term trains toward) --------------
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided-backprop"])
+def test_differentiable_evidence_equals_explain_and_carries_gradient_to_the_images(case, method):
+    from koch_explore.deconvnet import DifferentiableEvidence
+    from koch_explore.evidence import explain
+
+    det, x = case
+    ev = DifferentiableEvidence(det, method)
+    img = x.clone().requires_grad_(True)
+    maps = ev(img)
+    ref = torch.from_numpy(explain(det, x, method).maps)
+    assert maps.shape == ref.shape and rel_diff(maps.detach(), ref) < 1e-5
+    # A map that changes with the image: the gradient of a local patch's evidence is not zero and
+    # reaches the images only (the detector stays frozen, the caller's detector untouched).
+    maps[:, 40:60, 40:60].sum().backward()
+    assert img.grad is not None and float(img.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in det.parameters())
+    with pytest.raises(ValueError, match="differentiable"):
+        DifferentiableEvidence(det, "gradcam")
+    with pytest.raises(ValueError, match="start layer"):
+        DifferentiableEvidence(det, "deconvnet", start="conv99")

@@ -278,3 +278,40 @@ def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_p
     moved = max(float((st["G"][k].float() - v.float()).abs().max()) for k, v in start.items() if v.is_floating_point())
     ema_moved = max(float((st["ema"][k].float() - v.float()).abs().max()) for k, v in start.items() if v.is_floating_point())
     assert moved > 0 and ema_moved < moved  # the EMA keeps its full decay: it starts at the trained weights
+
+
+def test_evidence_term_asks_each_placed_lesion_for_its_source_share_of_the_peak():
+    from koch_explore.descriptors import segment
+    from koch_explore.synthesis.losses import evidence_term, fov_blur
+
+    rng = np.random.default_rng(0)
+    s = 64
+    yy, xx = np.mgrid[:s, :s]
+    fov = (yy - s / 2) ** 2 + (xx - s / 2) ** 2 < (0.45 * s) ** 2
+    ev = (rng.random((s, s)) * 0.2).astype(np.float32)
+    ev[20:26, 20:26] += 3.0  # a bright structure that sets the peak
+    ev[40:44, 36:40] += 0.6  # a dim placed lesion
+    # The torch blur is the one isolation cuts (cv2, FOV-normalised).
+    blurred = fov_blur(torch.from_numpy(ev)[None], torch.from_numpy(fov)[None], 2.0)[0].numpy()
+    assert np.allclose(blurred / blurred.max(), segment(ev, fov, 0.1, blur_sigma=2.0).blurred, atol=1e-5)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    maps = torch.from_numpy(ev)[None].clone().requires_grad_(True)
+    dim = Placement(0, {}, {}, {}, {}, (36, 40, 40, 44), mask, 0.5)
+    bright = Placement(0, {}, {}, {}, {}, (20, 20, 24, 24), mask, 0.5)
+    loss = evidence_term(maps, torch.from_numpy(fov)[None].float(), [dim], 2.0)
+    assert float(loss) > 0.01  # the dim lesion holds less than half the peak
+    assert float(evidence_term(maps, torch.from_numpy(fov)[None].float(), [bright], 2.0)) == 0
+    loss.backward()  # the shortfall is met by more evidence under the lesion, less at the peak
+    assert float(maps.grad[0, 40:44, 36:40].sum()) < 0 < float(maps.grad[0, 20:26, 20:26].sum())
+    assert float(evidence_term(maps, torch.from_numpy(fov)[None].float(), [], 2.0)) == 0
+
+
+def test_evidence_term_is_trained_when_weighted(tmp_path):
+    from koch_explore.synthesis.losses import LossWeights
+    from koch_explore.synthesis.trainer import SynthTrainConfig, train
+
+    bank = WEIGHTS_DIR / "synth_phantom_256.bank.safetensors"
+    res = train(SynthTrainConfig(data="phantom", steps=1, batch_size=2, max_lesions=4, bank=str(bank), out=str(tmp_path / "e"),
+                                 sample_every=0, weights=LossWeights(evidence=1.0, vessel=0.0), num_threads=2, seed=1),
+                progress=False)
+    assert "evidence" in res["losses"] and np.isfinite(res["losses"]["evidence"])

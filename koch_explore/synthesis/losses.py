@@ -16,6 +16,10 @@ A user-supplied VGG-19 can replace it (any module returning a dict of named feat
   fundus and the host's tree (Costa et al. 2017 train segmentation and synthesis jointly for the
   same reason): detector features at 1/4 scale and coarser barely see capillaries, so without it
   the generator blurs the thin vessels it was given;
+* **evidence** (optional; the JBHI form of the pathological loss reads the *activation network's*
+  input-level projection) — each placed lesion must be at least as evident in the synthetic image
+  (mean of the blurred evidence map under its mask, as a fraction of the map's maximum: what
+  isolation cuts) as it was in the eye it was isolated from (the descriptor's ``score``);
 * **severity** (optional; JBHI weights it 10) — the detector's severity of the synthetic image against
   the host's: equal for a healthy synthesis, and with descriptors placed at least the host's plus the
   descriptors' severity shares ("floor") or exactly that ("match");
@@ -39,6 +43,8 @@ __all__ = [
     "VesselConsistency",
     "adversarial_d",
     "adversarial_g",
+    "evidence_term",
+    "fov_blur",
     "global_style",
     "gram",
     "pathological",
@@ -64,6 +70,10 @@ class LossWeights:
     tv: float = 1.0
     vessel: float = 2.0
     """Soft Dice of the vessel segmenter's map of the synthetic fundus vs the host's tree."""
+    evidence: float = 0.0
+    """Each placed lesion's share of the evidence map's maximum (the activation network's projection
+    of the synthetic image, blurred as isolation blurs it) vs the share it had in its source eye,
+    squared shortfall, see :func:`evidence_term`; 0 = off."""
     severity: float = 0.0
     """The detector's severity of the synthetic image vs the host's (plus the placed descriptors'
     severity shares: what each lesion added in its source eye), see :func:`severity_term`; 0 = off."""
@@ -197,6 +207,12 @@ class Placement:
     masks: dict[str, torch.Tensor]
     grams: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]
+    bbox: tuple[int, int, int, int] | None = None
+    """Image-level box (x0, y0, x1, y1) of the placed lesion (for the evidence term)."""
+    mask: torch.Tensor | None = None
+    """Image-level mask under ``bbox`` (bool (y1-y0, x1-x0))."""
+    score: float = float("nan")
+    """The descriptor's normalised evidence in its source eye (its ``score``)."""
 
 
 def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement], mode: str = "gram") -> torch.Tensor:
@@ -222,6 +238,45 @@ def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement],
                 terms.append(((patch[:, m] - target[:, m]) ** 2).mean())
     if not terms:
         return next(iter(fake.values())).new_zeros(())
+    return torch.stack(terms).mean()
+
+
+def fov_blur(maps: torch.Tensor, fov: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (B, H, W) maps normalised by the blurred FOV, zero outside it — the torch
+    twin of :func:`koch_explore.descriptors.segment`'s blur (nothing bleeds in from the black frame)."""
+    r = max(1, int(round(4 * sigma)))
+    t = torch.arange(-r, r + 1, device=maps.device, dtype=maps.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+
+    def blur(a: torch.Tensor) -> torch.Tensor:
+        # reflect padding: cv2's default border (BORDER_REFLECT_101), so both blurs agree at the edge
+        a = F.conv2d(F.pad(a, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(a, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+    m = fov.to(maps.dtype).reshape(maps.shape[0], 1, *maps.shape[-2:])
+    return (blur(maps[:, None] * m) / blur(m).clamp_min(1e-6) * m)[:, 0]
+
+
+def evidence_term(maps: torch.Tensor, fov: torch.Tensor, placements: Sequence[Placement], sigma: float) -> torch.Tensor:
+    """Mean squared shortfall of each placed lesion's evidence from its source's.
+
+    ``maps`` (B, H, W): differentiable evidence of the synthetic images (see
+    :class:`koch_explore.deconvnet.DifferentiableEvidence`). Each map is blurred within the FOV
+    (``sigma``: isolation's blur) and divided by its maximum, the scale isolation cuts at; a placed
+    lesion scores the mean of that under its mask and is asked for at least its descriptor's
+    ``score`` (what it scored where it was found, >= the cut it passed)."""
+    blurred = fov_blur(maps, fov, sigma)
+    peak = blurred.flatten(1).amax(dim=1).clamp_min(1e-12)
+    terms = []
+    for p in placements:
+        if p.bbox is None or p.mask is None or not bool(p.mask.any()) or p.score != p.score:
+            continue
+        x0, y0, x1, y1 = p.bbox
+        share = blurred[p.index, y0:y1, x0:x1][p.mask].mean() / peak[p.index]
+        terms.append((p.score - share).clamp_min(0.0) ** 2)
+    if not terms:
+        return maps.new_zeros(())
     return torch.stack(terms).mean()
 
 

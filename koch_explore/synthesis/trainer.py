@@ -10,7 +10,9 @@ a random number of random descriptors at random valid positions in each FOV, and
 * the generator on adversarial + retinal detail (detector features of the healthy photo, outside
   the placed lesions) + pathological (Gram matrices at the placed lesions vs the descriptors') + TV
   + vessel consistency (the shipped vessel segmenter must find the host's tree in the synthetic
-  fundus), ``g_steps_per_d`` generator steps per discriminator step.
+  fundus), ``g_steps_per_d`` generator steps per discriminator step; optionally the severity term
+  (``weights.severity``) and the evidence term (``weights.evidence``: each placed lesion as evident
+  in the activation network's projection of the synthetic fundus as in its source eye).
 
 ``loss="global-style"`` trains the Tub-sGAN baseline with the same loop: no descriptors, one Gram
 style loss over the whole FOV against a DR reference photo.
@@ -33,7 +35,7 @@ import torch
 from .discriminator import Discriminator
 from .generator import Generator, GeneratorConfig, canvas_tensors
 from .losses import (SEVERITY_TARGETS, DetectorFeatures, LossWeights, VesselConsistency, adversarial_d, adversarial_g,
-                     global_style, gram, pathological, retinal_detail, severity_term, total_variation)
+                     evidence_term, global_style, gram, pathological, retinal_detail, severity_term, total_variation)
 from .synthesizer import LesionSynthesizer, layout_placements, layout_severity_share, random_layout
 
 PRESETS = {
@@ -358,6 +360,15 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             bank.save(bank_path)
     if cfg.loss == "descriptors" and not len(bank):
         raise ValueError("the descriptor bank is empty: no lesion isolated from the diseased training eyes")
+    evidence_net = None
+    if cfg.weights.evidence > 0 and cfg.loss == "descriptors":
+        from ..deconvnet import DifferentiableEvidence
+        from ..descriptors import default_blur_sigma
+
+        # the evidence the bank was cultured with, which the Koch test re-isolates with
+        evidence_net = DifferentiableEvidence(detector, str(bank.info.get("method") or cfg.bank_method),
+                                              str(bank.info.get("start") or "dense2"))
+        evidence_sigma = default_blur_sigma(gcfg.size)
     ref_grams = None
     if cfg.loss == "global-style":
         from ..data.io import read_image
@@ -474,10 +485,13 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             terms["vessel"] = vessel_term(fake, ves, fov)
         if cfg.loss == "descriptors":
             terms["path"] = pathological({n: ff[n] for n in layers}, placements, cfg.pathological_mode)
+            if evidence_net is not None:
+                terms["evidence"] = evidence_term(evidence_net(fake), fov[:, 0], placements, evidence_sigma) \
+                    if placements else fake.new_zeros(())
         else:
             terms["style"] = global_style(detail_f, ref_grams, fov)
         scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0),
-                 "vessel": w.vessel, "severity": w.severity}
+                 "vessel": w.vessel, "severity": w.severity, "evidence": w.evidence}
         g_loss = sum(scale[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
