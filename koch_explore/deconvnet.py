@@ -489,14 +489,17 @@ def rectified_gradient(
     return Projection(start, grads[0], maps, activation.detach(), signal, mask, acts["out"].detach().squeeze(1))
 
 
-def guided_gradient(detector: Detector, images: torch.Tensor) -> torch.Tensor:
-    """Guided backpropagation of the severity output to the input pixels, (B, 3, H, W)."""
-    model = detector.fold_batchnorm()
-    x = images.detach().clone().requires_grad_(True)
+def _guided_input_gradient(model: Detector, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """Guided backpropagation of a folded detector's severity to ``x`` (which requires grad)."""
     with torch.enable_grad():
         acts = _modified_forward(model, x, _GuidedLeakyReLU)
-        (grad,) = torch.autograd.grad(acts["out"].sum(), x)
-    return grad.detach()
+        (grad,) = torch.autograd.grad(acts["out"].sum(), x, create_graph=create_graph)
+    return grad
+
+
+def guided_gradient(detector: Detector, images: torch.Tensor) -> torch.Tensor:
+    """Guided backpropagation of the severity output to the input pixels, (B, 3, H, W)."""
+    return _guided_input_gradient(detector.fold_batchnorm(), images.detach().clone().requires_grad_(True)).detach()
 
 
 class DifferentiableEvidence:
@@ -540,6 +543,5 @@ class DifferentiableEvidence:
                 a = acts[self.start]
                 (g,) = torch.autograd.grad(a, x, grad_outputs=a, create_graph=True)
             else:
-                acts = _modified_forward(self.model, x, _GuidedLeakyReLU)
-                (g,) = torch.autograd.grad(acts["out"].sum(), x, create_graph=True)
+                g = _guided_input_gradient(self.model, x, create_graph=True)
         return g.abs().mean(dim=1)

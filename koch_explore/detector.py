@@ -114,18 +114,25 @@ def layer_names(cfg: DetectorConfig) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
+def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32, truncate: float = 3.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius ``ceil(truncate * sigma)`` (cv2 uses 4 sigma for float images)."""
+    radius = max(1, int(math.ceil(truncate * sigma)))
     x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W), zero outside the image (differentiable)."""
-    k = gaussian_kernel1d(sigma, x.device, x.dtype)
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 3.0, border: str = "zeros") -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) (differentiable). ``border``: "zeros" outside the
+    image, or "reflect" (cv2's default border, BORDER_REFLECT_101)."""
+    if border not in ("zeros", "reflect"):
+        raise ValueError(f"border {border!r}: 'zeros' or 'reflect'")
+    k = gaussian_kernel1d(sigma, x.device, x.dtype, truncate)
     c = x.shape[1]
     r = k.numel() // 2
+    if border == "reflect":
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
 

@@ -243,18 +243,12 @@ def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement],
 
 def fov_blur(maps: torch.Tensor, fov: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (B, H, W) maps normalised by the blurred FOV, zero outside it — the torch
-    twin of :func:`koch_explore.descriptors.segment`'s blur (nothing bleeds in from the black frame)."""
-    r = max(1, int(round(4 * sigma)))
-    t = torch.arange(-r, r + 1, device=maps.device, dtype=maps.dtype)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-
-    def blur(a: torch.Tensor) -> torch.Tensor:
-        # reflect padding: cv2's default border (BORDER_REFLECT_101), so both blurs agree at the edge
-        a = F.conv2d(F.pad(a, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-        return F.conv2d(F.pad(a, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    twin of :func:`koch_explore.descriptors.segment`'s cv2 blur (same 4-sigma radius and border, so
+    both agree to float precision; nothing bleeds in from the black frame)."""
+    from ..detector import gaussian_blur
 
     m = fov.to(maps.dtype).reshape(maps.shape[0], 1, *maps.shape[-2:])
+    blur = lambda a: gaussian_blur(a, sigma, truncate=4.0, border="reflect")  # noqa: E731
     return (blur(maps[:, None] * m) / blur(m).clamp_min(1e-6) * m)[:, 0]
 
 

@@ -86,12 +86,8 @@ def layout_placements(layout_bank, index: int, layers, device=None):
             grams[n] = torch.from_numpy(d.grams[n]).to(device)
             feats[n] = torch.from_numpy(d.features[n]).to(device)
         if boxes:
-            x0, y0, x1, y1 = d.bbox
-            h, w = d.image_size
-            cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)  # a relocated box may overhang
-            mask = torch.from_numpy(np.ascontiguousarray(d.mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0])).to(device) \
-                if cx1 > cx0 and cy1 > cy0 else None
-            out.append(Placement(index, boxes, masks, grams, feats, (cx0, cy0, cx1, cy1), mask, float(d.score)))
+            # placed boxes lie inside the image, as ``render`` (which pastes them) requires
+            out.append(Placement(index, boxes, masks, grams, feats, d.bbox, torch.from_numpy(d.mask).to(device), float(d.score)))
     return out
 
 
