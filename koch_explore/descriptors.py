@@ -12,7 +12,8 @@ Read top to bottom:
    :func:`isolate` turns each component into a :class:`Descriptor`.
 3. **Descriptor** — bbox, mask, evidence, the detector's feature patches and the projection's
    activation patches at an early (1/2) and a mid (1/8) layer, Gram matrices of the masked
-   feature patches (the AAAI "style" of the lesion), its share of the severity, provenance.
+   feature patches (the AAAI "style" of the lesion), the detector's normalised input under the box
+   (the lesion as conv1 saw it), its share of the severity, provenance.
    All arrays are numpy (the synthesizer wraps them with ``torch.from_numpy`` at no cost).
 4. **Bank** — :class:`DescriptorBank`: select, place (relocate / rotate / scale / count),
    :meth:`~DescriptorBank.render` to per-layer canvases for the synthesizer, save / load.
@@ -251,7 +252,8 @@ def isolate(
 
     ``projection_or_map``: a deconvnet ``Projection`` (its |input map| is the evidence and its
     ``maps`` give the activation patches) or evidence maps (B, H, W) / (H, W) from any method.
-    ``images`` + ``detector`` add the feature patches, their Gram matrices and the severity share;
+    ``images`` + ``detector`` add the feature patches, their Gram matrices, the normalised input
+    patch (``norm_patch``) and the severity share;
     without them descriptors carry geometry and evidence only. ``feature_layers`` defaults to
     :func:`default_feature_layers`; ``activation_layers`` to the same layers (read off the
     projection when there is no detector). ``fov`` (B, H, W) or (H, W) bool defaults to the
@@ -291,6 +293,7 @@ def isolate(
         min_share = None
 
     features: dict[str, np.ndarray] = {}
+    normed = None
     severity = None
     if detector is not None and x is not None:
         import torch
@@ -300,13 +303,14 @@ def isolate(
         detector.eval()
         try:
             with torch.no_grad():
-                sev, acts = detector.forward_features(x.to(_device(detector)), keep=set(layers))
+                sev, acts = detector.forward_features(x.to(_device(detector)), keep={*layers, "norm"})
         finally:
             detector.train(was_training)
         missing = [n for n in layers if n not in acts]
         if missing:
             raise ValueError(f"feature layers {missing} are not detector layers; choose from {detector.layer_names}")
         features = {n: acts[n].float().cpu().numpy() for n in layers}
+        normed = acts["norm"].float().cpu().numpy() if "norm" in acts else None
         severity = sev.float().cpu().numpy()
         if activation_layers is None:
             activation_layers = layers
@@ -353,6 +357,7 @@ def isolate(
                 source=ids[i],
                 score=float(seg.blurred[y0:y1, x0:x1][mask].mean()),
                 severity_share=float(shares[k]),
+                norm_patch=None if normed is None else np.ascontiguousarray(normed[i, :, y0:y1, x0:x1]),
             )
             descs.append(d.with_grams())
         out.append(descs)
@@ -519,6 +524,11 @@ class Descriptor:
     """Mean of the normalised blurred evidence (in [0, 1]) inside the mask."""
     severity_share: float = float("nan")
     """Severity drop when the lesion is replaced by its local background (see :func:`isolate`)."""
+    norm_patch: np.ndarray | None = None
+    """float32 (3, y1-y0, x1-x0): the detector's normalised input (its ``norm`` layer: the photo's
+    high-pass divided by its per-channel RMS, what ``conv1`` sees) under the bbox, or None when
+    isolated without the detector and images. It is the lesion as the detector saw it, free of the
+    source camera's colours: the Koch test's transplant control pastes it into a host."""
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.bbox
@@ -527,6 +537,8 @@ class Descriptor:
         for name, arr in (("mask", self.mask), ("evidence", self.evidence)):
             if arr.shape != (y1 - y0, x1 - x0):
                 raise ValueError(f"{name} patch {arr.shape} does not match bbox {self.bbox}")
+        if self.norm_patch is not None and self.norm_patch.shape[-2:] != (y1 - y0, x1 - x0):
+            raise ValueError(f"norm patch {self.norm_patch.shape} does not match bbox {self.bbox}")
         for kind, patches in (("feature", self.features), ("activation", self.activations)):
             for n, p in patches.items():
                 lx0, ly0, lx1, ly1 = self.layer_box(n)
@@ -621,6 +633,7 @@ class Descriptor:
             area=int(mask.sum()),
             mask=mask,
             evidence=_warp(self.evidence, _local(t, (x0, y0), box[:2]), mask.shape),
+            norm_patch=None if self.norm_patch is None else _warp(self.norm_patch, _local(t, (x0, y0), box[:2]), mask.shape),
             image_size=(h1, w1),
             features=layer_patches(self.features, sizes),
             activations=layer_patches(self.activations, sizes),
@@ -760,6 +773,7 @@ class DescriptorBank:
         def dup(d: Descriptor) -> Descriptor:
             return replace(
                 d, mask=d.mask.copy(), evidence=d.evidence.copy(),
+                norm_patch=None if d.norm_patch is None else d.norm_patch.copy(),
                 features={k: v.copy() for k, v in d.features.items()},
                 activations={k: v.copy() for k, v in d.activations.items()},
                 grams={k: v.copy() for k, v in d.grams.items()},
@@ -908,7 +922,7 @@ class DescriptorBank:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` (safetensors: ``d{i}/mask``, ``d{i}/evidence``, ``d{i}/feature/<layer>``,
-        ``d{i}/activation/<layer>``, ``d{i}/gram/<layer>``) and ``path.with_suffix('.json')``
+        ``d{i}/activation/<layer>``, ``d{i}/gram/<layer>``, ``d{i}/norm_patch`` when present) and ``path.with_suffix('.json')``
         (schema, detector hash, layers, per-descriptor fields, the tensors' sha256), each atomically.
         The sidecar goes last and names the tensors' checksum, so an interrupted save is detected."""
         from safetensors.numpy import save_file
@@ -920,6 +934,8 @@ class DescriptorBank:
         for i, d in enumerate(self):
             tensors[f"d{i}/mask"] = np.ascontiguousarray(d.mask)
             tensors[f"d{i}/evidence"] = np.ascontiguousarray(d.evidence, dtype=np.float32)
+            if d.norm_patch is not None:
+                tensors[f"d{i}/norm_patch"] = np.ascontiguousarray(d.norm_patch, dtype=np.float32)
             for kind, patches in (("feature", d.features), ("activation", d.activations), ("gram", d.grams)):
                 for n, a in patches.items():
                     tensors[f"d{i}/{kind}/{n}"] = np.ascontiguousarray(a, dtype=np.float32)
@@ -928,6 +944,7 @@ class DescriptorBank:
                 "layer_sizes": {n: list(s) for n, s in d.layer_sizes.items()},
                 "features": sorted(d.features), "activations": sorted(d.activations), "grams": sorted(d.grams),
                 "source": d.source, "type": d.type, "score": _json_float(d.score), "severity_share": _json_float(d.severity_share),
+                "norm_patch": d.norm_patch is not None,
             })
         tmp = p.with_name(p.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)})
@@ -995,6 +1012,8 @@ class DescriptorBank:
                     layer_sizes={n: tuple(s) for n, s in r["layer_sizes"].items()},
                     source=r["source"], type=r["type"],
                     score=_float(r["score"]), severity_share=_float(r["severity_share"]),
+                    # banks saved before norm patches existed have no such field: None
+                    norm_patch=get("norm_patch") if r.get("norm_patch") else None,
                 ))
         except KeyError as exc:
             raise BankFormatError(f"{p}: descriptor {len(descs)} lacks {exc} (tensor or sidecar field)") from exc

@@ -172,7 +172,10 @@ class FundusNorm(nn.Module):
         small = gaussian_blur(small, sigma / d)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def highpass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(high-pass inside the FOV (B, C, H, W), its per-image, per-channel RMS (B, C, 1, 1)):
+        the two halves of :meth:`forward`, which returns their ratio. The Koch test's transplant
+        control uses them to paste a lesion at the contrast the detector saw it with."""
         # Always in float32 and contiguous: the statistics are what the whole stack depends on.
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float().contiguous()
@@ -183,7 +186,11 @@ class FundusNorm(nn.Module):
             hp = (x - num / den) * m
             area = m.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
             var = (hp**2).sum(dim=(2, 3), keepdim=True) / area
-            return hp / torch.sqrt(var + 1e-6)
+            return hp, torch.sqrt(var + 1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hp, scale = self.highpass(x)
+        return hp / scale
 
 
 # ---------------------------------------------------------------------------------------------

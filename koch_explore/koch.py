@@ -17,7 +17,12 @@ next only lesions are *added* — and
   trials; the mean curve's rho beside it;
 * **vessel Dice** of the healthy synthesis (the shipped vessel segmenter vs the host's tree) and,
   with the hosts' real photos, the Fréchet distance of detector ``dense1`` features;
-* per lesion type where the bank's descriptors carry types (phantom and IDRiD banks do).
+* per lesion type where the bank's descriptors carry types (phantom and IDRiD banks do);
+* a **transplant control** (positive control): the same layouts pasted into the healthy synthesis
+  as *real* lesions — each descriptor's ``norm_patch``, the source photo's high-pass exactly as the
+  detector saw it, rescaled to the host's contrast — and scored the same way. It separates what
+  the synthesizer loses from what the detector and the re-isolation rule cannot do even with the
+  real lesions: a synthesizer cannot be asked to beat it by much.
 
 Everything is deterministic for a seed.
 """
@@ -29,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -69,6 +75,9 @@ class KochConfig:
     seed: int = 0
     keep_cases: int = 4
     """Trials whose pictures are kept for the report."""
+    control: bool = True
+    """Also run the transplant control (needs descriptors with ``norm_patch``; skipped, with the
+    ``control_*`` fields None, when the bank has none)."""
 
 
 @dataclass
@@ -115,6 +124,12 @@ class KochReport:
     fd: float | None
     fd_ci: list[float] | None
     config: dict
+    control_hit_rate: float | None = None
+    """Transplant control: hit rate of the same layouts pasted as real lesions (see the module doc)."""
+    control_hit_rate_ci: list[float] | None = None
+    control_chance_hit_rate: float | None = None
+    control_hit_rate_by_count: dict[str, float] | None = None
+    control_severity_by_count: dict[str, float] | None = None
     components_per_image: list[int] = field(default_factory=list)
     cases: list[TrialCase] = field(default_factory=list, repr=False)
 
@@ -161,6 +176,38 @@ def _layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bo
     return {n: (full.select(indices=range(min(n, len(full)))) if n else None) for n in counts}
 
 
+def transplant(detector, image: np.ndarray, layout) -> np.ndarray:
+    """``image`` (H, W, 3) in [0, 1] with each placed descriptor's real lesion pasted at its place.
+
+    Inside each placed mask (feathered by a 1-px Gaussian) the image's own high-pass, as the
+    detector's :class:`~koch_explore.detector.FundusNorm` computes it, is replaced by the
+    descriptor's ``norm_patch`` times the image's per-channel RMS, so the detector's normalised
+    input there is what it was in the source eye; the local average (colour, illumination) stays
+    the host's. This is the Koch test's positive control."""
+    missing = [d.source for d in layout if d.norm_patch is None]
+    if missing:
+        raise ValueError(f"descriptors from {sorted(set(missing))} carry no norm_patch (isolated without the detector's "
+                         "images, or a bank saved before norm patches existed): re-isolate them to transplant")
+    img = np.ascontiguousarray(image, np.float32)
+    dev = next(detector.parameters()).device
+    with torch.no_grad():
+        hp, rms = detector.norm.highpass(torch.from_numpy(img).permute(2, 0, 1)[None].to(dev))
+    hp, rms = hp[0].cpu().numpy(), rms[0].cpu().numpy()
+    out = img.transpose(2, 0, 1).copy()
+    h, w = img.shape[:2]
+    pad = 2
+    for d in layout:
+        x0, y0, x1, y1 = d.bbox
+        weight = cv2.GaussianBlur(np.pad(d.mask.astype(np.float32), pad), (0, 0), 1.0)
+        lesion = np.pad(d.norm_patch, ((0, 0), (pad, pad), (pad, pad)), mode="edge") * rms
+        # the padded window, clipped to the image (placements keep their box inside it)
+        wx0, wy0, wx1, wy1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+        sl = (slice(wy0 - (y0 - pad), wy1 - (y0 - pad)), slice(wx0 - (x0 - pad), wx1 - (x0 - pad)))
+        region = (slice(None), slice(wy0, wy1), slice(wx0, wx1))
+        out[region] += weight[sl] * (lesion[(slice(None), *sl)] - hp[region])
+    return np.clip(out.transpose(1, 2, 0), 0.0, 1.0)
+
+
 @torch.no_grad()
 def _severity(detector, images: np.ndarray) -> np.ndarray:
     dev = next(detector.parameters()).device
@@ -205,6 +252,10 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     spurious, components, healthy_components, per_image = 0, 0, [], []
     severity, dice, healthy_images, real_images, cases = [], [], [], [], []
     case_count = max([n for n in counts if 0 < n <= 8] or [max(counts)])
+    run_control = cfg.control and all(d.norm_patch is not None for d in bank)
+    ctl_counts = [n for n in counts if n > 0]
+    ctl_by_count = {n: [0, 0] for n in ctl_counts}
+    ctl_hits_by_trial, ctl_placed_by_trial, ctl_decoy, ctl_severity = [], [], [0, 0], []
 
     for t in tqdm(range(cfg.trials), desc="koch test", disable=not progress):
         host = healthy_set[t % len(healthy_set)]
@@ -252,6 +303,25 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
                                        list(seg.boxes), hit, spur, placed, {c: float(s) for c, s in zip(counts, severity[-1])}))
         hits_by_trial.append(t_hits)
         placed_by_trial.append(t_placed)
+        if run_control and ctl_counts:
+            base = images[counts.index(0)] if 0 in counts else synthesizer.synthesize(ves, fov, None, seed=tseed)
+            ctl_images = np.stack([transplant(detector, base, layouts[n]) for n in ctl_counts])
+            ctl_severity.append(_severity(detector, ctl_images).tolist())
+            ctl_maps = explain(detector, ctl_images, cfg.method, start=cfg.start).maps
+            crng = np.random.default_rng([tseed, 1])  # its own decoys: the main figures do not move
+            c_hits = c_placed = 0
+            for j, n in enumerate(ctl_counts):
+                seg = segment(ctl_maps[j], fov, cfg.threshold)
+                placed = list(layouts[n])
+                found = sum(any(_contains(b, d.centroid) for b in seg.boxes) for d in placed)
+                ctl_by_count[n][0] += len(placed)
+                ctl_by_count[n][1] += found
+                c_hits, c_placed = c_hits + found, c_placed + len(placed)
+                for p in _decoys(fov, [d.bbox for d in placed], len(placed), cfg.margin, crng):
+                    ctl_decoy[0] += 1
+                    ctl_decoy[1] += any(_contains(b, p) for b in seg.boxes)
+            ctl_hits_by_trial.append(c_hits)
+            ctl_placed_by_trial.append(c_placed)
 
     sev = np.asarray(severity, np.float64)
     boot = np.random.default_rng(cfg.seed)
@@ -270,6 +340,18 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         real_f, _ = dense1_features(detector, np.stack(real_images))
         fd, ci = frechet_with_ci(fake_f, real_f, seed=cfg.seed)
         fd_ci = list(ci)
+    control = {}
+    if ctl_hits_by_trial:
+        ch, cp = np.asarray(ctl_hits_by_trial, np.float64), np.asarray(ctl_placed_by_trial, np.float64)
+        ch_boot = ch[idx].sum(1) / np.maximum(1.0, cp[idx].sum(1))
+        csev = np.asarray(ctl_severity, np.float64)
+        control = dict(
+            control_hit_rate=float(ch.sum() / max(1.0, cp.sum())),
+            control_hit_rate_ci=[float(np.percentile(ch_boot, 2.5)), float(np.percentile(ch_boot, 97.5))],
+            control_chance_hit_rate=float(ctl_decoy[1] / max(1, ctl_decoy[0])),
+            control_hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in ctl_by_count.items()},
+            control_severity_by_count={str(n): float(csev[:, j].mean()) for j, n in enumerate(ctl_counts)},
+        )
     return KochReport(
         n_trials=cfg.trials, counts=counts, hit_rate=hit_rate,
         hit_rate_ci=[float(np.percentile(hr_boot, 2.5)), float(np.percentile(hr_boot, 97.5))],
@@ -289,6 +371,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         config={**asdict(cfg), "counts": counts},
         components_per_image=per_image,
         cases=cases,
+        **control,
     )
 
 
@@ -386,6 +469,8 @@ def _common(p) -> None:
                         f"{DEFAULT_THRESHOLD})")
     p.add_argument("--independent-layouts", action="store_true",
                    help="draw an independent layout per count instead of the nested dose series")
+    p.add_argument("--no-control", action="store_true",
+                   help="skip the transplant control (the same layouts pasted as the real lesions; ~1.6x faster)")
 
 
 def add_cli(sub) -> None:
@@ -407,7 +492,8 @@ def _run(args) -> tuple[KochReport | None, str | None]:
         det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
                                                       resolve_device(args.device))
         rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method,
-                                                                        threshold=args.threshold, nested=not args.independent_layouts))
+                                                                        threshold=args.threshold, nested=not args.independent_layouts,
+                                                                        control=not args.no_control))
     except (FileNotFoundError, ValueError) as exc:
         import sys
 
@@ -434,6 +520,10 @@ def _cli_koch_test(args) -> int:
         print("  severity by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.severity_by_count.items()))
         if rep.vessel_dice is not None:
             print(f"  vessel Dice       {rep.vessel_dice:.3f}")
+        if rep.control_hit_rate is not None:
+            print(f"  transplant control (real lesions pasted at the same places): hit rate {rep.control_hit_rate:.3f} "
+                  f"(chance {rep.control_chance_hit_rate:.3f}); by count "
+                  + "  ".join(f"{k}:{v:.2f}" for k, v in rep.control_hit_rate_by_count.items()))
     return 0
 
 

@@ -93,11 +93,19 @@ def figure_severity(report, ax=None):
 
 
 def figure_hits(report):
-    """Hit rate by count and by lesion type, with the chance level of decoy points."""
+    """Hit rate by count (beside the transplant control's, when run) and by lesion type, with the
+    chance level of decoy points."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0))
     ks = list(report.hit_rate_by_count)
-    axes[0].bar(ks, [report.hit_rate_by_count[k] for k in ks], color="tab:green")
+    ctl = getattr(report, "control_hit_rate_by_count", None)
+    if ctl:
+        x = np.arange(len(ks))
+        axes[0].bar(x - 0.2, [report.hit_rate_by_count[k] for k in ks], 0.4, color="tab:green", label="synthesized")
+        axes[0].bar(x + 0.2, [ctl.get(k, np.nan) for k in ks], 0.4, color="tab:gray", label="real lesions transplanted")
+        axes[0].set_xticks(x, ks)
+    else:
+        axes[0].bar(ks, [report.hit_rate_by_count[k] for k in ks], color="tab:green")
     types = list(report.hit_rate_by_type)
     axes[1].bar(types, [report.hit_rate_by_type[t]["rate"] for t in types], color="tab:blue")
     for t_i, t in enumerate(types):
@@ -144,6 +152,15 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
         ("hit rate", f"{report.hit_rate:.3f} [{report.hit_rate_ci[0]:.3f}, {report.hit_rate_ci[1]:.3f}]",
          "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over trials)"),
         ("chance hit rate", f"{report.chance_hit_rate:.3f}", "the same for random points away from every placement"),
+    ]
+    if report.control_hit_rate is not None:
+        rows += [
+            ("transplant control: hit rate", f"{report.control_hit_rate:.3f} [{report.control_hit_rate_ci[0]:.3f}, "
+             f"{report.control_hit_rate_ci[1]:.3f}] (chance {report.control_chance_hit_rate:.3f})",
+             "the same layouts pasted into the healthy synthesis as the real lesions, at the contrast the detector saw "
+             "them in their source eyes: what re-isolation finds when the lesions are real"),
+        ]
+    rows += [
         ("spurious rate", f"{report.spurious_rate:.3f}", "re-isolated components overlapping no placed lesion"),
         ("components on healthy synthesis", f"{report.healthy_components:.2f}", "mean per 0-lesion image"),
         ("Spearman severity ~ count", f"{report.spearman_severity_count:.3f} [{report.spearman_ci[0]:.3f}, {report.spearman_ci[1]:.3f}]",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,6 +164,25 @@ def test_descriptors_carry_layer_patches_grams_and_severity_share(cut):
         assert math.isfinite(d.severity_share)
 
 
+def test_descriptors_keep_what_conv1_saw_under_the_box(cut, detector):
+    x = fundus_batch(2)
+    with torch.no_grad():
+        seen = detector.norm(x).numpy()
+    for i, ds in enumerate(cut):
+        for d in ds:
+            x0, y0, x1, y1 = d.bbox
+            assert d.norm_patch.shape == (3, y1 - y0, x1 - x0)
+            assert np.allclose(d.norm_patch, seen[i, :, y0:y1, x0:x1], atol=1e-6)
+    # A whole-pixel move copies the patch; a rotation warps it with the mask.
+    d = cut[0][0]
+    moved = d.relocated((64, 64))
+    assert np.array_equal(moved.norm_patch, d.norm_patch)
+    turned = d.rotated(90)
+    assert turned.norm_patch.shape == (3, *turned.mask.shape)
+    # Without the detector's images there is nothing to keep.
+    assert isolate(blobs([(40, 40, 4, 1.0)]))[0][0].norm_patch is None
+
+
 def test_bank_round_trip_is_lossless(cut, detector, tmp_path):
     bank = DescriptorBank(cut, detector_hash=detector.weights_hash(), info={"method": "deconvnet"})
     path = bank.save(tmp_path / "bank.safetensors")
@@ -173,12 +193,21 @@ def test_bank_round_trip_is_lossless(cut, detector, tmp_path):
         for f in ("bbox", "centroid", "area", "image_size", "layer_sizes", "source", "type", "score", "severity_share"):
             assert getattr(a, f) == getattr(b, f), f
         assert np.array_equal(a.mask, b.mask) and b.mask.dtype == bool and np.array_equal(a.evidence, b.evidence)
+        assert a.norm_patch is not None and np.array_equal(a.norm_patch, b.norm_patch)
         for kind in ("features", "activations", "grams"):
             pa, pb = getattr(a, kind), getattr(b, kind)
             assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
     # An empty bank round-trips too.
     empty = DescriptorBank(detector_hash="x").save(tmp_path / "empty.safetensors")
     assert len(DescriptorBank.load(empty)) == 0
+    # A bank written before descriptors kept their normalised input loads with norm_patch None.
+    old = DescriptorBank([replace(d, norm_patch=None) for d in bank], detector_hash=bank.detector_hash)
+    side = old.save(tmp_path / "old.safetensors").with_suffix(".json")
+    meta = json.loads(side.read_text())
+    for r in meta["descriptors"]:
+        del r["norm_patch"]
+    side.write_text(json.dumps(meta))
+    assert all(d.norm_patch is None for d in DescriptorBank.load(tmp_path / "old.safetensors"))
 
 
 def test_bank_load_errors_name_the_file(cut, detector, tmp_path):

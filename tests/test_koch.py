@@ -4,6 +4,7 @@ DRIVE/CHASE synthesizer and bank, on ``skimage.data.retina()`` as the healthy ho
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,6 +69,55 @@ def test_deterministic_for_a_seed(embedded_setup, report):
     assert again.to_json() == report.to_json()
     other = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
     assert other.severity != report.severity
+
+
+def test_transplant_gives_the_detector_the_source_lesion(embedded_setup):
+    import cv2
+    import torch
+
+    from koch_explore.koch import _layouts, transplant
+
+    det, synth, bank, hosts = embedded_setup
+    host = hosts[0]
+    layout = _layouts(bank, [4], host["fov"], seed=5, nested=True)[4]
+    base = synth.synthesize(host["vessels"], host["fov"], None, seed=5)
+    out = transplant(det, base, layout)
+    assert out.shape == base.shape and out.dtype == np.float32
+    touched = np.zeros(base.shape[:2], bool)
+    for d in layout:
+        x0, y0, x1, y1 = d.bbox
+        touched[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2] = True
+    assert np.array_equal(out[~touched], base[~touched])  # nothing moves outside the placements
+    with torch.no_grad():
+        seen = det.norm(torch.from_numpy(out).permute(2, 0, 1)[None])[0].numpy()
+        before = det.norm(torch.from_numpy(base).permute(2, 0, 1)[None])[0].numpy()
+    for d in layout:
+        x0, y0, x1, y1 = d.bbox
+        core = cv2.erode(d.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if core.sum() < 8:
+            continue
+        want, got, old = d.norm_patch[:, core], seen[:, y0:y1, x0:x1][:, core], before[:, y0:y1, x0:x1][:, core]
+        # conv1 now sees the source eye's lesion there (up to the host's slightly moved local
+        # average), not the healthy synthesis it saw before
+        assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.9
+        assert np.abs(got - want).mean() < 0.5 * np.abs(old - want).mean()
+    with pytest.raises(ValueError, match="norm_patch"):
+        transplant(det, base, [replace(d, norm_patch=None) for d in layout])
+
+
+def test_transplant_control_is_reported_and_leaves_the_main_figures_alone(embedded_setup, report):
+    det, synth, bank, hosts = embedded_setup
+    j = report.to_json()
+    assert 0.0 <= j["control_hit_rate"] <= 1.0 and 0.0 <= j["control_chance_hit_rate"] <= 1.0
+    assert j["control_hit_rate_ci"][0] <= j["control_hit_rate"] <= j["control_hit_rate_ci"][1]
+    assert list(j["control_hit_rate_by_count"]) == list(j["control_severity_by_count"]) == ["1", "2", "4", "8", "16"]
+    # real lesions pasted into the healthy synthesis raise its severity too
+    assert j["control_severity_by_count"]["16"] > j["severity_by_count"]["0"]
+    bare = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1, control=False), progress=False)
+    b = bare.to_json()
+    assert b["control_hit_rate"] is None and b["control_hit_rate_by_count"] is None
+    for k in ("hit_rate", "chance_hit_rate", "spurious_rate", "severity", "hit_rate_by_count"):
+        assert b[k] == j[k], k
 
 
 def test_nested_layouts_only_add_lesions(embedded_setup):

@@ -93,7 +93,8 @@ def test_reisolate_notebook(tmp_path):
     text = text_of(nb)
     if has_real("DRIVE", "CHASE_DB1"):
         assert "hit rate" in text and "severity~count" in text and (tmp_path / "report" / "index.html").exists()
-        assert images_in(nb) >= 4
+        assert "transplant ctl" in text and "(transplant control)" in text
+        assert images_in(nb) >= 5
     else:
         assert "this notebook needs real hosts" in text
 
