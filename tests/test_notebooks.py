@@ -54,8 +54,9 @@ def test_quickstart_on_embedded_data_only(tmp_path):
     assert images_in(nb) >= 9
     assert len(list((tmp_path / "phantoms" / "images").glob("*.png"))) == 4
     assert "Koch test on the skimage retina host, 3 trials" in text and "above chance" in text and "real-data Koch test skipped" in text
+    assert "transplant control (the bank's real lesions" in text  # the shipped bank carries its norm patches
     page = (tmp_path / "koch" / "index.html").read_text()
-    assert "data:image/png;base64," in page and "Spearman" in page
+    assert "data:image/png;base64," in page and "Spearman" in page and "transplant control: hit rate" in page
 
 
 @pytest.mark.slow
