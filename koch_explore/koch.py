@@ -470,7 +470,7 @@ def _common(p) -> None:
     p.add_argument("--independent-layouts", action="store_true",
                    help="draw an independent layout per count instead of the nested dose series")
     p.add_argument("--no-control", action="store_true",
-                   help="skip the transplant control (the same layouts pasted as the real lesions; ~1.6x faster)")
+                   help="skip the transplant control (the same layouts pasted into the healthy synthesis as the real lesions)")
 
 
 def add_cli(sub) -> None:

@@ -161,9 +161,12 @@ def test_koch_test_cli_json(capsys):
     assert all(k in out for k in KEYS) and out["data"] == "phantom" and out["n_trials"] == 2
     assert out["hit_rate_by_type"]  # the phantom bank is typed
     assert out["config"]["threshold"] == 0.1 and out["config"]["nested"] is True
-    assert main(["koch-test", "--data", "phantom", "--trials", "2", "--threshold", "otsu", "--independent-layouts", "--json"]) == 0
+    assert out["control_hit_rate"] is not None and out["config"]["control"] is True  # the shipped bank has norm patches
+    assert main(["koch-test", "--data", "phantom", "--trials", "2", "--threshold", "otsu", "--independent-layouts",
+                 "--no-control", "--json"]) == 0
     other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert other["config"]["threshold"] == "otsu" and other["config"]["nested"] is False
+    assert other["control_hit_rate"] is None and other["config"]["control"] is False
     with pytest.raises(SystemExit):
         main(["koch-test", "--data", "phantom", "--threshold", "1.5"])
     assert "threshold" in capsys.readouterr().err
