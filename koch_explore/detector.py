@@ -93,6 +93,9 @@ PRESETS: dict[str, DetectorConfig] = {
     "o_O-512": DetectorConfig(n=32, input_size=448, head_pool="o_O"),
     # CPU preset: 256 px (the EyePACS images staged here), position-invariant head.
     "o_O-256": DetectorConfig(n=32, input_size=256, head_pool="global"),
+    # The 256 px photos upsampled 1.5x: the same weights (global head), small lesions over more
+    # pixels of the 4x4 convs. Warm-started from o_O-256 it gained QWK, not referable AUC (README).
+    "o_O-384": DetectorConfig(n=32, input_size=384, head_pool="global"),
 }
 
 

@@ -74,7 +74,8 @@ class TrainConfig:
     num_threads: int | None = None
     init: str | None = None
     """Warm start: detector safetensors whose weights (BN statistics included) initialise the
-    model and its EMA; the schedule starts fresh (a warm restart, useful to extend a finished run)."""
+    model and its EMA; the schedule starts fresh (a warm restart, useful to extend a finished run).
+    It may come from another input size of the same architecture (see :func:`warm_start`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +332,21 @@ def evaluate_split(model: Detector, arr: GradedArrays, device, tta: bool, amp: b
     return rep, sev
 
 
+def warm_start(model: Detector, path) -> Detector:
+    """Copy the weights (BatchNorm statistics and grade cuts included) of the detector file ``path``
+    into ``model``. The file may have been trained at another input size: with the global RMS-pool
+    head no weight depends on it, which is how o_O grew its nets (128 -> 256 -> 512 px) and how a
+    256 px net is warm-started at 384 px. Any other architecture difference is an error naming it."""
+    from dataclasses import replace
+
+    from .weights_io import check_config
+
+    src = Detector.load(path)
+    check_config(path, replace(src.cfg, input_size=model.cfg.input_size), model.cfg)
+    model.load_state_strict(src.state_dict(), source=path)
+    return model
+
+
 def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None) -> dict:
     """Train (or resume) a detector; returns the best validation figures. DDP-aware."""
     import torch.distributed as dist
@@ -348,7 +364,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None) -> dict
 
     model = Detector(cfg.preset)
     if cfg.init:
-        model.load_state_dict(Detector.load(cfg.init, expect=cfg.preset).state_dict())
+        warm_start(model, cfg.init)
         if main:
             print(f"initialised from {cfg.init}", flush=True)
     model = model.to(device).to(memory_format=torch.channels_last)

@@ -181,6 +181,23 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
         PRESETS.pop("test-small", None)
 
 
+def test_warm_start_from_another_input_size(tmp_path):
+    from dataclasses import replace
+
+    from koch_explore.detector_train import warm_start
+
+    torch.manual_seed(3)
+    src = Detector(SMALL).eval()
+    path = src.save(tmp_path / "small128.safetensors", half=False)
+    bigger = warm_start(Detector(replace(SMALL, input_size=192)), path).eval()
+    for (k, a), b in zip(src.state_dict().items(), bigger.state_dict().values()):
+        assert torch.equal(a, b), k
+    x = torch.rand(1, 3, 192, 192)
+    assert torch.isfinite(bigger(x)).all()  # the global head takes the larger grid
+    with pytest.raises(WeightsMismatchError, match="small128.safetensors.*n=8"):
+        warm_start(Detector(replace(SMALL, n=4)), path)  # a different width is not a warm start
+
+
 def test_eval_and_predict_cli(tmp_path, phantom_graded, capsys):
     weights = Detector(SMALL).eval().save(tmp_path / "w.safetensors")
     assert main(["detector", "eval", "--images", str(phantom_graded / "images"), "--labels",
