@@ -166,6 +166,14 @@ def _decoys(fov: np.ndarray, boxes: Sequence[Box], n: int, margin: int, rng: np.
     return [(float(xs[i]), float(ys[i])) for i in k]
 
 
+def _score(boxes: Sequence[Box], placed, fov: np.ndarray, margin: int, rng: np.random.Generator) -> tuple[list[bool], int, int]:
+    """(per placement: is its centroid in a re-isolated box, decoys in a box, decoys drawn): one
+    decoy per placement, drawn from ``rng``."""
+    hit = [any(_contains(b, d.centroid) for b in boxes) for d in placed]
+    decoys = _decoys(fov, [d.bbox for d in placed], len(placed), margin, rng)
+    return hit, sum(any(_contains(b, p) for b in boxes) for p in decoys), len(decoys)
+
+
 def _layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
     """count -> placed bank (None for 0): prefixes of one layout when ``nested``, else independent."""
     from .synthesis.synthesizer import random_layout
@@ -281,7 +289,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
                     dice.append(float(2 * (binary & truth).sum() / max(1, binary.sum() + truth.sum())))
                 continue
             placed = list(layouts[n])
-            hit = [any(_contains(b, d.centroid) for b in seg.boxes) for d in placed]
+            hit, found_decoys, n_decoys = _score(seg.boxes, placed, fov, cfg.margin, rng)
             spur = [not any(_overlaps(b, d.bbox, cfg.margin) for d in placed) for b in seg.boxes]
             for d, h in zip(placed, hit):
                 ty = d.type or "unknown"
@@ -294,9 +302,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             t_hits += sum(hit)
             spurious += sum(spur)
             components += len(seg.boxes)
-            for p in _decoys(fov, [d.bbox for d in placed], len(placed), cfg.margin, rng):
-                decoy_n += 1
-                decoy_hits += any(_contains(b, p) for b in seg.boxes)
+            decoy_n, decoy_hits = decoy_n + n_decoys, decoy_hits + found_decoys
             if n == case_count and len(cases) < cfg.keep_cases:
                 cases.append(TrialCase(str(host.get("name", t)), ves, fov, images[counts.index(0)] if 0 in counts else images[0],
                                        images[j], maps[j], [d.bbox for d in placed], [d.type or "unknown" for d in placed],
@@ -313,13 +319,12 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             for j, n in enumerate(ctl_counts):
                 seg = segment(ctl_maps[j], fov, cfg.threshold)
                 placed = list(layouts[n])
-                found = sum(any(_contains(b, d.centroid) for b in seg.boxes) for d in placed)
+                hit, found_decoys, n_decoys = _score(seg.boxes, placed, fov, cfg.margin, crng)
                 ctl_by_count[n][0] += len(placed)
-                ctl_by_count[n][1] += found
-                c_hits, c_placed = c_hits + found, c_placed + len(placed)
-                for p in _decoys(fov, [d.bbox for d in placed], len(placed), cfg.margin, crng):
-                    ctl_decoy[0] += 1
-                    ctl_decoy[1] += any(_contains(b, p) for b in seg.boxes)
+                ctl_by_count[n][1] += sum(hit)
+                c_hits, c_placed = c_hits + sum(hit), c_placed + len(placed)
+                ctl_decoy[0] += n_decoys
+                ctl_decoy[1] += found_decoys
             ctl_hits_by_trial.append(c_hits)
             ctl_placed_by_trial.append(c_placed)
 
