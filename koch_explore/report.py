@@ -98,7 +98,7 @@ def figure_hits(report):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0))
     ks = list(report.hit_rate_by_count)
-    ctl = getattr(report, "control_hit_rate_by_count", None)
+    ctl = report.control_hit_rate_by_count
     if ctl:
         x = np.arange(len(ks))
         axes[0].bar(x - 0.2, [report.hit_rate_by_count[k] for k in ks], 0.4, color="tab:green", label="synthesized")
