@@ -80,7 +80,8 @@ def evaluate_weights(weights: str | Path, root=None, tta: bool = True) -> dict:
     if root is not None:
         cfg.root = str(root)
     t0 = time.time()
-    data = load_graded(cfg, model.cfg.input_size, splits=("val", "aptos_val"))
+    data = load_graded(cfg, model.cfg.input_size, splits=("train", "val", "aptos_val"))
+    train = data.pop("train")
     out: dict = {"weights": str(weights), "weights_hash": model.weights_hash(), "tta": tta,
                  "thresholds": model.thresholds.tolist(), "train_config": cfg.__dict__.copy()}
     sev_by_split = {}
@@ -94,6 +95,7 @@ def evaluate_weights(weights: str | Path, root=None, tta: bool = True) -> dict:
         rep["qwk_refit"] = metrics.quadratic_weighted_kappa(arr.grades, metrics.apply_thresholds(sev, metrics.fit_thresholds(sev, arr.grades)))
         out[split] = rep
     sev, grades = sev_by_split["val"]
+    out["fit"] = fit_check(model, train, data["val"], sev)
     out["eyepacs_val_mean_severity_grade_ge2"] = float(sev[grades >= 2].mean())
     out["eyepacs_val_mean_severity_grade0"] = float(sev[grades == 0].mean())
     try:
@@ -103,6 +105,36 @@ def evaluate_weights(weights: str | Path, root=None, tta: bool = True) -> dict:
     out["eyepacs_natural_colour_val"] = natural_colour_check(model, set(data["val"].names), cfg.root, tta)
     out["seconds"] = time.time() - t0
     return out
+
+
+def fit_check(model: Detector, train, val, val_sev: np.ndarray) -> dict:
+    """Training eyes against validation eyes, both single view, and the fellow-eye weight fit on
+    the training eyes.
+
+    Why: a gap between the two says over-fitting (regularise, more data); no gap says the net does
+    not fit even the eyes it learned from (more resolution, capacity or training). The blend weight
+    is chosen on the training eyes so that the blended validation figure is not tuned on validation.
+    ``val_sev`` are the card's own validation predictions (its TTA setting), blended for the table."""
+    keep = np.array([s == "eyepacs" for s in train.source], dtype=bool)
+    names = [n for n, k in zip(train.names, keep) if k]
+    g_tr = train.grades[keep]
+    s_tr = predict_arrays(model, train.images[keep], "cpu", tta=False)
+    s_va = predict_arrays(model, val.images, "cpu", tta=False)
+
+    def refit(sv, g):
+        return metrics.quadratic_weighted_kappa(g, metrics.apply_thresholds(sv, metrics.fit_thresholds(sv, g)))
+
+    w, by_w = metrics.fit_pair_blend(s_tr, names, g_tr)
+    blended = metrics.paired_eye_blend(val_sev, val.names, w)
+    return {
+        "train_n": int(keep.sum()), "val_n": len(val.grades),
+        "train_auc_single": metrics.roc_auc(g_tr >= 2, s_tr), "val_auc_single": metrics.roc_auc(val.grades >= 2, s_va),
+        "train_qwk_refit_single": refit(s_tr, g_tr), "val_qwk_refit_single": refit(s_va, val.grades),
+        "pair_weight": w, "pair_weight_train_auc": by_w,
+        "val_pair": {"auc_referable": metrics.roc_auc(val.grades >= 2, blended),
+                     "qwk_split_half": metrics.split_half_qwk(blended, val.grades, val.groups),
+                     "qwk_refit": refit(blended, val.grades)},
+    }
 
 
 def model_card(fig: dict, command: str, hardware: str) -> str:
@@ -156,6 +188,27 @@ def model_card(fig: dict, command: str, hardware: str) -> str:
         *[" ".join(f"{c:5d}" for c in row) for row in v["confusion"]],
         "```",
     ]
+    fit = fig.get("fit")
+    if fit:
+        vp = fit["val_pair"]
+        lines += [
+            "",
+            "## Fit, and the fellow eye",
+            "| single view, refit cuts | n | QWK | AUC referable |",
+            "|---|---|---|---|",
+            f"| EyePACS training eyes | {fit['train_n']} | {f3(fit['train_qwk_refit_single'])} | {f3(fit['train_auc_single'])} |",
+            f"| EyePACS validation eyes | {fit['val_n']} | {f3(fit['val_qwk_refit_single'])} | {f3(fit['val_auc_single'])} |",
+            "",
+            ("No gap between the eyes it learned from and new patients: the net under-fits, so the way up is more "
+             "resolution, capacity or training rather than regularisation."
+             if fit["train_auc_single"] < fit["val_auc_single"] + 0.03 else
+             "Training eyes score above validation eyes: the net has started to over-fit."),
+            "",
+            f"Fellow-eye blend (`--pair-blend W`), W = {fit['pair_weight']:.2f} chosen on the training eyes "
+            f"(their AUC {f3(fit['pair_weight_train_auc'][fit['pair_weight']])}); on the validation split, "
+            f"{'with' if fig['tta'] else 'without'} TTA: QWK split-half {f3(vp['qwk_split_half'])} "
+            f"(refit {f3(vp['qwk_refit'])}), AUC referable {f3(vp['auc_referable'])}.",
+        ]
     if d:
         lines += [
             "",

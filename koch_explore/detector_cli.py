@@ -142,6 +142,7 @@ def _card(args) -> int:
 
     fig = evaluate_weights(args.weights, args.root, tta=not args.no_tta)
     out = Path(args.out) if args.out else Path(args.weights).with_suffix(".md")
+    out.parent.mkdir(parents=True, exist_ok=True)  # minutes of measuring must not die on a missing folder
     out.write_text(model_card(fig, args.command, args.hardware or hardware_string()))
     (out.with_suffix(".json")).write_text(json.dumps(fig, indent=1, default=float))
     if args.json:

@@ -125,3 +125,18 @@ def paired_eye_blend(severity, names, weight: float) -> "np.ndarray":
         raise ValueError(f"pair blend weight must be in [0, 0.5], got {weight}")
     s = np.asarray(severity, dtype=np.float64)
     return ((1 - weight) * s + weight * s[fellow_eye_index(names)]).astype(np.float32)
+
+
+def fit_pair_blend(severity, names, grades, weights=None) -> tuple[float, dict[float, float]]:
+    """The fellow-eye weight that maximises referable AUC (grade >= 2) on *training* eyes.
+
+    Choosing the weight on the validation split would tune on it; the detector under-fits its
+    training eyes (their AUC is no higher than validation's), so their predictions are a fair
+    stand-in. Returns ``(best weight, {weight: AUC})``; ties go to the smaller weight."""
+    import numpy as np
+
+    grid = np.round(np.arange(0.0, 0.501, 0.05), 2) if weights is None else np.asarray(weights, dtype=np.float64)
+    pos = np.asarray(grades) >= 2
+    aucs = {float(w): roc_auc(pos, paired_eye_blend(severity, names, float(w))) for w in grid}
+    best = max(aucs, key=lambda w: (round(aucs[w], 6), -w))
+    return best, aucs

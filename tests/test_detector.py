@@ -260,3 +260,20 @@ def test_paired_eye_blend_borrows_from_the_fellow_eye_only():
     assert np.array_equal(paired_eye_blend(s, names, 0.0), s)
     with pytest.raises(ValueError, match="pair blend"):
         paired_eye_blend(s, names, 0.7)
+
+
+def test_fellow_eye_weight_is_fit_where_the_fellow_eye_carries_the_disease():
+    from koch_explore.metrics import fit_pair_blend
+
+    rng = np.random.default_rng(0)
+    patients = 400
+    disease = rng.choice([0, 0, 0, 1, 2, 3], size=patients)  # both eyes of a patient share it
+    names = [f"{p}_{side}" for p in range(patients) for side in ("left", "right")]
+    grades = np.repeat(disease, 2)
+    noisy = grades + rng.normal(0, 1.0, size=grades.size)  # each eye's own view is noisy
+    w, aucs = fit_pair_blend(noisy, names, grades)
+    assert w >= 0.3 and aucs[w] > aucs[0.0] + 0.03
+    # Fellow eyes that share nothing (patients shuffled): borrowing from them only adds noise.
+    shuffled = [names[i] for i in rng.permutation(len(names))]
+    w_bad, aucs_bad = fit_pair_blend(noisy, shuffled, grades)
+    assert w_bad <= 0.1 and aucs_bad[w_bad] >= aucs_bad[0.5]
