@@ -199,10 +199,10 @@ def model_card(fig: dict, command: str, hardware: str) -> str:
             f"| EyePACS training eyes | {fit['train_n']} | {f3(fit['train_qwk_refit_single'])} | {f3(fit['train_auc_single'])} |",
             f"| EyePACS validation eyes | {fit['val_n']} | {f3(fit['val_qwk_refit_single'])} | {f3(fit['val_auc_single'])} |",
             "",
-            ("No gap between the eyes it learned from and new patients: the net under-fits, so the way up is more "
-             "resolution, capacity or training rather than regularisation."
+            ("The eyes it learned from score no higher than new patients (AUC within 0.03): the net under-fits, so "
+             "the way up is more resolution, capacity or training rather than regularisation."
              if fit["train_auc_single"] < fit["val_auc_single"] + 0.03 else
-             "Training eyes score above validation eyes: the net has started to over-fit."),
+             "Training eyes score more than 0.03 AUC above validation eyes: the net has started to over-fit."),
             "",
             f"Fellow-eye blend (`--pair-blend W`), W = {fit['pair_weight']:.2f} chosen on the training eyes "
             f"(their AUC {f3(fit['pair_weight_train_auc'][fit['pair_weight']])}); on the validation split, "
