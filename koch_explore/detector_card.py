@@ -73,6 +73,11 @@ def natural_colour_check(model: Detector, val_names: set[str], root=None, tta: b
     return {k: rep[k] for k in ("n", "qwk", "accuracy", "auc_referable", "mean_severity_by_grade")}
 
 
+def _qwk_refit(sev: np.ndarray, grades: np.ndarray) -> float:
+    """QWK with cuts fit on the same eyes (optimistic; beside the split-half figure)."""
+    return metrics.quadratic_weighted_kappa(grades, metrics.apply_thresholds(sev, metrics.fit_thresholds(sev, grades)))
+
+
 def evaluate_weights(weights: str | Path, root=None, tta: bool = True) -> dict:
     """All figures of the model card, recomputed from the weights and the data."""
     model = Detector.load(weights)
@@ -92,7 +97,7 @@ def evaluate_weights(weights: str | Path, root=None, tta: bool = True) -> dict:
         # The stored cuts were fit on this validation split; the split-half figure fits cuts on
         # half the patients and scores the other half, so it carries no threshold optimism.
         rep["qwk_split_half"] = metrics.split_half_qwk(sev, arr.grades, arr.groups)
-        rep["qwk_refit"] = metrics.quadratic_weighted_kappa(arr.grades, metrics.apply_thresholds(sev, metrics.fit_thresholds(sev, arr.grades)))
+        rep["qwk_refit"] = _qwk_refit(sev, arr.grades)
         out[split] = rep
     sev, grades = sev_by_split["val"]
     out["fit"] = fit_check(model, train, data["val"], sev)
@@ -121,20 +126,22 @@ def fit_check(model: Detector, train, val, val_sev: np.ndarray) -> dict:
     s_tr = predict_arrays(model, train.images[keep], "cpu", tta=False)
     s_va = predict_arrays(model, val.images, "cpu", tta=False)
 
-    def refit(sv, g):
-        return metrics.quadratic_weighted_kappa(g, metrics.apply_thresholds(sv, metrics.fit_thresholds(sv, g)))
-
     w, by_w = metrics.fit_pair_blend(s_tr, names, g_tr)
     blended = metrics.paired_eye_blend(val_sev, val.names, w)
     return {
         "train_n": int(keep.sum()), "val_n": len(val.grades),
         "train_auc_single": metrics.roc_auc(g_tr >= 2, s_tr), "val_auc_single": metrics.roc_auc(val.grades >= 2, s_va),
-        "train_qwk_refit_single": refit(s_tr, g_tr), "val_qwk_refit_single": refit(s_va, val.grades),
+        "train_qwk_refit_single": _qwk_refit(s_tr, g_tr), "val_qwk_refit_single": _qwk_refit(s_va, val.grades),
         "pair_weight": w, "pair_weight_train_auc": by_w,
         "val_pair": {"auc_referable": metrics.roc_auc(val.grades >= 2, blended),
                      "qwk_split_half": metrics.split_half_qwk(blended, val.grades, val.groups),
-                     "qwk_refit": refit(blended, val.grades)},
+                     "qwk_refit": _qwk_refit(blended, val.grades)},
     }
+
+
+def _by_weight(table: dict, w: float):
+    """Look a weight up in memory (float keys) or in the card's JSON (string keys)."""
+    return table.get(w, table.get(str(w)))
 
 
 def model_card(fig: dict, command: str, hardware: str) -> str:
@@ -205,7 +212,7 @@ def model_card(fig: dict, command: str, hardware: str) -> str:
              "Training eyes score more than 0.03 AUC above validation eyes: the net has started to over-fit."),
             "",
             f"Fellow-eye blend (`--pair-blend W`), W = {fit['pair_weight']:.2f} chosen on the training eyes "
-            f"(their AUC {f3(fit['pair_weight_train_auc'][fit['pair_weight']])}); on the validation split, "
+            f"(their AUC {f3(_by_weight(fit['pair_weight_train_auc'], fit['pair_weight']))}); on the validation split, "
             f"{'with' if fig['tta'] else 'without'} TTA: QWK split-half {f3(vp['qwk_split_half'])} "
             f"(refit {f3(vp['qwk_refit'])}), AUC referable {f3(vp['auc_referable'])}.",
         ]

@@ -130,9 +130,8 @@ def paired_eye_blend(severity, names, weight: float) -> "np.ndarray":
 def fit_pair_blend(severity, names, grades, weights=None) -> tuple[float, dict[float, float]]:
     """The fellow-eye weight that maximises referable AUC (grade >= 2) on *training* eyes.
 
-    Choosing the weight on the validation split would tune on it; the detector under-fits its
-    training eyes (their AUC is no higher than validation's), so their predictions are a fair
-    stand-in. Returns ``(best weight, {weight: AUC})``; ties go to the smaller weight."""
+    Choosing the weight on the validation split would tune on it; training eyes are a fair
+    stand-in as long as the detector does not over-fit them (``detector card`` checks that). Returns ``(best weight, {weight: AUC})``; ties go to the smaller weight."""
     import numpy as np
 
     grid = np.round(np.arange(0.0, 0.501, 0.05), 2) if weights is None else np.asarray(weights, dtype=np.float64)

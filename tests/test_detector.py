@@ -277,3 +277,18 @@ def test_fellow_eye_weight_is_fit_where_the_fellow_eye_carries_the_disease():
     shuffled = [names[i] for i in rng.permutation(len(names))]
     w_bad, aucs_bad = fit_pair_blend(noisy, shuffled, grades)
     assert w_bad <= 0.1 and aucs_bad[w_bad] >= aucs_bad[0.5]
+
+
+def test_model_card_renders_the_fit_check_from_the_shipped_figures():
+    import json
+    from pathlib import Path
+
+    from koch_explore.detector_card import model_card
+
+    fig = json.loads((Path(__file__).parents[1] / "koch_explore/weights/detector_eyepacs_256.json").read_text())
+    card = model_card(fig, "cmd", "hw")  # JSON keys are strings: the card must still find the weight's AUC
+    fit = fig["fit"]
+    assert "## Fit, and the fellow eye" in card
+    assert f"| EyePACS training eyes | {fit['train_n']} |" in card and f"{fit['train_auc_single']:.3f}" in card
+    assert f"W = {fit['pair_weight']:.2f}" in card and f"{fit['val_pair']['auc_referable']:.3f}" in card
+    assert "None" not in card.split("## Fit")[1].split("DRIVE")[0]
