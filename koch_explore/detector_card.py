@@ -132,16 +132,11 @@ def fit_check(model: Detector, train, val, val_sev: np.ndarray) -> dict:
         "train_n": int(keep.sum()), "val_n": len(val.grades),
         "train_auc_single": metrics.roc_auc(g_tr >= 2, s_tr), "val_auc_single": metrics.roc_auc(val.grades >= 2, s_va),
         "train_qwk_refit_single": _qwk_refit(s_tr, g_tr), "val_qwk_refit_single": _qwk_refit(s_va, val.grades),
-        "pair_weight": w, "pair_weight_train_auc": by_w,
+        "pair_weight": w, "pair_weight_train_auc": {str(k): v for k, v in by_w.items()},  # JSON's keys
         "val_pair": {"auc_referable": metrics.roc_auc(val.grades >= 2, blended),
                      "qwk_split_half": metrics.split_half_qwk(blended, val.grades, val.groups),
                      "qwk_refit": _qwk_refit(blended, val.grades)},
     }
-
-
-def _by_weight(table: dict, w: float):
-    """Look a weight up in memory (float keys) or in the card's JSON (string keys)."""
-    return table.get(w, table.get(str(w)))
 
 
 def model_card(fig: dict, command: str, hardware: str) -> str:
@@ -212,7 +207,7 @@ def model_card(fig: dict, command: str, hardware: str) -> str:
              "Training eyes score more than 0.03 AUC above validation eyes: the net has started to over-fit."),
             "",
             f"Fellow-eye blend (`--pair-blend W`), W = {fit['pair_weight']:.2f} chosen on the training eyes "
-            f"(their AUC {f3(_by_weight(fit['pair_weight_train_auc'], fit['pair_weight']))}); on the validation split, "
+            f"(their AUC {f3(fit['pair_weight_train_auc'][str(fit['pair_weight'])])}); on the validation split, "
             f"{'with' if fig['tta'] else 'without'} TTA: QWK split-half {f3(vp['qwk_split_half'])} "
             f"(refit {f3(vp['qwk_refit'])}), AUC referable {f3(vp['auc_referable'])}.",
         ]
