@@ -114,6 +114,14 @@ class KochReport:
     hit_rate_by_count: dict[str, float]
     hit_rate_by_type: dict[str, dict[str, float]]
     """type -> {"placed", "found", "rate"}."""
+    hit_rate_by_region: dict[str, dict[str, float]]
+    """centre / middle / rim of the host's FOV (:data:`REGIONS`) -> {"placed", "found", "rate",
+    "chance"}: where on the fundus placed lesions are re-found; "chance" is the decoys' hit rate in
+    the same ring (boxes are not equally large everywhere)."""
+    hit_rate_by_strength: dict[str, dict]
+    """weak / medium / strong (:data:`STRENGTHS`, terciles of the bank's descriptor scores) ->
+    {"placed", "found", "rate", "score_range"}: whether lesions that were faint evidence in their
+    source eye stay faint once synthesized. Empty when the bank carries no scores."""
     severity_by_count: dict[str, float]
     severity: list[list[float]]
     """trials x counts."""
@@ -166,12 +174,51 @@ def _decoys(fov: np.ndarray, boxes: Sequence[Box], n: int, margin: int, rng: np.
     return [(float(xs[i]), float(ys[i])) for i in k]
 
 
-def _score(boxes: Sequence[Box], placed, fov: np.ndarray, margin: int, rng: np.random.Generator) -> tuple[list[bool], int, int]:
-    """(per placement: is its centroid in a re-isolated box, decoys in a box, decoys drawn): one
-    decoy per placement, drawn from ``rng``."""
+def _score(boxes: Sequence[Box], placed, fov: np.ndarray, margin: int,
+           rng: np.random.Generator) -> tuple[list[bool], list[tuple[float, float]], list[bool]]:
+    """(per placement: is its centroid in a re-isolated box; the decoy points; per decoy: is it in a
+    box): one decoy per placement, drawn from ``rng``."""
     hit = [any(_contains(b, d.centroid) for b in boxes) for d in placed]
     decoys = _decoys(fov, [d.bbox for d in placed], len(placed), margin, rng)
-    return hit, sum(any(_contains(b, p) for b in boxes) for p in decoys), len(decoys)
+    return hit, decoys, [any(_contains(b, p) for b in boxes) for p in decoys]
+
+
+REGIONS = ("centre", "middle", "rim")
+"""Rings of the field of view by distance from its centre: within 1/3 of its radius, 1/3-2/3, beyond."""
+STRENGTHS = ("weak", "medium", "strong")
+"""Terciles of the bank's descriptor scores (evidence under the lesion as a share of its source map's peak)."""
+
+
+def _fov_geometry(fov: np.ndarray) -> tuple[float, float, float]:
+    """(cx, cy, radius) of the field of view: its centroid and the radius of a disc of its area."""
+    ys, xs = np.nonzero(fov)
+    return float(xs.mean()), float(ys.mean()), float(np.sqrt(len(xs) / np.pi))
+
+
+def _region(point, geom: tuple[float, float, float]) -> str:
+    d = np.hypot(point[0] - geom[0], point[1] - geom[1]) / max(geom[2], 1.0)
+    return REGIONS[min(2, int(d * 3))]
+
+
+def _strength_edges(bank) -> tuple[float, float] | None:
+    """The bank's score terciles, or None when its descriptors carry no scores."""
+    scores = np.array([d.score for d in bank], np.float64)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) < 3:
+        return None
+    lo, hi = np.quantile(scores, [1 / 3, 2 / 3])
+    return float(lo), float(hi)
+
+
+def _strength(score: float, edges: tuple[float, float] | None) -> str | None:
+    if edges is None or not np.isfinite(score):
+        return None
+    return STRENGTHS[int(score > edges[0]) + int(score > edges[1])]
+
+
+def _tally(table: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """name -> [placed, found] as the report's {"placed", "found", "rate"}."""
+    return {k: {"placed": v[0], "found": v[1], "rate": float(v[1] / max(1, v[0]))} for k, v in table.items()}
 
 
 def _layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
@@ -257,6 +304,9 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     hits_by_trial, placed_by_trial, decoy_hits, decoy_n = [], [], 0, 0
     by_count = {n: [0, 0] for n in counts if n > 0}
     by_type: dict[str, list[int]] = {}
+    by_region = {r: [0, 0, 0, 0] for r in REGIONS}  # placed, found, decoys, decoys found
+    edges = _strength_edges(bank)
+    by_strength = {k: [0, 0] for k in STRENGTHS} if edges is not None else {}
     spurious, components, healthy_components, per_image = 0, 0, [], []
     severity, dice, healthy_images, real_images, cases = [], [], [], [], []
     case_count = max([n for n in counts if 0 < n <= 8] or [max(counts)])
@@ -270,6 +320,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         ves, fov = np.asarray(host["vessels"], np.float32), np.asarray(host["fov"], bool)
         tseed = cfg.seed * 100_003 + t
         rng = np.random.default_rng(tseed)
+        geom = _fov_geometry(fov)
         layouts = _layouts(bank, counts, fov, tseed, cfg.nested)
         images = np.stack([synthesizer.synthesize(ves, fov, layouts[n], seed=tseed) for n in counts])
         severity.append(_severity(detector, images).tolist())
@@ -289,13 +340,25 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
                     dice.append(float(2 * (binary & truth).sum() / max(1, binary.sum() + truth.sum())))
                 continue
             placed = list(layouts[n])
-            hit, found_decoys, n_decoys = _score(seg.boxes, placed, fov, cfg.margin, rng)
+            hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, rng)
+            found_decoys, n_decoys = sum(decoy_hit), len(decoys)
             spur = [not any(_overlaps(b, d.bbox, cfg.margin) for d in placed) for b in seg.boxes]
             for d, h in zip(placed, hit):
                 ty = d.type or "unknown"
                 by_type.setdefault(ty, [0, 0])
                 by_type[ty][0] += 1
                 by_type[ty][1] += int(h)
+                ring = by_region[_region(d.centroid, geom)]
+                ring[0] += 1
+                ring[1] += int(h)
+                st = _strength(d.score, edges)
+                if st is not None:
+                    by_strength[st][0] += 1
+                    by_strength[st][1] += int(h)
+            for p, h in zip(decoys, decoy_hit):
+                ring = by_region[_region(p, geom)]
+                ring[2] += 1
+                ring[3] += int(h)
             by_count[n][0] += len(placed)
             by_count[n][1] += sum(hit)
             t_placed += len(placed)
@@ -319,7 +382,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             for j, n in enumerate(ctl_counts):
                 seg = segment(ctl_maps[j], fov, cfg.threshold)
                 placed = list(layouts[n])
-                hit, found_decoys, n_decoys = _score(seg.boxes, placed, fov, cfg.margin, crng)
+                hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, crng)
+                found_decoys, n_decoys = sum(decoy_hit), len(decoys)
                 ctl_by_count[n][0] += len(placed)
                 ctl_by_count[n][1] += sum(hit)
                 c_hits, c_placed = c_hits + sum(hit), c_placed + len(placed)
@@ -345,6 +409,10 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         real_f, _ = dense1_features(detector, np.stack(real_images))
         fd, ci = frechet_with_ci(fake_f, real_f, seed=cfg.seed)
         fd_ci = list(ci)
+    bounds = []
+    if edges is not None:
+        scores = [float(d.score) for d in bank if np.isfinite(d.score)]
+        bounds = [min(scores), *edges, max(scores)]
     control = {}
     if ctl_hits_by_trial:
         ch, cp = np.asarray(ctl_hits_by_trial, np.float64), np.asarray(ctl_placed_by_trial, np.float64)
@@ -365,7 +433,10 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         spurious_rate=float(spurious / max(1, components)),
         healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
         hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
-        hit_rate_by_type={k: {"placed": v[0], "found": v[1], "rate": float(v[1] / max(1, v[0]))} for k, v in sorted(by_type.items())},
+        hit_rate_by_type=_tally(dict(sorted(by_type.items()))),
+        hit_rate_by_region={r: {**_tally({r: v[:2]})[r], "chance": float(v[3] / max(1, v[2]))} for r, v in by_region.items()},
+        hit_rate_by_strength={k: {**row, "score_range": [bounds[i], bounds[i + 1]]}
+                              for i, (k, row) in enumerate(_tally(by_strength).items())},
         severity_by_count={str(n): float(sev[:, j].mean()) for j, n in enumerate(counts)},
         severity=sev.tolist(),
         spearman_severity_count=float(rhos_ok.mean()),
@@ -523,6 +594,11 @@ def _cli_koch_test(args) -> int:
         print(f"  spurious rate     {rep.spurious_rate:.3f}  ({rep.healthy_components:.2f} components on healthy syntheses)")
         print(f"  severity ~ count  rho {rep.spearman_severity_count:.3f}  95% CI [{rep.spearman_ci[0]:.3f}, {rep.spearman_ci[1]:.3f}]")
         print("  severity by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.severity_by_count.items()))
+        print("  hit rate by FOV ring " + "  ".join(f"{k}:{v['rate']:.2f} (chance {v['chance']:.2f}, n={v['placed']})"
+                                                     for k, v in rep.hit_rate_by_region.items()))
+        if rep.hit_rate_by_strength:
+            print("  hit rate by source evidence " + "  ".join(f"{k}:{v['rate']:.2f} (n={v['placed']})"
+                                                              for k, v in rep.hit_rate_by_strength.items()))
         if rep.vessel_dice is not None:
             print(f"  vessel Dice       {rep.vessel_dice:.3f}")
         if rep.control_hit_rate is not None:

@@ -93,10 +93,11 @@ def figure_severity(report, ax=None):
 
 
 def figure_hits(report):
-    """Hit rate by count (beside the transplant control's, when run) and by lesion type, with the
-    chance level of decoy points."""
+    """Hit rate by count (beside the transplant control's, when run), by lesion type, by ring of the
+    field of view (beside each ring's chance) and by the descriptor's evidence in its source eye, with
+    the chance level of decoy points."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    fig, axes = plt.subplots(1, 4, figsize=(14.0, 3.0), gridspec_kw={"width_ratios": [1.4, 1, 1, 1]})
     ks = list(report.hit_rate_by_count)
     ctl = report.control_hit_rate_by_count
     if ctl:
@@ -110,7 +111,19 @@ def figure_hits(report):
     axes[1].bar(types, [report.hit_rate_by_type[t]["rate"] for t in types], color="tab:blue")
     for t_i, t in enumerate(types):
         axes[1].text(t_i, 0.02, f"n={report.hit_rate_by_type[t]['placed']}", ha="center", fontsize=7, color="white")
-    for ax, title in zip(axes, ["hit rate by lesion count", "hit rate by lesion type"]):
+    rings = list(report.hit_rate_by_region)
+    x = np.arange(len(rings))
+    axes[2].bar(x - 0.2, [report.hit_rate_by_region[r]["rate"] for r in rings], 0.4, color="tab:purple", label="placed")
+    axes[2].bar(x + 0.2, [report.hit_rate_by_region[r]["chance"] for r in rings], 0.4, color="tab:gray", label="decoys")
+    axes[2].set_xticks(x, rings)
+    strengths = list(report.hit_rate_by_strength)
+    axes[3].bar(strengths, [report.hit_rate_by_strength[k]["rate"] for k in strengths], color="tab:orange")
+    for ax, table in ((axes[2], report.hit_rate_by_region), (axes[3], report.hit_rate_by_strength)):
+        for i, k in enumerate(table):
+            ax.text(i - (0.2 if ax is axes[2] else 0), 0.02, f"n={table[k]['placed']}", ha="center", fontsize=7, color="white")
+    titles = ["hit rate by lesion count", "hit rate by lesion type", "by ring of the field of view",
+              "by evidence in the source eye"]
+    for ax, title in zip(axes, titles):
         ax.axhline(report.chance_hit_rate, color="k", ls="--", lw=1, label=f"chance {report.chance_hit_rate:.2f}")
         ax.set_ylim(0, 1)
         ax.set_title(title, fontsize=9)

@@ -53,7 +53,38 @@ def test_report_keys_and_ranges(report):
     placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
     assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
     assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
+    # The ring and strength breakdowns partition the same placements, and recombine to the hit rate.
+    for table in (j["hit_rate_by_region"], j["hit_rate_by_strength"]):
+        assert sum(v["placed"] for v in table.values()) == placed
+        assert sum(v["found"] for v in table.values()) / placed == pytest.approx(j["hit_rate"])
+    assert list(j["hit_rate_by_region"]) == ["centre", "middle", "rim"]
+    assert all(0.0 <= v["chance"] <= 1.0 for v in j["hit_rate_by_region"].values())
+    ranges = [v["score_range"] for v in j["hit_rate_by_strength"].values()]
+    assert list(j["hit_rate_by_strength"]) == ["weak", "medium", "strong"]
+    assert all(lo <= hi for lo, hi in ranges) and ranges[0][1] == ranges[1][0] and ranges[1][1] == ranges[2][0]
     json.dumps(j)  # plain JSON
+
+
+def test_fov_rings_and_strength_terciles():
+    from koch_explore.koch import _fov_geometry, _region, _strength, _strength_edges
+
+    yy, xx = np.mgrid[:256, :256]
+    fov = (xx - 140) ** 2 + (yy - 120) ** 2 < 100**2  # an off-centre disc of radius 100
+    geom = _fov_geometry(fov)
+    assert geom[0] == pytest.approx(140, abs=0.5) and geom[1] == pytest.approx(120, abs=0.5)
+    assert geom[2] == pytest.approx(100, rel=0.02)
+    assert [_region(p, geom) for p in [(140, 120), (140, 100), (140, 170), (140, 210), (45, 120)]] == \
+        ["centre", "centre", "middle", "rim", "rim"]
+
+    class D:
+        def __init__(self, score):
+            self.score = score
+
+    bank = [D(s) for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, float("nan"))]
+    edges = _strength_edges(bank)
+    assert [_strength(s, edges) for s in (0.1, 0.25, 0.35, 0.6)] == ["weak", "weak", "medium", "strong"]  # cuts 0.267, 0.433
+    assert _strength(float("nan"), edges) is None
+    assert _strength_edges([D(float("nan"))] * 5) is None
 
 
 def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
