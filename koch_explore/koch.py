@@ -216,9 +216,9 @@ def _strength(score: float, edges: tuple[float, float] | None) -> str | None:
     return STRENGTHS[int(score > edges[0]) + int(score > edges[1])]
 
 
-def _tally(table: dict[str, list[int]]) -> dict[str, dict[str, float]]:
-    """name -> [placed, found] as the report's {"placed", "found", "rate"}."""
-    return {k: {"placed": v[0], "found": v[1], "rate": float(v[1] / max(1, v[0]))} for k, v in table.items()}
+def _rate_row(placed: int, found: int) -> dict:
+    """One row of the report's breakdowns: {"placed", "found", "rate"}."""
+    return {"placed": placed, "found": found, "rate": float(found / max(1, placed))}
 
 
 def _layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
@@ -433,10 +433,9 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         spurious_rate=float(spurious / max(1, components)),
         healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
         hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
-        hit_rate_by_type=_tally(dict(sorted(by_type.items()))),
-        hit_rate_by_region={r: {**_tally({r: v[:2]})[r], "chance": float(v[3] / max(1, v[2]))} for r, v in by_region.items()},
-        hit_rate_by_strength={k: {**row, "score_range": [bounds[i], bounds[i + 1]]}
-                              for i, (k, row) in enumerate(_tally(by_strength).items())},
+        hit_rate_by_type={k: _rate_row(*v) for k, v in sorted(by_type.items())},
+        hit_rate_by_region={r: {**_rate_row(v[0], v[1]), "chance": float(v[3] / max(1, v[2]))} for r, v in by_region.items()},
+        hit_rate_by_strength={k: {**_rate_row(*v), "score_range": bounds[i : i + 2]} for i, (k, v) in enumerate(by_strength.items())},
         severity_by_count={str(n): float(sev[:, j].mean()) for j, n in enumerate(counts)},
         severity=sev.tolist(),
         spearman_severity_count=float(rhos_ok.mean()),
