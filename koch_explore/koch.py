@@ -200,20 +200,20 @@ def _region(point, geom: tuple[float, float, float]) -> str:
     return REGIONS[min(2, int(d * 3))]
 
 
-def _strength_edges(bank) -> tuple[float, float] | None:
-    """The bank's score terciles, or None when its descriptors carry no scores."""
+def _strength_edges(bank) -> list[float] | None:
+    """[min, lower tercile, upper tercile, max] of the bank's scores, or None when its descriptors
+    carry no scores."""
     scores = np.array([d.score for d in bank], np.float64)
     scores = scores[np.isfinite(scores)]
     if len(scores) < 3:
         return None
-    lo, hi = np.quantile(scores, [1 / 3, 2 / 3])
-    return float(lo), float(hi)
+    return [float(v) for v in np.quantile(scores, [0, 1 / 3, 2 / 3, 1])]
 
 
-def _strength(score: float, edges: tuple[float, float] | None) -> str | None:
+def _strength(score: float, edges: list[float] | None) -> str | None:
     if edges is None or not np.isfinite(score):
         return None
-    return STRENGTHS[int(score > edges[0]) + int(score > edges[1])]
+    return STRENGTHS[int(score > edges[1]) + int(score > edges[2])]
 
 
 def _rate_row(placed: int, found: int) -> dict:
@@ -409,10 +409,6 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         real_f, _ = dense1_features(detector, np.stack(real_images))
         fd, ci = frechet_with_ci(fake_f, real_f, seed=cfg.seed)
         fd_ci = list(ci)
-    bounds = []
-    if edges is not None:
-        scores = [float(d.score) for d in bank if np.isfinite(d.score)]
-        bounds = [min(scores), *edges, max(scores)]
     control = {}
     if ctl_hits_by_trial:
         ch, cp = np.asarray(ctl_hits_by_trial, np.float64), np.asarray(ctl_placed_by_trial, np.float64)
@@ -435,7 +431,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
         hit_rate_by_type={k: _rate_row(*v) for k, v in sorted(by_type.items())},
         hit_rate_by_region={r: {**_rate_row(v[0], v[1]), "chance": float(v[3] / max(1, v[2]))} for r, v in by_region.items()},
-        hit_rate_by_strength={k: {**_rate_row(*v), "score_range": bounds[i : i + 2]} for i, (k, v) in enumerate(by_strength.items())},
+        hit_rate_by_strength={k: {**_rate_row(*v), "score_range": edges[i : i + 2]} for i, (k, v) in enumerate(by_strength.items())},
         severity_by_count={str(n): float(sev[:, j].mean()) for j, n in enumerate(counts)},
         severity=sev.tolist(),
         spearman_severity_count=float(rhos_ok.mean()),
