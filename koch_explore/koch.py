@@ -10,6 +10,10 @@ next only lesions are *added* — and
   re-isolated from the synthetic image (same evidence method and threshold as postulate 1);
 * **chance hit rate** — the same question for *decoy* points: random FOV points away from every
   placement. Large boxes contain anything; the hit rate means something only well above this;
+* **placement AUC** — threshold-free: the blurred, normalised evidence map at the placement
+  centroids against the same decoy points (the Mann–Whitney AUC, pooled over trials). It asks
+  whether the *map* ranks placed lesions above other places at all, so a low hit rate can be put
+  on the map or on the cut: the rule sweeps move hit and chance rates together, this does not move;
 * **spurious rate** — of the re-isolated components, the share overlapping no placed lesion
   (``margin`` px of slack), and the components found on the healthy (0 lesion) synthesis;
 * **severity vs count** — the detector's severity for 0..16 copies; per trial the Spearman rho
@@ -108,6 +112,10 @@ class KochReport:
     chance_hit_rate: float
     hit_above_chance: float
     """hit_rate - chance_hit_rate: what the placements add to what big boxes contain anyway."""
+    placement_auc: float
+    """Threshold-free: AUC of the blurred, normalised map at placement centroids vs the decoys
+    (0.5: the map does not tell placed lesions from random places; 1: every placement outranks every decoy)."""
+    placement_auc_ci: list[float]
     spurious_rate: float
     healthy_components: float
     """Mean number of components re-isolated from the 0-lesion synthesis."""
@@ -136,6 +144,7 @@ class KochReport:
     """Transplant control: hit rate of the same layouts pasted as real lesions (see the module doc)."""
     control_hit_rate_ci: list[float] | None = None
     control_chance_hit_rate: float | None = None
+    control_placement_auc: float | None = None
     control_hit_rate_by_count: dict[str, float] | None = None
     control_severity_by_count: dict[str, float] | None = None
     components_per_image: list[int] = field(default_factory=list)
@@ -187,6 +196,25 @@ REGIONS = ("centre", "middle", "rim")
 """Rings of the field of view by distance from its centre: within 1/3 of its radius, 1/3-2/3, beyond."""
 STRENGTHS = ("weak", "medium", "strong")
 """Terciles of the bank's descriptor scores (evidence under the lesion as a share of its source map's peak)."""
+
+
+def _values_at(blurred: np.ndarray, points) -> list[float]:
+    """The map at each (x, y) point, rounded to the nearest pixel."""
+    h, w = blurred.shape
+    return [float(blurred[min(h - 1, max(0, int(round(y)))), min(w - 1, max(0, int(round(x))))]) for x, y in points]
+
+
+def _pooled_auc(pos_by_trial: Sequence[Sequence[float]], neg_by_trial: Sequence[Sequence[float]], trials=None) -> float:
+    """Mann–Whitney AUC of the pooled positives against the pooled negatives of ``trials`` (all by
+    default; indices may repeat, for the bootstrap). Ties count one half."""
+    from .metrics import roc_auc
+
+    trials = range(len(pos_by_trial)) if trials is None else trials
+    pos = [v for t in trials for v in pos_by_trial[t]]
+    neg = [v for t in trials for v in neg_by_trial[t]]
+    if not pos or not neg:
+        return float("nan")
+    return float(roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def _fov_geometry(fov: np.ndarray) -> tuple[float, float, float]:
@@ -302,6 +330,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     detector.eval()
 
     hits_by_trial, placed_by_trial, decoy_hits, decoy_n = [], [], 0, 0
+    pos_by_trial, neg_by_trial, ctl_pos_by_trial, ctl_neg_by_trial = [], [], [], []
     by_count = {n: [0, 0] for n in counts if n > 0}
     by_type: dict[str, list[int]] = {}
     by_region = {r: [0, 0, 0, 0] for r in REGIONS}  # placed, found, decoys, decoys found
@@ -325,7 +354,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         images = np.stack([synthesizer.synthesize(ves, fov, layouts[n], seed=tseed) for n in counts])
         severity.append(_severity(detector, images).tolist())
         maps = explain(detector, images, cfg.method, start=cfg.start).maps
-        t_hits, t_placed = 0, 0
+        t_hits, t_placed, t_pos, t_neg = 0, 0, [], []
         for j, n in enumerate(counts):
             seg = segment(maps[j], fov, cfg.threshold)
             per_image.append(len(seg.boxes))
@@ -342,6 +371,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             placed = list(layouts[n])
             hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, rng)
             found_decoys, n_decoys = sum(decoy_hit), len(decoys)
+            t_pos += _values_at(seg.blurred, [d.centroid for d in placed])
+            t_neg += _values_at(seg.blurred, decoys)
             spur = [not any(_overlaps(b, d.bbox, cfg.margin) for d in placed) for b in seg.boxes]
             for d, h in zip(placed, hit):
                 ty = d.type or "unknown"
@@ -372,6 +403,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
                                        list(seg.boxes), hit, spur, placed, {c: float(s) for c, s in zip(counts, severity[-1])}))
         hits_by_trial.append(t_hits)
         placed_by_trial.append(t_placed)
+        pos_by_trial.append(t_pos)
+        neg_by_trial.append(t_neg)
         if run_control and ctl_counts:
             base = images[counts.index(0)] if 0 in counts else synthesizer.synthesize(ves, fov, None, seed=tseed)
             ctl_images = np.stack([transplant(detector, base, layouts[n]) for n in ctl_counts])
@@ -379,11 +412,14 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             ctl_maps = explain(detector, ctl_images, cfg.method, start=cfg.start).maps
             crng = np.random.default_rng([tseed, 1])  # its own decoys: the main figures do not move
             c_hits = c_placed = 0
+            c_pos, c_neg = [], []
             for j, n in enumerate(ctl_counts):
                 seg = segment(ctl_maps[j], fov, cfg.threshold)
                 placed = list(layouts[n])
                 hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, crng)
                 found_decoys, n_decoys = sum(decoy_hit), len(decoys)
+                c_pos += _values_at(seg.blurred, [d.centroid for d in placed])
+                c_neg += _values_at(seg.blurred, decoys)
                 ctl_by_count[n][0] += len(placed)
                 ctl_by_count[n][1] += sum(hit)
                 c_hits, c_placed = c_hits + sum(hit), c_placed + len(placed)
@@ -391,6 +427,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
                 ctl_decoy[1] += found_decoys
             ctl_hits_by_trial.append(c_hits)
             ctl_placed_by_trial.append(c_placed)
+            ctl_pos_by_trial.append(c_pos)
+            ctl_neg_by_trial.append(c_neg)
 
     sev = np.asarray(severity, np.float64)
     boot = np.random.default_rng(cfg.seed)
@@ -398,6 +436,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     hit_rate = float(hits_arr.sum() / max(1.0, placed_arr.sum()))
     idx = boot.integers(0, len(hits_arr), size=(cfg.n_boot, len(hits_arr)))
     hr_boot = hits_arr[idx].sum(1) / np.maximum(1.0, placed_arr[idx].sum(1))
+    auc_boot = [_pooled_auc(pos_by_trial, neg_by_trial, row) for row in idx]
     rhos = np.array([_spearman(counts, row) for row in sev])
     rhos_ok = np.nan_to_num(rhos, nan=0.0)  # a flat severity row shows no rise: rho 0
     rho_boot = rhos_ok[idx].mean(1)
@@ -418,6 +457,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             control_hit_rate=float(ch.sum() / max(1.0, cp.sum())),
             control_hit_rate_ci=[float(np.percentile(ch_boot, 2.5)), float(np.percentile(ch_boot, 97.5))],
             control_chance_hit_rate=float(ctl_decoy[1] / max(1, ctl_decoy[0])),
+            control_placement_auc=_pooled_auc(ctl_pos_by_trial, ctl_neg_by_trial),
             control_hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in ctl_by_count.items()},
             control_severity_by_count={str(n): float(csev[:, j].mean()) for j, n in enumerate(ctl_counts)},
         )
@@ -426,6 +466,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         hit_rate_ci=[float(np.percentile(hr_boot, 2.5)), float(np.percentile(hr_boot, 97.5))],
         chance_hit_rate=float(decoy_hits / max(1, decoy_n)),
         hit_above_chance=hit_rate - float(decoy_hits / max(1, decoy_n)),
+        placement_auc=_pooled_auc(pos_by_trial, neg_by_trial),
+        placement_auc_ci=[float(np.nanpercentile(auc_boot, 2.5)), float(np.nanpercentile(auc_boot, 97.5))],
         spurious_rate=float(spurious / max(1, components)),
         healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
         hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
@@ -586,6 +628,8 @@ def _cli_koch_test(args) -> int:
         print(f"Koch test on {data} data, {rep.n_trials} trials")
         print(f"  hit rate          {rep.hit_rate:.3f}  95% CI [{rep.hit_rate_ci[0]:.3f}, {rep.hit_rate_ci[1]:.3f}]"
               f"  (chance {rep.chance_hit_rate:.3f})")
+        print(f"  placement AUC     {rep.placement_auc:.3f}  95% CI [{rep.placement_auc_ci[0]:.3f}, {rep.placement_auc_ci[1]:.3f}]"
+              "  (the map at placed lesions vs random places; 0.5: no better than chance)")
         print(f"  spurious rate     {rep.spurious_rate:.3f}  ({rep.healthy_components:.2f} components on healthy syntheses)")
         print(f"  severity ~ count  rho {rep.spearman_severity_count:.3f}  95% CI [{rep.spearman_ci[0]:.3f}, {rep.spearman_ci[1]:.3f}]")
         print("  severity by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.severity_by_count.items()))
@@ -598,7 +642,7 @@ def _cli_koch_test(args) -> int:
             print(f"  vessel Dice       {rep.vessel_dice:.3f}")
         if rep.control_hit_rate is not None:
             print(f"  transplant control (real lesions pasted at the same places): hit rate {rep.control_hit_rate:.3f} "
-                  f"(chance {rep.control_chance_hit_rate:.3f}); by count "
+                  f"(chance {rep.control_chance_hit_rate:.3f}, placement AUC {rep.control_placement_auc:.3f}); by count "
                   + "  ".join(f"{k}:{v:.2f}" for k, v in rep.control_hit_rate_by_count.items()))
     return 0
 

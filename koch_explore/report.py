@@ -165,11 +165,15 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
         ("hit rate", f"{report.hit_rate:.3f} [{report.hit_rate_ci[0]:.3f}, {report.hit_rate_ci[1]:.3f}]",
          "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over trials)"),
         ("chance hit rate", f"{report.chance_hit_rate:.3f}", "the same for random points away from every placement"),
+        ("placement AUC", f"{report.placement_auc:.3f} [{report.placement_auc_ci[0]:.3f}, {report.placement_auc_ci[1]:.3f}]",
+         "threshold-free: the blurred evidence map at placement centroids ranked against the random points "
+         "(0.5: it does not tell placed lesions from other places)"),
     ]
     if report.control_hit_rate is not None:
         rows += [
             ("transplant control: hit rate", f"{report.control_hit_rate:.3f} [{report.control_hit_rate_ci[0]:.3f}, "
-             f"{report.control_hit_rate_ci[1]:.3f}] (chance {report.control_chance_hit_rate:.3f})",
+             f"{report.control_hit_rate_ci[1]:.3f}] (chance {report.control_chance_hit_rate:.3f}, "
+             f"placement AUC {report.control_placement_auc:.3f})",
              "the same layouts pasted into the healthy synthesis as the real lesions, at the contrast the detector saw "
              "them in their source eyes: what re-isolation finds when the lesions are real"),
         ]

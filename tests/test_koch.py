@@ -53,6 +53,7 @@ def test_report_keys_and_ranges(report):
     placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
     assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
     assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
+    assert 0.0 <= j["placement_auc_ci"][0] <= j["placement_auc"] <= j["placement_auc_ci"][1] <= 1.0
     # The ring and strength breakdowns partition the same placements, and recombine to the hit rate.
     for table in (j["hit_rate_by_region"], j["hit_rate_by_strength"]):
         assert sum(v["placed"] for v in table.values()) == placed
@@ -85,6 +86,19 @@ def test_fov_rings_and_strength_terciles():
     assert [_strength(s, edges) for s in (0.1, 0.25, 0.35, 0.6)] == ["weak", "weak", "medium", "strong"]  # cuts 0.267, 0.433
     assert _strength(float("nan"), edges) is None
     assert _strength_edges([D(float("nan"))] * 5) is None
+
+
+def test_placement_auc_ranks_the_map_at_placements_against_decoys():
+    from koch_explore.koch import _pooled_auc, _values_at
+
+    m = np.zeros((10, 20), np.float32)
+    m[2, 15] = 0.9  # (x=15, y=2)
+    assert _values_at(m, [(15.2, 1.8), (0, 0), (30, -5)]) == [pytest.approx(0.9), 0.0, 0.0]  # clipped to the map
+    pos, neg = [[0.9, 0.8], [0.1]], [[0.2, 0.3], [0.1]]
+    # 2 positives above all 3 negatives, 0.1 ties with 0.1 and is below 0.2 and 0.3: (6 + 0.5) / 9
+    assert _pooled_auc(pos, neg) == pytest.approx(6.5 / 9)
+    assert _pooled_auc(pos, neg, [1, 1]) == pytest.approx(0.5)  # a bootstrap row: trial 1 twice
+    assert np.isnan(_pooled_auc([[]], [[0.1]]))
 
 
 def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
@@ -172,6 +186,8 @@ def test_broken_synthesizer_gives_low_hit_rate(embedded_setup, report):
     # Noise gives big boxes that contain placements and decoys alike: the raw hit rate stays, the
     # part above chance and the severity rise vanish.
     assert broken.hit_above_chance < 0.1 and broken.hit_above_chance < report.hit_above_chance - 0.15
+    # ... and the map no longer ranks placements above random places.
+    assert abs(broken.placement_auc - 0.5) < 0.1 and report.placement_auc > broken.placement_auc + 0.1
     assert broken.spearman_severity_count < 0.4
 
 
