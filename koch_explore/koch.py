@@ -116,6 +116,9 @@ class KochReport:
     """Threshold-free: AUC of the blurred, normalised map at placement centroids vs the decoys
     (0.5: the map does not tell placed lesions from random places; 1: every placement outranks every decoy)."""
     placement_auc_ci: list[float]
+    placement_auc_by_count: dict[str, float]
+    """count -> placement AUC of the images with that many lesions: whether the map still points at
+    lesions once there are many (the hit rate alone cannot say: boxes grow with the count)."""
     spurious_rate: float
     healthy_components: float
     """Mean number of components re-isolated from the 0-lesion synthesis."""
@@ -331,6 +334,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
 
     hits_by_trial, placed_by_trial, decoy_hits, decoy_n = [], [], 0, 0
     pos_by_trial, neg_by_trial, ctl_pos_by_trial, ctl_neg_by_trial = [], [], [], []
+    values_by_count = {n: ([], []) for n in counts if n > 0}  # placements, decoys
     by_count = {n: [0, 0] for n in counts if n > 0}
     by_type: dict[str, list[int]] = {}
     by_region = {r: [0, 0, 0, 0] for r in REGIONS}  # placed, found, decoys, decoys found
@@ -371,8 +375,11 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             placed = list(layouts[n])
             hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, rng)
             found_decoys, n_decoys = sum(decoy_hit), len(decoys)
-            t_pos += _values_at(seg.blurred, [d.centroid for d in placed])
-            t_neg += _values_at(seg.blurred, decoys)
+            pos, neg = _values_at(seg.blurred, [d.centroid for d in placed]), _values_at(seg.blurred, decoys)
+            t_pos += pos
+            t_neg += neg
+            values_by_count[n][0].append(pos)
+            values_by_count[n][1].append(neg)
             spur = [not any(_overlaps(b, d.bbox, cfg.margin) for d in placed) for b in seg.boxes]
             for d, h in zip(placed, hit):
                 ty = d.type or "unknown"
@@ -468,6 +475,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         hit_above_chance=hit_rate - float(decoy_hits / max(1, decoy_n)),
         placement_auc=_pooled_auc(pos_by_trial, neg_by_trial),
         placement_auc_ci=[float(np.nanpercentile(auc_boot, 2.5)), float(np.nanpercentile(auc_boot, 97.5))],
+        placement_auc_by_count={str(n): _pooled_auc(*v) for n, v in values_by_count.items()},
         spurious_rate=float(spurious / max(1, components)),
         healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
         hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
@@ -630,6 +638,7 @@ def _cli_koch_test(args) -> int:
               f"  (chance {rep.chance_hit_rate:.3f})")
         print(f"  placement AUC     {rep.placement_auc:.3f}  95% CI [{rep.placement_auc_ci[0]:.3f}, {rep.placement_auc_ci[1]:.3f}]"
               "  (the map at placed lesions vs random places; 0.5: no better than chance)")
+        print("  placement AUC by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.placement_auc_by_count.items()))
         print(f"  spurious rate     {rep.spurious_rate:.3f}  ({rep.healthy_components:.2f} components on healthy syntheses)")
         print(f"  severity ~ count  rho {rep.spearman_severity_count:.3f}  95% CI [{rep.spearman_ci[0]:.3f}, {rep.spearman_ci[1]:.3f}]")
         print("  severity by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.severity_by_count.items()))

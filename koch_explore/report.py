@@ -93,7 +93,8 @@ def figure_severity(report, ax=None):
 
 
 def figure_hits(report):
-    """Hit rate by count (beside the transplant control's, when run), by lesion type, by ring of the
+    """Hit rate by count (beside the transplant control's, when run; the placement AUC by count as a
+    line on the same 0-1 axis, 0.5 meaning the map does not point at the lesions), by lesion type, by ring of the
     field of view (beside each ring's chance) and by the descriptor's evidence in its source eye, with
     the chance level of decoy points."""
     plt = _plt()
@@ -106,7 +107,12 @@ def figure_hits(report):
         axes[0].bar(x + 0.2, [ctl.get(k, np.nan) for k in ks], 0.4, color="tab:gray", label="real lesions transplanted")
         axes[0].set_xticks(x, ks)
     else:
-        axes[0].bar(ks, [report.hit_rate_by_count[k] for k in ks], color="tab:green")
+        x = np.arange(len(ks))
+        axes[0].bar(x, [report.hit_rate_by_count[k] for k in ks], color="tab:green")
+        axes[0].set_xticks(x, ks)
+    auc = getattr(report, "placement_auc_by_count", None)
+    if auc:
+        axes[0].plot(x, [auc.get(k, np.nan) for k in ks], "o-", color="tab:red", lw=1.2, ms=3, label="placement AUC")
     types = list(report.hit_rate_by_type)
     axes[1].bar(types, [report.hit_rate_by_type[t]["rate"] for t in types], color="tab:blue")
     for t_i, t in enumerate(types):

@@ -54,6 +54,8 @@ def test_report_keys_and_ranges(report):
     assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
     assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
     assert 0.0 <= j["placement_auc_ci"][0] <= j["placement_auc"] <= j["placement_auc_ci"][1] <= 1.0
+    assert list(j["placement_auc_by_count"]) == ["1", "2", "4", "8", "16"]
+    assert all(0.0 <= v <= 1.0 for v in j["placement_auc_by_count"].values())
     # The ring and strength breakdowns partition the same placements, and recombine to the hit rate.
     for table in (j["hit_rate_by_region"], j["hit_rate_by_strength"]):
         assert sum(v["placed"] for v in table.values()) == placed
