@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .evidence import DEFAULT_METHOD, METHODS, PROJECTION_METHODS, Evidence, evidence_map, evidence_maps, explain
+from .evidence import DEFAULT_METHOD, METHODS, Evidence, evidence_map, evidence_maps, explain, used_start
 
 FORMAT = "koch-explore/descriptor-bank"
 SCHEMA_VERSION = 1
@@ -1138,7 +1138,7 @@ def _cli_isolate(args) -> int:
         return 2
     size = detector.cfg.input_size
     bank = DescriptorBank(detector_hash=detector.weights_hash(), info={
-        "method": args.method, "start": args.start if args.method in PROJECTION_METHODS else None, "channels": args.channels,
+        "method": args.method, "start": used_start(detector, args.method, args.start), "channels": args.channels,
         "threshold": args.threshold, "blur_sigma": args.blur_sigma, "min_area": args.min_area, "weights": args.weights or "default",
         "min_share": args.min_share, "require_disease": args.require_disease,
     })

@@ -216,7 +216,9 @@ def used_start(detector, method: str, start: str | None) -> str | None:
 def _gradcam(detector, x, start, channels, seed):
     layer = cam_layer(detector, start)
     with _Eval(detector), torch.enable_grad():
-        sev, acts = detector.forward_features(x.detach(), keep={layer})
+        # an input that asks for gradients: a frozen detector (requires_grad off, as the synthesizer's
+        # trainer keeps it) would otherwise build no graph to differentiate
+        sev, acts = detector.forward_features(x.detach().clone().requires_grad_(True), keep={layer})
         a = acts[layer]
         (grad,) = torch.autograd.grad(sev.sum(), a)
     weights = grad.mean(dim=(2, 3), keepdim=True)

@@ -63,8 +63,9 @@ class KochConfig:
     method: str | None = None
     """Evidence method used to re-isolate; None: the one the bank was isolated with (its
     ``info["method"]``), else isolation's default."""
-    start: str = "dense2"
-    """Deconvnet start layer."""
+    start: str | None = None
+    """Where the evidence starts (the deconvnet's start layer, Grad-CAM's conv); None: the bank's own
+    (its ``info["start"]``), else ``dense2``."""
     threshold: float | str | None = None
     """Isolation threshold (fraction of the map's maximum, or "otsu"); None: the one the bank was
     isolated with (its ``info["threshold"]``), else isolation's default."""
@@ -326,6 +327,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         cfg.method = str(info.get("method") or DEFAULT_METHOD)
     if cfg.threshold is None:
         cfg.threshold = info.get("threshold") or DEFAULT_THRESHOLD
+    if cfg.start is None:  # the bank's start layer belongs to the bank's method
+        cfg.start = str(info.get("start") or "dense2") if cfg.method == info.get("method") else "dense2"
     if vessel_model is None:
         from .vessels import load_default as load_vessels
 
@@ -585,6 +588,9 @@ def _common(p) -> None:
     p.add_argument("--weights", default=None, help="generator weights (default: the shipped ones for --data)")
     p.add_argument("--bank", default=None, help="descriptor bank (default: the one shipped with the generator)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--start", default=None,
+                   help="layer the evidence starts from: the deconvnet's start, Grad-CAM's conv "
+                        "(default: the bank's own when --method is the bank's, else dense2)")
     p.add_argument("--threshold", type=_threshold_arg, default=None,
                    help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own, else "
                         f"{DEFAULT_THRESHOLD})")
@@ -612,9 +618,9 @@ def _run(args) -> tuple[KochReport | None, str | None]:
     try:
         det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
                                                       resolve_device(args.device))
-        rep = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=args.trials, seed=args.seed, method=args.method,
-                                                                        threshold=args.threshold, nested=not args.independent_layouts,
-                                                                        control=not args.no_control))
+        cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start,
+                         nested=not args.independent_layouts, control=not args.no_control)
+        rep = postulate_test(det, synth, bank, hosts, config=cfg)
     except (FileNotFoundError, ValueError) as exc:
         import sys
 

@@ -134,3 +134,22 @@ def test_cam_layer_is_the_last_conv_with_cells_of_at_most_32_px(preset):
     assert cam_layer(det) == "conv11" and cam_layer(det, "conv5") == "conv5" and cam_layer(det, "dense2") == "conv11"
     _, acts = det.eval().forward_features(torch.zeros(1, 3, det.cfg.input_size, det.cfg.input_size), keep={"conv11", "conv12"})
     assert det.cfg.input_size / acts["conv11"].shape[-1] == 32 and det.cfg.input_size / acts["conv12"].shape[-1] == 64
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_explains_a_frozen_detector_under_no_grad(detector, method):
+    # The synthesizer's trainer freezes the detector (requires_grad off) and cultures its bank inside
+    # training code: every method must give the same map there as on a detector that takes gradients.
+    _, planted, _, _ = _healthy_and_planted()
+    x = torch.from_numpy(planted[None]).permute(0, 3, 1, 2).contiguous()
+    start = "conv8" if "gradcam" in method else "dense2"  # a finer Grad-CAM layer too; baselines exist for dense2
+    want = explain(detector, x, method, start=start).maps
+    try:
+        for p in detector.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            got = explain(detector, x, method, start=start).maps
+    finally:
+        for p in detector.parameters():
+            p.requires_grad_(True)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))

@@ -226,3 +226,20 @@ def test_koch_test_cli_missing_weights(tmp_path, capsys):
 
     assert main(["koch-test", "--data", "phantom", "--weights", str(tmp_path / "none.safetensors")]) == 2
     assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_reisolates_from_the_layer_the_bank_was_cultured_from(embedded_setup, report):
+    from koch_explore.descriptors import DescriptorBank
+
+    det, synth, bank, hosts = embedded_setup
+    assert report.config["method"] == "deconvnet" and report.config["start"] == "dense2"  # the shipped bank's
+    ggc = DescriptorBank(list(bank), detector_hash=bank.detector_hash, info={**bank.info, "method": "guided-gradcam", "start": "conv8"})
+    quick = dict(trials=1, seed=0, control=False)
+    own = postulate_test(det, synth, ggc, hosts, config=KochConfig(**quick), progress=False, vessel_model=False)
+    assert own.config["method"] == "guided-gradcam" and own.config["start"] == "conv8"
+    # Another method than the bank's does not inherit the bank's layer.
+    other = postulate_test(det, synth, ggc, hosts, config=KochConfig(method="deconvnet", **quick), progress=False, vessel_model=False)
+    assert other.config["start"] == "dense2"
+    # The layer changes the maps, so it changes what is re-isolated.
+    coarse = postulate_test(det, synth, ggc, hosts, config=KochConfig(start="conv11", **quick), progress=False, vessel_model=False)
+    assert coarse.config["start"] == "conv11" and coarse.components_per_image != own.components_per_image

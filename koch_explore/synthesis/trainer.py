@@ -92,6 +92,10 @@ class SynthTrainConfig:
     shipped real synthesizer was trained with (isolation's own default is guided Grad-CAM since it
     passed the sanity checks). On 256 px phantoms the deconvnet map is one blob covering ~40% of the
     fundus, so phantom runs use guided backprop."""
+    bank_start: str = "dense2"
+    """Where the bank's evidence starts: the deconvnet's start layer, or Grad-CAM's conv for the
+    Grad-CAM methods (a layer that is no conv, like the default, leaves Grad-CAM on its own default
+    conv, ``evidence.cam_layer``). Stored in the bank; the Koch test re-isolates from the same layer."""
     max_lesion_area: float = 0.015
     """Drop descriptors larger than this share of the image (whole-FOV evidence is no lesion)."""
     style_reference: str | None = None
@@ -161,6 +165,7 @@ def healthy_set(cfg: SynthTrainConfig, size: int) -> list[dict]:
 def build_bank(cfg: SynthTrainConfig, detector, size: int):
     """Descriptors isolated from diseased training eyes with the default isolation settings."""
     from ..descriptors import DescriptorBank, explain, isolate
+    from ..evidence import used_start
     from ..isolation_eval import assign_types
 
     rng = np.random.default_rng(cfg.seed)
@@ -182,10 +187,11 @@ def build_bank(cfg: SynthTrainConfig, detector, size: int):
         pick = np.sort(rng.choice(sick, size=min(cfg.bank_images, len(sick)), replace=False))
         images, names = train.images[pick], [train.names[i] for i in pick]
     bank = DescriptorBank(detector_hash=detector.weights_hash(),
-                          info={"built_by": "synth train", "data": cfg.data, "method": cfg.bank_method})
+                          info={"built_by": "synth train", "data": cfg.data, "method": cfg.bank_method,
+                                "start": used_start(detector, cfg.bank_method, cfg.bank_start)})
     for s in range(0, len(images), 8):
         x = torch.from_numpy(images[s : s + 8]).permute(0, 3, 1, 2).float().div(255).contiguous()
-        ev = explain(detector, x, cfg.bank_method)
+        ev = explain(detector, x, cfg.bank_method, start=cfg.bank_start)
         found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
                         image_ids=names[s : s + 8])
         if cfg.data == "phantom":  # exact truth: each descriptor gets the lesion type under it
@@ -221,6 +227,7 @@ def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
     from ..data.io import read_image
     from ..data.preprocess import prepare_fundus
     from ..descriptors import DescriptorBank, explain, isolate
+    from ..evidence import used_start
     from ..vessels import load_default as load_vessels
 
     photos = []
@@ -241,11 +248,12 @@ def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
             photos.append((img.astype(np.float32), fov.astype(bool), p.stem))
     vessel_model = load_vessels(device)
     hosts, bank = [], DescriptorBank(detector_hash=detector.weights_hash(),
-                                     info={"built_by": "synth train (reconstruct)", "data": cfg.data, "method": cfg.bank_method})
+                                     info={"built_by": "synth train (reconstruct)", "data": cfg.data, "method": cfg.bank_method,
+                                           "start": used_start(detector, cfg.bank_method, cfg.bank_start)})
     for s in range(0, len(photos), 8):
         chunk = photos[s : s + 8]
         x = torch.from_numpy(np.stack([c[0] for c in chunk])).permute(0, 3, 1, 2).contiguous().to(device)
-        ev = explain(detector, x, cfg.bank_method)
+        ev = explain(detector, x, cfg.bank_method, start=cfg.bank_start)
         found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
                         fov=np.stack([c[1] for c in chunk]), image_ids=[c[2] for c in chunk])
         for (img, fov, name), ds in zip(chunk, found):
