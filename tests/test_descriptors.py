@@ -420,7 +420,7 @@ def test_cli_isolate_and_eval(tmp_path, capsys):
     for key in ("recall", "precision", "f1", "pixel_auc"):
         assert "overall" in rep[key] and {"MA", "HE", "EX", "SE"} <= set(rep[key])
     assert rep["n_images"] == 4 and rep["method"] == "guided-gradcam" and rep["start"] == "conv11" and rep["threshold"] == 0.1
-    assert bank.info["method"] == "guided-gradcam" and bank.info["start"] is None  # the default, recorded in the bank
+    assert bank.info["method"] == "guided-gradcam" and bank.info["start"] == "conv11"  # the layer the default resolved to, recorded in the bank
     assert main(["isolate", *images]) == 2  # no --out
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
