@@ -299,11 +299,11 @@ def test_evidence_term_asks_each_placed_lesion_for_its_source_share_of_the_peak(
     dim = Placement(0, {}, {}, {}, {}, (36, 40, 40, 44), mask, 0.5)
     bright = Placement(0, {}, {}, {}, {}, (20, 20, 24, 24), mask, 0.5)
     loss = evidence_term(maps, torch.from_numpy(fov)[None].float(), [dim], 2.0)
-    assert float(loss) > 0.01  # the dim lesion holds less than half the peak
-    assert float(evidence_term(maps, torch.from_numpy(fov)[None].float(), [bright], 2.0)) == 0
+    assert float(loss.detach()) > 0.01  # the dim lesion holds less than half the peak
+    assert float(evidence_term(maps, torch.from_numpy(fov)[None].float(), [bright], 2.0).detach()) == 0
     loss.backward()  # the shortfall is met by more evidence under the lesion, less at the peak
     assert float(maps.grad[0, 40:44, 36:40].sum()) < 0 < float(maps.grad[0, 20:26, 20:26].sum())
-    assert float(evidence_term(maps, torch.from_numpy(fov)[None].float(), [], 2.0)) == 0
+    assert float(evidence_term(maps, torch.from_numpy(fov)[None].float(), [], 2.0).detach()) == 0
 
 
 def test_evidence_term_is_trained_when_weighted(tmp_path):
