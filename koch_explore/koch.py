@@ -525,6 +525,57 @@ def embedded_hosts(size: int = 256) -> list[dict]:
     return [{"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool), "name": "skimage-retina"}]
 
 
+HOSTS = ("trees", "eyepacs-val", "aptos-val")
+"""Healthy hosts of the real setup: "trees", the 68 DRIVE + CHASE_DB1 photos with manual trees (the shipped
+synthesizer's own training hosts); "eyepacs-val" / "aptos-val", grade-0 photos from the detector's held-out
+validation split (EyePACS: other patients; APTOS: other images and cameras), which no shipped model trained on,
+their trees from the shipped vessel segmenter."""
+
+
+def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed: int = 0, progress: bool = False) -> list[dict]:
+    """``count`` healthy hosts that no shipped model trained on: grade-0 photos of the validation split
+    the detector was evaluated on (``source`` "eyepacs-val" or "aptos-val", the split of
+    :func:`~koch_explore.detector_train.load_graded`), drawn with ``seed``, prepared to ``size``, their
+    trees from the shipped vessel segmenter (as for the embedded photo: no manual tree exists)."""
+    from tqdm.auto import tqdm
+
+    from .data.datasets import index_graded_images, patient_split
+    from .data.io import read_image
+    from .data.preprocess import prepare_fundus
+    from .data.roots import dataset_dir
+    from .detector_train import TrainConfig
+    from .vessels import load_default as load_vessels
+
+    if source not in HOSTS[1:]:
+        raise ValueError(f"hosts {source!r}: one of {', '.join(HOSTS)}")
+    if count < 1:
+        raise ValueError(f"host count must be >= 1, got {count}")
+    tc = TrainConfig(root=root)
+    if source == "eyepacs-val":
+        d = dataset_dir("EyePACS", root)
+        items = index_graded_images(d / "images_256", d / "trainLabels.csv")
+        _, val = patient_split([it.name for it in items], tc.val_fraction, tc.split_seed)
+    else:
+        d = dataset_dir("APTOS2019", root)
+        items = index_graded_images(d, d / "labels.csv")
+        _, val = patient_split([it.name for it in items], tc.val_fraction, tc.split_seed, patient_id=lambda n: n)
+    by_name = {it.name: it for it in items}
+    healthy = [n for n in val if by_name[n].grade == 0]
+    if not healthy:
+        raise ValueError(f"{d}: no grade-0 photo in the validation split")
+    pick = sorted(np.random.default_rng(seed).choice(len(healthy), size=min(count, len(healthy)), replace=False))
+    segmenter, out = load_vessels(), []
+    for i in tqdm(pick, desc=f"{source} hosts", disable=not progress):
+        it = by_name[healthy[i]]
+        img, fov = prepare_fundus(read_image(it.path), size, path=it.path)
+        _, tree = segmenter.segment(img, fov)
+        # the segmenter traces the bright FOV rim of the colour-enhanced EyePACS photos as a vessel
+        tree = tree.astype(bool) & cv2.erode(fov.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)
+        out.append({"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool),
+                    "name": f"{source}/{it.name}"})
+    return out
+
+
 def resolve_data(data: str, root=None) -> str:
     """"auto" -> "real" when DRIVE and CHASE_DB1 are found under the data root, else "embedded"
     (the shipped real models on ``skimage.data.retina()``)."""
@@ -557,15 +608,24 @@ def shipped_models(data: str, detector=None, weights=None, bank=None, device="cp
     return det, synth, DescriptorBank.load(paths["bank"], detector=det)
 
 
-def default_setup(data: str = "auto", root=None, detector=None, weights=None, bank=None, device="cpu"):
+def default_setup(data: str = "auto", root=None, detector=None, weights=None, bank=None, device="cpu",
+                  hosts: str = "trees", host_count: int = 68):
     """(detector, synthesizer, bank, hosts, data): :func:`shipped_models` plus the healthy hosts
-    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom") at the synthesizer's size."""
+    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom") at the synthesizer's size.
+    ``hosts`` (real data only, see :data:`HOSTS`): "eyepacs-val" or "aptos-val" swaps the trees for
+    ``host_count`` held-out healthy photos that no shipped model trained on (:func:`unseen_hosts`)."""
     from .synthesis.trainer import SynthTrainConfig, healthy_set
 
+    if hosts not in HOSTS:
+        raise ValueError(f"hosts {hosts!r}: one of {', '.join(HOSTS)}")
     data = resolve_data(data, root)
+    if hosts != "trees" and data != "real":
+        raise ValueError(f"hosts {hosts!r} are real photos: they need --data real (got {data!r})")
     det, synth, descriptors = shipped_models(data, detector, weights, bank, device)
     if data == "embedded":
         hosts = embedded_hosts(synth.cfg.size)
+    elif hosts != "trees":
+        hosts = unseen_hosts(hosts, root, synth.cfg.size, host_count, progress=True)
     else:
         hosts = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
     return det, synth, descriptors, hosts, data
@@ -582,6 +642,11 @@ def _common(p) -> None:
                         "retina photo (no data needed); phantom: phantom detector/synthesizer; auto: real when found, else embedded")
     p.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
     p.add_argument("--trials", type=int, default=KochConfig.trials, help="hosts inoculated (default %(default)s)")
+    p.add_argument("--hosts", default="trees", choices=HOSTS,
+                   help="real data's healthy hosts: trees = DRIVE + CHASE_DB1 with manual trees (the synthesizer's training "
+                        "hosts); eyepacs-val / aptos-val = grade-0 photos of the held-out validation split, trees from "
+                        "the vessel segmenter (no shipped model trained on them)")
+    p.add_argument("--host-count", type=int, default=68, help="photos drawn for --hosts eyepacs-val/aptos-val (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="evidence method used to re-isolate (default: the bank's own)")
     p.add_argument("--detector", default=None, help="detector weights (default: the shipped ones for --data)")
@@ -617,7 +682,7 @@ def _run(args) -> tuple[KochReport | None, str | None]:
 
     try:
         det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
-                                                      resolve_device(args.device))
+                                                      resolve_device(args.device), args.hosts, args.host_count)
         cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start,
                          nested=not args.independent_layouts, control=not args.no_control)
         rep = postulate_test(det, synth, bank, hosts, config=cfg)
@@ -636,10 +701,10 @@ def _cli_koch_test(args) -> int:
     out = rep.to_json()
     keys = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
     if args.json:
-        print(json.dumps({**{k: out[k] for k in keys}, "data": data,
+        print(json.dumps({**{k: out[k] for k in keys}, "data": data, "hosts": args.hosts if data == "real" else None,
                           **{k: v for k, v in out.items() if k not in keys and k not in ("severity", "components_per_image")}}))
     else:
-        print(f"Koch test on {data} data, {rep.n_trials} trials")
+        print(f"Koch test on {data} data{f' ({args.hosts} hosts)' if data == 'real' else ''}, {rep.n_trials} trials")
         print(f"  hit rate          {rep.hit_rate:.3f}  95% CI [{rep.hit_rate_ci[0]:.3f}, {rep.hit_rate_ci[1]:.3f}]"
               f"  (chance {rep.chance_hit_rate:.3f})")
         print(f"  placement AUC     {rep.placement_auc:.3f}  95% CI [{rep.placement_auc_ci[0]:.3f}, {rep.placement_auc_ci[1]:.3f}]"
@@ -668,6 +733,7 @@ def _cli_report(args) -> int:
     rep, data = _run(args)
     if rep is None:
         return 2
-    path = write_report(rep, args.out, title=f"Koch report — {data} data")
+    hosts = f", {args.hosts} hosts" if data == "real" and args.hosts != "trees" else ""
+    path = write_report(rep, args.out, title=f"Koch report — {data} data{hosts}")
     print(f"report written to {path}")
     return 0

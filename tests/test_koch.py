@@ -244,3 +244,39 @@ def test_reisolates_from_the_layer_the_bank_was_cultured_from(embedded_setup, re
     own = postulate_test(det, synth, bank, hosts, config=KochConfig(**quick), progress=False, vessel_model=False)
     coarse = postulate_test(det, synth, bank, hosts, config=KochConfig(start="conv11", **quick), progress=False, vessel_model=False)
     assert coarse.config["start"] == "conv11" and coarse.components_per_image != own.components_per_image
+
+
+@pytest.mark.real_data
+def test_unseen_hosts_are_healthy_held_out_photos_with_segmented_trees():
+    from koch_explore.data.datasets import index_graded_images, patient_split
+    from koch_explore.data.roots import resolve_data_root
+    from koch_explore.koch import unseen_hosts
+
+    root = resolve_data_root()
+    if root is None or not (root / "EyePACS").is_dir():
+        pytest.skip("EyePACS not available (set KOCH_DATA)")
+    hosts = unseen_hosts("eyepacs-val", root, size=256, count=3, seed=1)
+    assert len(hosts) == 3 and len({h["name"] for h in hosts}) == 3
+    items = index_graded_images(root / "EyePACS" / "images_256", root / "EyePACS" / "trainLabels.csv")
+    grades = {it.name: it.grade for it in items}
+    train, _ = patient_split(list(grades), 0.15, 0)  # the detector's split: these patients trained it
+    train_patients = {n.split("_")[0] for n in train}
+    for h in hosts:
+        name = h["name"].split("/", 1)[1]
+        assert grades[name] == 0 and name.split("_")[0] not in train_patients
+        assert h["image"].shape == (256, 256, 3) and h["fov"].dtype == bool and 0.5 < h["fov"].mean() < 0.95
+        tree = h["vessels"] > 0.5
+        assert 0.03 < tree[h["fov"]].mean() < 0.3 and not tree[~h["fov"]].any()  # a vessel tree, inside the FOV
+    assert unseen_hosts("eyepacs-val", root, size=256, count=3, seed=1)[0]["name"] == hosts[0]["name"]  # same seed, same hosts
+
+
+def test_unseen_hosts_need_real_data_and_a_known_source(capsys):
+    from koch_explore.cli import main
+    from koch_explore.koch import unseen_hosts
+
+    with pytest.raises(ValueError, match="hosts 'drive'"):
+        unseen_hosts("drive")
+    with pytest.raises(ValueError, match="need --data real"):
+        default_setup("embedded", hosts="eyepacs-val")
+    assert main(["koch-test", "--data", "phantom", "--hosts", "aptos-val", "--trials", "1"]) == 2
+    assert "need --data real" in capsys.readouterr().err
