@@ -10,6 +10,8 @@ next only lesions are *added* — and
   re-isolated from the synthetic image (same evidence method and threshold as postulate 1);
 * **chance hit rate** — the same question for *decoy* points: random FOV points away from every
   placement. Large boxes contain anything; the hit rate means something only well above this;
+* **on-component hit rate** — the same two questions without boxes: does the point lie on a
+  re-isolated component's own pixels (an irregular component's box takes in much more);
 * **placement AUC** — threshold-free: the blurred, normalised evidence map at the placement
   centroids against the same decoy points (the Mann–Whitney AUC, pooled over trials). It asks
   whether the *map* ranks placed lesions above other places at all, so a low hit rate can be put
@@ -144,6 +146,11 @@ class KochReport:
     fd: float | None
     fd_ci: list[float] | None
     config: dict
+    mask_hit_rate: float | None = None
+    """The hit rate without boxes: a placed centroid counts when it lies on a re-isolated component
+    itself (its pixels). A box takes in much more than an irregular component; this does not."""
+    mask_chance_hit_rate: float | None = None
+    """The same for the decoys: the share of random places that lie on a component."""
     control_hit_rate: float | None = None
     """Transplant control: hit rate of the same layouts pasted as real lesions (see the module doc)."""
     control_hit_rate_ci: list[float] | None = None
@@ -336,6 +343,7 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
     detector.eval()
 
     hits_by_trial, placed_by_trial, decoy_hits, decoy_n = [], [], 0, 0
+    mask_hits, mask_decoy_hits = 0, 0
     pos_by_trial, neg_by_trial, ctl_pos_by_trial, ctl_neg_by_trial = [], [], [], []
     values_by_count = {n: ([], []) for n in counts if n > 0}  # placements, decoys
     by_count = {n: [0, 0] for n in counts if n > 0}
@@ -379,6 +387,9 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, rng)
             found_decoys, n_decoys = sum(decoy_hit), len(decoys)
             pos, neg = _values_at(seg.blurred, [d.centroid for d in placed]), _values_at(seg.blurred, decoys)
+            on = seg.mask.astype(np.float32)
+            mask_hits += sum(v > 0.5 for v in _values_at(on, [d.centroid for d in placed]))
+            mask_decoy_hits += sum(v > 0.5 for v in _values_at(on, decoys))
             t_pos += pos
             t_neg += neg
             values_by_count[n][0].append(pos)
@@ -492,6 +503,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
         spearman_mean_curve=_spearman(counts, sev.mean(0)),
         vessel_dice=float(np.mean(dice)) if dice else None,
         fd=fd, fd_ci=fd_ci,
+        mask_hit_rate=float(mask_hits / max(1.0, placed_arr.sum())),
+        mask_chance_hit_rate=float(mask_decoy_hits / max(1, decoy_n)),
         config={**asdict(cfg), "counts": counts},
         components_per_image=per_image,
         cases=cases,
@@ -707,6 +720,7 @@ def _cli_koch_test(args) -> int:
         print(f"Koch test on {data} data{f' ({args.hosts} hosts)' if data == 'real' else ''}, {rep.n_trials} trials")
         print(f"  hit rate          {rep.hit_rate:.3f}  95% CI [{rep.hit_rate_ci[0]:.3f}, {rep.hit_rate_ci[1]:.3f}]"
               f"  (chance {rep.chance_hit_rate:.3f})")
+        print(f"  on a component    {rep.mask_hit_rate:.3f}  (chance {rep.mask_chance_hit_rate:.3f}; the hit rate without boxes)")
         print(f"  placement AUC     {rep.placement_auc:.3f}  95% CI [{rep.placement_auc_ci[0]:.3f}, {rep.placement_auc_ci[1]:.3f}]"
               "  (the map at placed lesions vs random places; 0.5: no better than chance)")
         print("  placement AUC by count " + "  ".join(f"{k}:{v:.3f}" for k, v in rep.placement_auc_by_count.items()))

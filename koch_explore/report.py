@@ -171,6 +171,11 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
         ("hit rate", f"{report.hit_rate:.3f} [{report.hit_rate_ci[0]:.3f}, {report.hit_rate_ci[1]:.3f}]",
          "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over trials)"),
         ("chance hit rate", f"{report.chance_hit_rate:.3f}", "the same for random points away from every placement"),
+    ]
+    if getattr(report, "mask_hit_rate", None) is not None:
+        rows += [("on-component hit rate", f"{report.mask_hit_rate:.3f} (chance {report.mask_chance_hit_rate:.3f})",
+                  "the same two rates without boxes: the point lies on a re-isolated component's own pixels")]
+    rows += [
         ("placement AUC", f"{report.placement_auc:.3f} [{report.placement_auc_ci[0]:.3f}, {report.placement_auc_ci[1]:.3f}]",
          "threshold-free: the blurred evidence map at placement centroids ranked against the random points "
          "(0.5: it does not tell placed lesions from other places)"),

@@ -53,6 +53,8 @@ def test_report_keys_and_ranges(report):
     placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
     assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
     assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
+    # a point on a component is inside that component's box: the box-free rates cannot be higher
+    assert 0.0 <= j["mask_hit_rate"] <= j["hit_rate"] and 0.0 <= j["mask_chance_hit_rate"] <= j["chance_hit_rate"]
     assert 0.0 <= j["placement_auc_ci"][0] <= j["placement_auc"] <= j["placement_auc_ci"][1] <= 1.0
     assert list(j["placement_auc_by_count"]) == ["1", "2", "4", "8", "16"]
     assert all(0.0 <= v <= 1.0 for v in j["placement_auc_by_count"].values())
@@ -191,6 +193,8 @@ def test_broken_synthesizer_gives_low_hit_rate(embedded_setup, report):
     assert broken.hit_above_chance < 0.1 and broken.hit_above_chance < report.hit_above_chance - 0.15
     # ... and the map no longer ranks placements above random places.
     assert abs(broken.placement_auc - 0.5) < 0.1 and report.placement_auc > broken.placement_auc + 0.1
+    assert broken.mask_hit_rate - broken.mask_chance_hit_rate < 0.1
+    assert report.mask_hit_rate - report.mask_chance_hit_rate > broken.mask_hit_rate - broken.mask_chance_hit_rate + 0.15
     assert broken.spearman_severity_count < 0.4
 
 
@@ -200,6 +204,7 @@ def test_report_html_is_self_contained(report, tmp_path):
     path = write_report(report, tmp_path / "r", title="phantom")
     page = path.read_text()
     assert page.count("data:image/png;base64,") == 4 and "hit rate" in page and "<script" not in page
+    assert "on-component hit rate" in page
     assert json.loads((tmp_path / "r" / "report.json").read_text())["n_trials"] == 6
 
 
