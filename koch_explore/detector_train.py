@@ -112,21 +112,35 @@ def _load_uint8(paths, size: int, desc: str) -> np.ndarray:
     return out
 
 
+def graded_split(dataset: str, cfg: TrainConfig):
+    """(items, train names, validation names) of ``dataset`` ("EyePACS" or "APTOS2019") as training
+    splits it: EyePACS by patient, APTOS per image (its ids carry no patient). Raises
+    FileNotFoundError when the dataset is not under the data root."""
+    from .data.datasets import index_graded_images, patient_split
+    from .data.roots import dataset_dir
+
+    d = dataset_dir(dataset, cfg.root)
+    if dataset == "EyePACS":
+        items = index_graded_images(d / "images_256", d / "trainLabels.csv")
+        train, val = patient_split([it.name for it in items], cfg.val_fraction, cfg.split_seed)
+    elif dataset == "APTOS2019":
+        items = index_graded_images(d, d / "labels.csv")
+        train, val = patient_split([it.name for it in items], cfg.val_fraction, cfg.split_seed, patient_id=lambda n: n)
+    else:
+        raise ValueError(f"graded dataset {dataset!r}: EyePACS or APTOS2019")
+    return items, train, val
+
+
 def load_graded(cfg: TrainConfig, size: int, splits: tuple[str, ...] = ("train", "val", "aptos_val")) -> dict[str, GradedArrays]:
     """Train / validation arrays: {"train", "val"} (+ "aptos_val" when APTOS is present).
 
     ``splits`` limits what is decoded (evaluation needs no training images)."""
-    from .data.datasets import index_graded_images, patient_split
-    from .data.roots import dataset_dir
-
     if cfg.data == "phantom":
         return _load_phantom(cfg, size)
     if cfg.data != "eyepacs":
         raise ValueError(f"unknown training data {cfg.data!r} (eyepacs or phantom)")
-    eye = dataset_dir("EyePACS", cfg.root)
-    items = index_graded_images(eye / "images_256", eye / "trainLabels.csv")
+    items, train_names, val_names = graded_split("EyePACS", cfg)
     by_name = {it.name: it for it in items}
-    train_names, val_names = patient_split([it.name for it in items], cfg.val_fraction, cfg.split_seed)
     out = {}
     for split, names in (("train", train_names), ("val", val_names)):
         if split not in splits:
@@ -140,14 +154,11 @@ def load_graded(cfg: TrainConfig, size: int, splits: tuple[str, ...] = ("train",
             ["eyepacs"] * len(names),
         )
     try:
-        apt = dataset_dir("APTOS2019", cfg.root)
+        a_items, a_train, a_val = graded_split("APTOS2019", cfg)
     except FileNotFoundError:
-        apt = None
-    if apt is not None:
-        a_items = index_graded_images(apt, apt / "labels.csv")
+        a_items = None
+    if a_items is not None:
         a_by = {it.name: it for it in a_items}
-        # APTOS ids carry no patient: the split is per image.
-        a_train, a_val = patient_split([it.name for it in a_items], cfg.val_fraction, cfg.split_seed, patient_id=lambda n: n)
         if "aptos_val" in splits:
             out["aptos_val"] = GradedArrays(
                 _load_uint8([a_by[n].path for n in a_val], size, "APTOS val"),

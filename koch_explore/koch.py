@@ -552,30 +552,21 @@ def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed:
     trees from the shipped vessel segmenter (as for the embedded photo: no manual tree exists)."""
     from tqdm.auto import tqdm
 
-    from .data.datasets import index_graded_images, patient_split
     from .data.io import read_image
     from .data.preprocess import prepare_fundus
-    from .data.roots import dataset_dir
-    from .detector_train import TrainConfig
+    from .detector_train import TrainConfig, graded_split
     from .vessels import load_default as load_vessels
 
     if source not in HOSTS[1:]:
         raise ValueError(f"hosts {source!r}: one of {', '.join(HOSTS)}")
     if count < 1:
         raise ValueError(f"host count must be >= 1, got {count}")
-    tc = TrainConfig(root=root)
-    if source == "eyepacs-val":
-        d = dataset_dir("EyePACS", root)
-        items = index_graded_images(d / "images_256", d / "trainLabels.csv")
-        _, val = patient_split([it.name for it in items], tc.val_fraction, tc.split_seed)
-    else:
-        d = dataset_dir("APTOS2019", root)
-        items = index_graded_images(d, d / "labels.csv")
-        _, val = patient_split([it.name for it in items], tc.val_fraction, tc.split_seed, patient_id=lambda n: n)
+    dataset = {"eyepacs-val": "EyePACS", "aptos-val": "APTOS2019"}[source]
+    items, _, val = graded_split(dataset, TrainConfig(root=root))
     by_name = {it.name: it for it in items}
     healthy = [n for n in val if by_name[n].grade == 0]
     if not healthy:
-        raise ValueError(f"{d}: no grade-0 photo in the validation split")
+        raise ValueError(f"{dataset}: no grade-0 photo in the validation split")
     pick = sorted(np.random.default_rng(seed).choice(len(healthy), size=min(count, len(healthy)), replace=False))
     segmenter, out = load_vessels(), []
     for i in tqdm(pick, desc=f"{source} hosts", disable=not progress):
