@@ -386,9 +386,10 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             placed = list(layouts[n])
             hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, rng)
             found_decoys, n_decoys = sum(decoy_hit), len(decoys)
-            pos, neg = _values_at(seg.blurred, [d.centroid for d in placed]), _values_at(seg.blurred, decoys)
+            cents = [d.centroid for d in placed]
+            pos, neg = _values_at(seg.blurred, cents), _values_at(seg.blurred, decoys)
             on = seg.mask.astype(np.float32)
-            mask_hits += sum(v > 0.5 for v in _values_at(on, [d.centroid for d in placed]))
+            mask_hits += sum(v > 0.5 for v in _values_at(on, cents))
             mask_decoy_hits += sum(v > 0.5 for v in _values_at(on, decoys))
             t_pos += pos
             t_neg += neg
@@ -538,7 +539,9 @@ def embedded_hosts(size: int = 256) -> list[dict]:
     return [{"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool), "name": "skimage-retina"}]
 
 
-HOSTS = ("trees", "eyepacs-val", "aptos-val")
+UNSEEN_HOSTS = {"eyepacs-val": "EyePACS", "aptos-val": "APTOS2019"}
+"""Held-out host sets (see :data:`HOSTS`) -> the graded dataset whose validation split they come from."""
+HOSTS = ("trees", *UNSEEN_HOSTS)
 """Healthy hosts of the real setup: "trees", the 68 DRIVE + CHASE_DB1 photos with manual trees (the shipped
 synthesizer's own training hosts); "eyepacs-val" / "aptos-val", grade-0 photos from the detector's held-out
 validation split (EyePACS: other patients; APTOS: other images and cameras), which no shipped model trained on,
@@ -557,11 +560,11 @@ def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed:
     from .detector_train import TrainConfig, graded_split
     from .vessels import load_default as load_vessels
 
-    if source not in HOSTS[1:]:
+    if source not in UNSEEN_HOSTS:
         raise ValueError(f"hosts {source!r}: one of {', '.join(HOSTS)}")
     if count < 1:
         raise ValueError(f"host count must be >= 1, got {count}")
-    dataset = {"eyepacs-val": "EyePACS", "aptos-val": "APTOS2019"}[source]
+    dataset = UNSEEN_HOSTS[source]
     items, _, val = graded_split(dataset, TrainConfig(root=root))
     by_name = {it.name: it for it in items}
     healthy = [n for n in val if by_name[n].grade == 0]
@@ -627,12 +630,12 @@ def default_setup(data: str = "auto", root=None, detector=None, weights=None, ba
         raise ValueError(f"hosts {hosts!r} are real photos: they need --data real (got {data!r})")
     det, synth, descriptors = shipped_models(data, detector, weights, bank, device)
     if data == "embedded":
-        hosts = embedded_hosts(synth.cfg.size)
+        host_set = embedded_hosts(synth.cfg.size)
     elif hosts != "trees":
-        hosts = unseen_hosts(hosts, root, synth.cfg.size, host_count, progress=True)
+        host_set = unseen_hosts(hosts, root, synth.cfg.size, host_count, progress=True)
     else:
-        hosts = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
-    return det, synth, descriptors, hosts, data
+        host_set = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
+    return det, synth, descriptors, host_set, data
 
 
 # ---------------------------------------------------------------------------------------------
