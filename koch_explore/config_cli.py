@@ -46,7 +46,7 @@ def _scalar(type_text: str):
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "--", help_default: str = "") -> None:
     """One flag per field of dataclass ``cls`` (``snake_case`` -> ``--snake-case``): bools get
-    ``--x/--no-x``, tuples take several values, ``X | None`` fields take an X. Nested dataclasses and
+    ``--x/--no-x`` (``bool | None``: neither flag leaves None, "decide for me"), tuples take several values, ``X | None`` fields take an X. Nested dataclasses and
     fields named in ``skip`` or starting with ``_`` are left out."""
     docs = field_docs(cls)
     for f in fields(cls):
@@ -59,7 +59,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=(), prefix: 
             text = f"{text} (default: {default!r})" if text else f"default: {default!r}"
         text = text.replace("%", "%%")
         kind = str(f.type)
-        if kind == "bool":
+        if kind in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif isinstance(default, (tuple, list)):
             parser.add_argument(flag, nargs="+", type=_scalar(kind), default=list(default), help=text)

@@ -26,14 +26,13 @@ thicker at that scale, which the scale augmentation partly covers).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config_cli import add_config_arguments, config_from_args
 from .data.io import FundusReadError
 from .detector import gaussian_blur, gaussian_kernel1d
 from .weights_io import WeightsMismatchError, check_config, load_state_strict, read_weights, save_weights
@@ -678,8 +678,9 @@ class VesselTrainConfig:
     """DropBlock probability rises linearly to its configured value over this share of the schedule."""
     ema_decay: float = 0.995
     """EMA of the weights (BN statistics included): what is validated and exported."""
-    amp: bool = True
-    """bf16 autocast for the network (not the normalisation or the loss): faster on CPUs with bf16."""
+    amp: bool | None = None
+    """bf16 autocast for the network (not the normalisation or the loss). Default (unset): on where bf16
+    is native (CUDA, CPUs with AVX512-BF16/AMX), off on other CPUs, where emulated bf16 is far slower."""
     seed: int = 0
     """Seeds the initial weights and, with the step number, every batch (resume draws the same patches)."""
     device: str = "auto"
@@ -835,9 +836,10 @@ def train(cfg: VesselTrainConfig, data: dict[str, list[dict]] | None = None, res
 def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from .detector_train import EMA, atomic_torch_save, resolve_device
+    from .detector_train import EMA, atomic_torch_save, resolve_amp, resolve_device
 
     device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -922,7 +924,7 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
         z = model.lcn(x, fov)
         inner = slice(margin, margin + cfg.patch)
         z, fov, target = z[..., inner, inner], fov[..., inner, inner], target[..., inner, inner]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model.unet(z)
         loss = vessel_loss(logits, target, fov, cfg.dice_weight)
         opt.zero_grad(set_to_none=True)
@@ -959,14 +961,9 @@ def add_cli(sub) -> None:
     vsub = p.add_subparsers(dest="vessels_command", metavar="ACTION")
 
     t = vsub.add_parser("train", help="train on DRIVE training (threshold fit on held-out training images); resumable")
-    names = set()
-    for cls in (VesselTrainConfig, VesselConfig):
-        for f in fields(cls):
-            if f.name == "model":
-                continue
-            assert f.name not in names, f.name  # flat flags: train and model fields must not collide
-            names.add(f.name)
-            _add_field_flag(t, f)
+    # Flat flags: training and architecture fields share one namespace (argparse rejects a collision).
+    add_config_arguments(t, VesselTrainConfig)
+    add_config_arguments(t, VesselConfig)
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--export", default=None, help="copy the best weights here when done (safetensors)")
     t.set_defaults(func=_cli_train)
@@ -994,20 +991,8 @@ def add_cli(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
-def _add_field_flag(parser: argparse.ArgumentParser, f) -> None:
-    flag = "--" + f.name.replace("_", "-")
-    kind = str(f.type)  # a string: this module uses postponed annotations
-    if kind == "bool":
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        return
-    typ = float if "float" in kind else int if "int" in kind else str
-    parser.add_argument(flag, type=typ, default=f.default, help=f"default: {f.default}")
-
-
 def _cli_train(args) -> int:
-    model_kw = {f.name: getattr(args, f.name) for f in fields(VesselConfig)}
-    kw = {f.name: getattr(args, f.name) for f in fields(VesselTrainConfig) if f.name != "model"}
-    cfg = VesselTrainConfig(**kw, model=VesselConfig(**model_kw))
+    cfg = config_from_args(VesselTrainConfig, args, model=config_from_args(VesselConfig, args))
     result = train(cfg, resume=args.resume)
     best_path = Path(cfg.out) / "best.safetensors"
     if args.export and best_path.is_file():

@@ -35,6 +35,8 @@ def test_flags_of_every_kind_are_parsed_into_typed_fields():
     add_config_arguments(p, TrainConfig)
     t = config_from_args(TrainConfig, p.parse_args(["--no-amp", "--final-class-weights", "1", "1", "3", "3", "3"]))
     assert t.amp is False and t.final_class_weights == (1.0, 1.0, 3.0, 3.0, 3.0)
+    # bool | None: --amp / --no-amp force it, neither leaves the trainer to decide
+    assert TrainConfig().amp is None and config_from_args(TrainConfig, p.parse_args(["--amp"])).amp is True
 
 
 def test_help_is_the_docstring_written_under_the_field():

@@ -150,6 +150,17 @@ def phantom_graded(tmp_path_factory):
     return root
 
 
+def test_autocast_default_follows_native_bf16():
+    from koch_explore.detector_train import bf16_is_native, resolve_amp
+
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
+    if flags is not None and "flags" in flags:  # Linux on x86: the kernel names the bf16 units
+        assert bf16_is_native("cpu") == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert resolve_amp(None, "cpu") == bf16_is_native("cpu")
+    assert resolve_amp(None, "cuda") is True and resolve_amp(False, "cuda") is False
+    assert resolve_amp(True, "cpu") is True  # an explicit request wins
+
+
 def test_short_training_lowers_loss_and_resumes(tmp_path):
     from koch_explore.detector_train import _load_phantom, predict_arrays
 
@@ -164,7 +175,9 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
         mse = lambda m: float(np.mean((predict_arrays(m, tr.images, "cpu") - tr.grades) ** 2))
         mse_before = mse(before)
         best = train(cfg, data=data)
-        mse_after = mse(Detector.load(tmp_path / "run" / "best.safetensors"))
+        trained = Detector.load(tmp_path / "run" / "best.safetensors")
+        assert json.loads(trained.metadata["train_config"])["amp"] is False
+        mse_after = mse(trained)
         assert mse_after < 0.9 * mse_before, (mse_before, mse_after)
         hist = json.loads((tmp_path / "run" / "history.json").read_text())
         assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6] and best["epoch"] >= 1
