@@ -46,8 +46,9 @@ def _scalar(type_text: str):
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "--", help_default: str = "") -> None:
     """One flag per field of dataclass ``cls`` (``snake_case`` -> ``--snake-case``): bools get
-    ``--x/--no-x`` (``bool | None``: neither flag leaves None, "decide for me"), tuples take several values, ``X | None`` fields take an X. Nested dataclasses and
-    fields named in ``skip`` or starting with ``_`` are left out."""
+    ``--x/--no-x`` (for ``bool | None``, giving neither leaves None: "decide for me"), tuples take
+    several values, ``X | None`` fields take an X. Nested dataclasses and fields named in ``skip`` or
+    starting with ``_`` are left out."""
     docs = field_docs(cls)
     for f in fields(cls):
         default = _default(f)

@@ -321,12 +321,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def bf16_is_native(device) -> bool:
-    """Whether bf16 autocast runs on hardware: every CUDA device here (Ampere and later), and CPUs with
-    AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16 on the CPU: an o_O-256 training step (batch 32,
-    2 threads, an AVX2-only AMD EPYC) took 57 s with autocast against 3.3 s without."""
+    """Whether bf16 autocast runs on hardware: CUDA devices that support bf16 (Ampere and later), and
+    CPUs with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16 on the CPU: an o_O-256 training step
+    (batch 32, 2 threads, an AVX2-only AMD EPYC) took 57 s with autocast against 3.3 s without."""
     device = torch.device(device)
     if device.type == "cuda":
-        return True
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
     cpu = torch.cpu

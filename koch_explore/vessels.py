@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -839,7 +839,7 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
     from .detector_train import EMA, atomic_torch_save, resolve_amp, resolve_device
 
     device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
+    cfg = replace(cfg, amp=resolve_amp(cfg.amp, device))  # the effective switch is what gets recorded
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -924,7 +924,7 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
         z = model.lcn(x, fov)
         inner = slice(margin, margin + cfg.patch)
         z, fov, target = z[..., inner, inner], fov[..., inner, inner], target[..., inner, inner]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             logits = model.unet(z)
         loss = vessel_loss(logits, target, fov, cfg.dice_weight)
         opt.zero_grad(set_to_none=True)
