@@ -56,8 +56,7 @@ def _train(args) -> int:
     from .detector_train import TrainConfig, train
 
     cfg = config_from_args(TrainConfig, args)
-    cfg._resume = bool(args.resume)
-    best = train(cfg)
+    best = train(cfg, resume=args.resume)
     if args.export and best.get("epoch"):
         import shutil
 

@@ -378,14 +378,14 @@ def warm_start(model: Detector, path) -> Detector:
     return model
 
 
-def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None) -> dict:
-    """Train (or resume) a detector; returns the best validation figures. DDP-aware."""
+def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False) -> dict:
+    """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
+    the best validation figures. DDP-aware."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm.auto import tqdm
 
     world, rank, device = setup_distributed(cfg.device)
-    resume = bool(getattr(cfg, "_resume", False))  # set by the CLI on the instance; replace() drops it
     # The effective switch goes into the checkpoint, history and card, not "unset".
     cfg = replace(cfg, amp=resolve_amp(cfg.amp, device))
     if cfg.num_threads:

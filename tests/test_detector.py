@@ -185,8 +185,7 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
         assert hist[-1]["train_loss"] < hist[0]["train_loss"]
         # resume: one more epoch continues from the checkpoint, not from scratch
         cfg.epochs = 7
-        cfg._resume = True
-        train(cfg, data=data)
+        train(cfg, data=data, resume=True)
         hist = json.loads((tmp_path / "run" / "history.json").read_text())
         assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6, 7]
         ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
