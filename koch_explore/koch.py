@@ -388,9 +388,8 @@ def postulate_test(detector, synthesizer, bank, healthy_set: Sequence[dict], tri
             found_decoys, n_decoys = sum(decoy_hit), len(decoys)
             cents = [d.centroid for d in placed]
             pos, neg = _values_at(seg.blurred, cents), _values_at(seg.blurred, decoys)
-            on = seg.mask.astype(np.float32)
-            mask_hits += sum(v > 0.5 for v in _values_at(on, cents))
-            mask_decoy_hits += sum(v > 0.5 for v in _values_at(on, decoys))
+            mask_hits += int(sum(_values_at(seg.mask, cents)))  # the bool mask reads 1.0 on a component
+            mask_decoy_hits += int(sum(_values_at(seg.mask, decoys)))
             t_pos += pos
             t_neg += neg
             values_by_count[n][0].append(pos)

@@ -172,7 +172,7 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
          "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over trials)"),
         ("chance hit rate", f"{report.chance_hit_rate:.3f}", "the same for random points away from every placement"),
     ]
-    if getattr(report, "mask_hit_rate", None) is not None:
+    if report.mask_hit_rate is not None:
         rows += [("on-component hit rate", f"{report.mask_hit_rate:.3f} (chance {report.mask_chance_hit_rate:.3f})",
                   "the same two rates without boxes: the point lies on a re-isolated component's own pixels")]
     rows += [
