@@ -75,6 +75,11 @@ class TrainConfig:
     image is resampled, and bilinear resampling at a half-pixel offset costs the shipped net 0.034
     validation AUC (bicubic 0.015): it blurs the one- and two-pixel lesions a 256 px photo has. Yet
     a warm restart with bicubic (8 epochs) ended at the same validation AUC (0.81): see the README."""
+    referable_weight: float = 0.0
+    """Weight of a logistic term on the severity against the referable cut (grade >= 2) added to the
+    MSE (see :func:`severity_loss`). MSE spends as much effort separating grade 3 from 4 as 1 from 2;
+    this term puts extra weight on the one cut a screening programme acts on. Measured as a warm
+    restart of the shipped weights (weight 1): validation AUC within 0.01 of the same run without it."""
     eval_tta: bool = False
     """8x flip/rotation test-time augmentation in per-epoch validation (slower)."""
     num_threads: int | None = None
@@ -383,6 +388,19 @@ def warm_start(model: Detector, path) -> Detector:
     return model
 
 
+def severity_loss(pred: torch.Tensor, grades: torch.Tensor, referable_weight: float = 0.0) -> torch.Tensor:
+    """MSE of the severity against the grade, plus ``referable_weight`` x the logistic loss of
+    2 (severity - 1.5) against grade >= 2. The slope 2 makes a severity one grade past the cut a
+    logit of 2 (p = 0.88), so the term stops pulling once an eye sits clearly on its side and
+    leaves the rest of the scale to the MSE."""
+    pred = pred.float()
+    loss = F.mse_loss(pred, grades)
+    if referable_weight:
+        referable = (grades >= 2).float()
+        loss = loss + referable_weight * F.binary_cross_entropy_with_logits(2.0 * (pred - 1.5), referable)
+    return loss
+
+
 def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False) -> dict:
     """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
     the best validation figures. DDP-aware."""
@@ -469,7 +487,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
                 g["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = net(x)
-            loss = F.mse_loss(pred.float(), y)
+            loss = severity_loss(pred, y, cfg.referable_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

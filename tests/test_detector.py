@@ -16,7 +16,7 @@ import torch
 from koch_explore import metrics
 from koch_explore.cli import main
 from koch_explore.detector import PRESETS, Detector, DetectorConfig, WeightsMismatchError, layer_names
-from koch_explore.detector_train import TrainConfig, augment, sampling_probabilities, train
+from koch_explore.detector_train import TrainConfig, augment, sampling_probabilities, severity_loss, train
 from koch_explore.phantom import write_phantom_dataset
 
 SMALL = DetectorConfig(n=8, input_size=128, dense_units=64)
@@ -168,6 +168,21 @@ def phantom_graded(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom_graded")
     write_phantom_dataset(root, count=10, seed=5, size=256, progress=False)
     return root
+
+
+def test_referable_term_pulls_across_the_referable_cut_only():
+    def grad(pred: float, grade: float, w: float) -> float:
+        p = torch.tensor([pred], requires_grad=True)
+        severity_loss(p, torch.tensor([grade]), w).backward()
+        return p.grad.item()
+
+    assert severity_loss(torch.tensor([0.3, 2.9]), torch.tensor([0.0, 4.0])).item() == pytest.approx((0.09 + 1.21) / 2)
+    # A grade-2 eye predicted just below the cut: MSE alone pulls it up by 2 x 0.6; the term adds more.
+    assert grad(1.4, 2.0, 1.0) < grad(1.4, 2.0, 0.0) - 0.5
+    # A grade-0 eye just above the cut is pushed down harder too.
+    assert grad(1.6, 0.0, 1.0) > grad(1.6, 0.0, 0.0) + 0.5
+    # An eye already well on its side (grade 4 at 3.5) feels almost only the MSE.
+    assert abs(grad(3.5, 4.0, 1.0) - grad(3.5, 4.0, 0.0)) < 0.05
 
 
 def test_autocast_default_follows_native_bf16():
