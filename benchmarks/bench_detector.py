@@ -13,8 +13,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from koch_explore.detector import Detector
-from koch_explore.detector_train import bf16_is_native, resolve_amp
+from koch_explore.core.runtime import bf16_is_native, resolve_amp
+from koch_explore.detect.model import Detector
 
 
 def fundus(b: int, s: int, device) -> torch.Tensor:

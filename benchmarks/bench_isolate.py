@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from koch_explore.deconvnet import ActivationNetwork
-from koch_explore.detector import Detector, DetectorConfig, PRESETS
+from koch_explore.detect.model import PRESETS, Detector, DetectorConfig
+from koch_explore.evidence.deconvnet import ActivationNetwork
 
 TARGET_RATIO = 1.5
 
@@ -106,9 +106,9 @@ def isolation_at_512(repeats: int) -> None:
     import numpy as np
     import torch.nn.functional as F
 
-    from koch_explore.descriptors import DEFAULT_THRESHOLD, segment
-    from koch_explore.evidence import explain
-    from koch_explore.phantom import generate_phantom
+    from koch_explore.culture.segment import DEFAULT_THRESHOLD, segment
+    from koch_explore.data.phantom.generate import generate_phantom
+    from koch_explore.evidence.base import explain
 
     det = Detector.load("koch_explore/weights/detector_phantom_256.safetensors")
     ph = generate_phantom(seed=3, size=512, grade=3)

@@ -18,7 +18,7 @@ import time  # noqa: E402
 
 import cv2  # noqa: E402
 
-from koch_explore.phantom import generate_phantom, phantom_seed  # noqa: E402
+from koch_explore.data.phantom import generate_phantom, phantom_seed  # noqa: E402
 
 TARGET_MS = 50.0
 

@@ -24,14 +24,28 @@ import time
 import numpy as np
 import torch
 
-from koch_explore.deconvnet import DifferentiableEvidence
-from koch_explore.descriptors import default_blur_sigma
-from koch_explore.detector import Detector
+from koch_explore.detect.model import Detector
+from koch_explore.evidence.base import default_blur_sigma
+from koch_explore.evidence.deconvnet import DifferentiableEvidence
 from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig, canvas_tensors
-from koch_explore.synthesis.losses import (DetectorFeatures, VesselConsistency, adversarial_d, adversarial_g,
-                                           evidence_term, pathological, retinal_detail, severity_term, total_variation)
-from koch_explore.synthesis.synthesizer import LesionSynthesizer, layout_placements, layout_severity_share, random_layout
+from koch_explore.synthesis.losses import (
+    DetectorFeatures,
+    VesselConsistency,
+    adversarial_d,
+    adversarial_g,
+    evidence_term,
+    pathological,
+    retinal_detail,
+    severity_term,
+    total_variation,
+)
+from koch_explore.synthesis.synthesizer import (
+    LesionSynthesizer,
+    layout_placements,
+    layout_severity_share,
+    random_layout,
+)
 from koch_explore.synthesis.trainer import SynthTrainConfig, build_bank, healthy_set
 
 TARGET = 1.6
@@ -50,7 +64,7 @@ def main() -> None:
     hosts = healthy_set(cfg, 256)[: args.batch]
     bank = build_bank(cfg, det, 256)
     feats = DetectorFeatures(det, ["conv2", "conv5"])
-    from koch_explore.vessels import load_default as load_vessels
+    from koch_explore.vessels import load_vessels
 
     vessel_term = VesselConsistency(load_vessels())
     evidence_net = DifferentiableEvidence(det, str(bank.info.get("method") or cfg.bank_method))

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import torch
 
-from koch_explore.phantom import generate_phantom
-from koch_explore.vessels import DEFAULT_WEIGHTS, VesselSegmenter, WorkingGeometry
+from koch_explore.core.weights import resolve_weights
+from koch_explore.data.phantom import generate_phantom
+from koch_explore.vessels import VesselSegmenter, WorkingGeometry, load_vessels
 
 
 def _median_ms(fn, runs: int) -> tuple[float, float, float]:
@@ -43,8 +44,8 @@ def main() -> None:
 
     if args.weights:
         model, which = VesselSegmenter.load(args.weights), args.weights
-    elif DEFAULT_WEIGHTS.is_file():
-        model, which = VesselSegmenter.load_default(), DEFAULT_WEIGHTS.name
+    elif resolve_weights("vessels").is_file():
+        model, which = load_vessels(), resolve_weights("vessels").name
     else:
         model, which = VesselSegmenter().eval(), "untrained (no shipped weights yet)"
     ph = generate_phantom(0, args.size)

@@ -12,10 +12,10 @@ import statistics
 import time
 
 import numpy as np
-
-from koch_explore.descriptors import segment
-from koch_explore.phantom import generate_phantom
 from koch_explore.widgets import ThresholdExplorer
+
+from koch_explore.culture.segment import segment
+from koch_explore.data.phantom.generate import generate_phantom
 
 TARGET_MS = 30.0
 

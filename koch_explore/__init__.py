@@ -1,13 +1,89 @@
-"""koch-explore: ask a diabetic-retinopathy CNN why it diagnoses, the way Koch asked a microbe.
+"""koch-explore: ask a diabetic-retinopathy CNN why it diagnoses, the way Robert Koch asked a microbe.
 
-Modules map to the four postulates:
+The public API, in the order of the four postulates (each name below is documented where it lives)::
 
-* ``detector`` / ``deconvnet``  -- isolate (the DR detector and its activation network)
-* ``descriptors``               -- culture (lesions cut out as pathological descriptors)
-* ``synthesis``                 -- inoculate (a GAN that places descriptors on a healthy fundus)
-* ``koch``                      -- re-isolate (the detector must find what was placed)
+    import koch_explore as ke
+    detector = ke.load_detector()                 # the shipped EyePACS o_O detector (or "phantom", or a file)
+    ev = ke.explain(detector, image)              # 1. isolate: evidence maps (guided Grad-CAM by default)
+    found = ke.isolate(ev, image, detector)       # 2. culture: one Descriptor per evidence component
+    layout = ke.random_layout(ke.load_bank(), 8, fov)            # 3. inoculate: place descriptors ...
+    fundus = ke.load_synthesizer().synthesize(vessels, fov, layout)  # ... and synthesize
+    report = ke.koch_test(detector, synth, bank, hosts)          # 4. re-isolate: hit rate, severity vs count
 
-``data`` finds, checks and loads fundus data; ``phantom`` draws fundus images with exact lesion truth.
+Packages, one per concept: :mod:`.core` (geometry, statistics, devices, weights registry), :mod:`.data`
+(datasets, preprocessing, the phantom), :mod:`.detect` (the detector), :mod:`.evidence` (evidence
+methods, sanity checks), :mod:`.culture` (isolation, descriptors, banks), :mod:`.vessels` (the vessel
+segmenter), :mod:`.synthesis` (the lesion synthesizer GAN), :mod:`.koch` (the Koch test and its
+report), :mod:`.cli` (argparse wiring only). Names load on first use, so ``import koch_explore`` and
+``koch-explore --help`` stay fast.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # shipped weights: one registry, name -> file + model card; a user's own file works the same way
+    "SHIPPED": "core.weights",  # kind -> shipped name -> file
+    "model_card": "core.weights",  # the Markdown card of a shipped model
+    "load_detector": "detect.model",  # "eyepacs" (default), "phantom", or a .safetensors path
+    "load_vessels": "vessels.model",  # "drive" (default) or a path
+    "load_synthesizer": "synthesis.synthesizer",  # "real" (default), "deconvnet", "phantom", or a path
+    "load_bank": "culture.bank",  # the bank a synthesizer was trained with, by the same name, or a path
+    # data
+    "read_image": "data.io",  # any fundus file -> float32 RGB in [0, 1] (one clear error per bad file)
+    "prepare_fundus": "data.preprocess",  # crop to the field of view, pad square, resize -> (image, fov)
+    "retina_photo": "data.embedded",  # the embedded CC0 photo (skimage.data.retina), prepared
+    "generate_phantom": "data.phantom",  # a fundus drawn with exact lesion masks and a grade
+    "graded_eyes": "data.graded",  # the EyePACS/APTOS split the detector was trained and validated on
+    "resolve_data_root": "data.roots",  # argument, KOCH_DATA, ../shared/data, ./data, or None (embedded)
+    # postulate 1: the detector and its evidence
+    "Detector": "detect.model",
+    "predict_severity": "detect.predict",  # severity on the 0-4 scale, optional 8x test-time augmentation
+    "explain": "evidence.base",  # evidence maps by method name -> Evidence
+    "Evidence": "evidence.base",
+    "EvidenceMethod": "evidence.base",  # the base class of every method (model, layer) -> call -> Evidence
+    "EVIDENCE_METHODS": ("evidence.base", "METHODS"),  # name -> method class
+    "DEFAULT_METHOD": "evidence.base",
+    "sanity_report": "evidence.sanity",  # do the maps depend on the image and on training?
+    # postulate 2: culture
+    "isolate": "culture.isolate",  # evidence -> one list of Descriptors per image
+    "segment": "culture.segment",  # one map -> blurred, cut, components (the widget's steps)
+    "Descriptor": "culture.descriptor",
+    "DescriptorBank": "culture.bank",
+    # postulate 3: inoculate
+    "random_layout": "synthesis.synthesizer",  # n descriptors of a bank placed at random valid places
+    "LesionSynthesizer": "synthesis.synthesizer",
+    "VesselSegmenter": "vessels.model",
+    # postulate 4: re-isolate
+    "koch_test": "koch.test",  # inoculate hosts with 0..16 lesions, re-isolate, score -> KochReport
+    "KochConfig": "koch.test",
+    "KochReport": "koch.test",
+    "embedded_hosts": "koch.hosts",  # the embedded photo as a host (its tree from the vessel segmenter)
+    "default_setup": "koch.hosts",  # (detector, synthesizer, bank, hosts, data) shipped for a data setting
+    "write_report": "koch.report",  # the offline HTML report of a KochReport
+}
+
+__all__ = [
+    "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
+    "KochConfig", "KochReport", "LesionSynthesizer", "SHIPPED", "VesselSegmenter", "__version__", "default_setup",
+    "embedded_hosts", "explain", "generate_phantom", "graded_eyes", "isolate", "koch_test", "load_bank", "load_detector",
+    "load_synthesizer", "load_vessels", "model_card", "predict_severity", "prepare_fundus", "random_layout", "read_image",
+    "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
+]
+
+
+def __getattr__(name: str):
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'koch_explore' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    globals()[name] = value  # cached: the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

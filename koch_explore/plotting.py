@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg", "widget", "ipympl"):
@@ -34,7 +34,7 @@ def image_grid(
     suptitle: str | None = None,
 ):
     """A grid of images (float RGB in [0,1], or 2-D maps shown with ``cmap``)."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     cols = max(1, min(cols, n))
     rows = int(np.ceil(n / cols))
@@ -78,7 +78,7 @@ def lesion_legend(ax, colours: Mapping[str, Sequence[float]]):
 
 
 def grade_histogram(grades: Sequence[int], title: str = "grades", ax=None):
-    plt = _plt()
+    plt = pyplot()
     if ax is None:
         fig, ax = plt.subplots(figsize=(3.5, 2.4))
     else:
@@ -95,8 +95,8 @@ def grade_histogram(grades: Sequence[int], title: str = "grades", ax=None):
 
 def isolation_steps(image: np.ndarray, evidence: np.ndarray, blurred: np.ndarray, mask: np.ndarray, boxes: Sequence[Sequence[float]], size: float = 2.8, title: str | None = None):
     """The isolation in four panels: evidence map, blurred and normalised map, thresholded mask,
-    component boxes over the fundus (``koch_explore.descriptors.segment`` returns all of them)."""
-    plt = _plt()
+    component boxes over the fundus (``koch_explore.culture.segment`` returns all of them)."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(4 * size, size))
     panels = [(evidence, "evidence map", "magma"), (blurred, "blurred / max", "magma"), (mask, "mask", "gray"), (image, f"{len(boxes)} components", None)]
     for ax, (img, name, cmap) in zip(axes, panels):

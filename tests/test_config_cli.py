@@ -2,8 +2,8 @@
 
 import argparse
 
-from koch_explore.config_cli import add_config_arguments, config_from_args, field_docs
-from koch_explore.detector_train import TrainConfig
+from koch_explore.cli.config import add_config_arguments, config_from_args, field_docs
+from koch_explore.detect.train import TrainConfig
 from koch_explore.synthesis.losses import LossWeights
 from koch_explore.synthesis.trainer import SynthTrainConfig
 

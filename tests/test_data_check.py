@@ -15,7 +15,13 @@ import pytest
 from koch_explore.cli import main
 from koch_explore.data.check import check_all, check_dataset
 from koch_explore.data.io import write_image
-from koch_explore.data.manifests import ManifestError, get_manifest, load_manifest, load_manifests, manifests_dir
+from koch_explore.data.manifests import (
+    ManifestError,
+    get_manifest,
+    load_manifest,
+    load_manifests,
+    manifests_dir,
+)
 from koch_explore.data.roots import resolve_data_root
 
 TOY_TOML = """

@@ -9,7 +9,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from koch_explore.data.io import FundusReadError, read_image, read_mask, read_raw, write_image
+from koch_explore.data.io import (
+    FundusReadError,
+    read_image,
+    read_mask,
+    read_raw,
+    write_image,
+)
 from koch_explore.data.roots import resolve_data_root
 
 

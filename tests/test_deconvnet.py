@@ -17,8 +17,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from koch_explore.deconvnet import ActivationNetwork, Deconvnet, rectified_gradient, sequential_steps
-from koch_explore.detector import Detector, DetectorConfig
+from koch_explore.detect.model import Detector, DetectorConfig
+from koch_explore.evidence.deconvnet import (
+    ActivationNetwork,
+    Deconvnet,
+    rectified_gradient,
+    sequential_steps,
+)
 
 SMALL = DetectorConfig(n=8, input_size=128, dense_units=64)
 # At 128 px the o_O head pools a 2x2 conv12 map to a single position; at 192 px it pools 3x3 to
@@ -232,8 +237,8 @@ def test_zero_activation_gives_zero_map():
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided-backprop"])
 def test_differentiable_evidence_equals_explain_and_carries_gradient_to_the_images(case, method):
-    from koch_explore.deconvnet import DifferentiableEvidence
-    from koch_explore.evidence import explain
+    from koch_explore.evidence.base import explain
+    from koch_explore.evidence.deconvnet import DifferentiableEvidence
 
     det, x = case
     ev = DifferentiableEvidence(det, method)

@@ -12,21 +12,22 @@ import pytest
 import torch
 
 from koch_explore.cli import main
-from koch_explore.data.io import write_image
-from koch_explore.deconvnet import ActivationNetwork
-from koch_explore.descriptors import (
-    BankFormatError,
-    BankMismatchError,
-    Descriptor,
-    DescriptorBank,
-    default_feature_layers,
-    evidence_maps,
-    isolate,
-    segment,
+from koch_explore.core.stats import roc_auc
+from koch_explore.culture.bank import BankFormatError, BankMismatchError, DescriptorBank
+from koch_explore.culture.descriptor import Descriptor
+from koch_explore.culture.evaluate import (
+    Lesion,
+    assign_types,
+    lesion_instances,
+    pointing_game,
 )
-from koch_explore.detector import Detector, DetectorConfig
-from koch_explore.isolation_eval import Lesion, assign_types, lesion_instances, pixel_auc, pointing_game
-from koch_explore.phantom import generate_phantom
+from koch_explore.culture.isolate import default_feature_layers, isolate
+from koch_explore.culture.segment import segment
+from koch_explore.data.io import write_image
+from koch_explore.data.phantom.generate import generate_phantom
+from koch_explore.detect.model import Detector, DetectorConfig
+from koch_explore.evidence.base import evidence_maps
+from koch_explore.evidence.deconvnet import ActivationNetwork
 
 SMALL = DetectorConfig(n=8, input_size=128, dense_units=64)
 S = 128
@@ -384,7 +385,7 @@ def test_lesion_instances_pixel_auc_and_types():
     inst = lesion_instances({"EX": m, "HE": np.zeros_like(m)})
     assert [(i.type, i.bbox, i.area) for i in inst] == [("EX", (10, 10, 14, 14), 16), ("EX", (70, 50, 75, 60), 50)]
     ev = m.astype(np.float32) + 0.1 * np.random.default_rng(0).random(m.shape, dtype=np.float32)
-    assert pixel_auc(ev, m) == 1.0 and pixel_auc(-ev, m) == 0.0 and math.isnan(pixel_auc(ev, np.zeros_like(m)))
+    assert roc_auc(m, ev) == 1.0 and roc_auc(m, -ev) == 0.0 and math.isnan(roc_auc(np.zeros_like(m), ev))
     descs = isolate(m.astype(np.float32), blur_sigma=0.5, threshold=0.5)[0]
     typed = assign_types(descs, {"EX": m, "HE": np.zeros_like(m)})
     assert {d.type for d in typed} == {"EX"} and all(d.type is None for d in descs)
@@ -410,7 +411,7 @@ def test_cli_isolate_and_eval(tmp_path, capsys):
     for i in range(2):
         images.append(str(write_image(tmp_path / f"ph{i}.png", generate_phantom(seed=10 + i, size=160).image)))
     out = tmp_path / "bank.safetensors"
-    assert main(["isolate", *images, "--out", str(out), "--weights", str(weights), "--threshold", "0.4"]) == 0
+    assert main(["isolate", "bank", *images, "--out", str(out), "--weights", str(weights), "--threshold", "0.4"]) == 0
     bank = DescriptorBank.load(out, detector=Detector.load(weights))
     assert {d.source for d in bank} <= {"ph0", "ph1"} and bank.info["threshold"] == 0.4
     assert all(d.layer_sizes["conv5"] == (16, 16) for d in bank)
@@ -421,9 +422,26 @@ def test_cli_isolate_and_eval(tmp_path, capsys):
         assert "overall" in rep[key] and {"MA", "HE", "EX", "SE"} <= set(rep[key])
     assert rep["n_images"] == 4 and rep["method"] == "guided-gradcam" and rep["start"] == "conv11" and rep["threshold"] == 0.1
     assert bank.info["method"] == "guided-gradcam" and bank.info["start"] == "conv11"  # the layer the default resolved to, recorded in the bank
-    assert main(["isolate", *images]) == 2  # no --out
+    with pytest.raises(SystemExit) as exit_:
+        main(["isolate", "bank", *images])  # no --out: argparse's usage error
+    assert exit_.value.code == 2
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     capsys.readouterr()
-    assert main(["isolate", str(bad), "--out", str(tmp_path / "x.safetensors"), "--weights", str(weights)]) == 2
-    assert "broken.png" in capsys.readouterr().err
+    assert main(["isolate", "bank", str(bad), "--out", str(tmp_path / "x.safetensors"), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_isolate_sub_commands_have_their_own_defaults():
+    from koch_explore.cli import build_parser
+
+    parser = build_parser()
+    ev = parser.parse_args(["isolate", "eval", "--data", "phantom"])
+    sanity = parser.parse_args(["isolate", "sanity"])
+    base = parser.parse_args(["isolate", "baseline"])
+    assert (ev.count, sanity.count, base.count) == (16, 100, 400)
+    assert ev.method == "guided-gradcam" and sanity.method is None  # sanity compares every method by default
+    assert base.data == "eyepacs" and sanity.data is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["isolate", "eval"])  # --data is required there

@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from koch_explore import metrics
 from koch_explore.cli import main
-from koch_explore.detector import PRESETS, Detector, DetectorConfig, WeightsMismatchError, layer_names
-from koch_explore.detector_train import TrainConfig, augment, sampling_probabilities, severity_loss, train
-from koch_explore.phantom import write_phantom_dataset
+from koch_explore.core import stats as metrics
+from koch_explore.core.weights import WeightsMismatchError
+from koch_explore.data.phantom.generate import write_phantom_dataset
+from koch_explore.detect.model import PRESETS, Detector, DetectorConfig, layer_names
+from koch_explore.detect.train import (
+    TrainConfig,
+    augment,
+    sampling_probabilities,
+    severity_loss,
+    train,
+)
 
 SMALL = DetectorConfig(n=8, input_size=128, dense_units=64)
 
@@ -186,7 +193,7 @@ def test_referable_term_pulls_across_the_referable_cut_only():
 
 
 def test_autocast_default_follows_native_bf16():
-    from koch_explore.detector_train import bf16_is_native, resolve_amp
+    from koch_explore.core.runtime import bf16_is_native, resolve_amp
 
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
     if flags is not None and "flags" in flags:  # Linux on x86: the kernel names the bf16 units
@@ -198,7 +205,8 @@ def test_autocast_default_follows_native_bf16():
 
 
 def test_short_training_lowers_loss_and_resumes(tmp_path):
-    from koch_explore.detector_train import _load_phantom, predict_arrays
+    from koch_explore.data.graded import _load_phantom
+    from koch_explore.detect.predict import predict_arrays
 
     PRESETS["test-small"] = SMALL  # a small architecture keeps this test in seconds
     try:
@@ -232,7 +240,7 @@ def test_short_training_lowers_loss_and_resumes(tmp_path):
 def test_warm_start_from_another_input_size(tmp_path):
     from dataclasses import replace
 
-    from koch_explore.detector_train import warm_start
+    from koch_explore.detect.train import warm_start
 
     torch.manual_seed(3)
     src = Detector(SMALL).eval()
@@ -298,7 +306,7 @@ def test_ddp_two_cpu_processes_write_the_same_checkpoint_format(tmp_path):
 
 
 def test_paired_eye_blend_borrows_from_the_fellow_eye_only():
-    from koch_explore.metrics import fellow_eye_index, paired_eye_blend
+    from koch_explore.core.stats import fellow_eye_index, paired_eye_blend
 
     names = ["10_left", "10_right", "13_left", "aptos_abc", "15_right", "15_left"]
     assert fellow_eye_index(names).tolist() == [1, 0, 2, 3, 5, 4]
@@ -311,7 +319,7 @@ def test_paired_eye_blend_borrows_from_the_fellow_eye_only():
 
 
 def test_fellow_eye_weight_is_fit_where_the_fellow_eye_carries_the_disease():
-    from koch_explore.metrics import fit_pair_blend
+    from koch_explore.core.stats import fit_pair_blend
 
     rng = np.random.default_rng(0)
     patients = 400
@@ -331,7 +339,7 @@ def test_model_card_renders_the_fit_check_from_the_shipped_figures():
     import json
     from pathlib import Path
 
-    from koch_explore.detector_card import model_card
+    from koch_explore.detect.card import model_card
 
     fig = json.loads((Path(__file__).parents[1] / "koch_explore/weights/detector_eyepacs_256.json").read_text())
     card = model_card(fig, "cmd", "hw")  # JSON keys are strings: the card must still find the weight's AUC

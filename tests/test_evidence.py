@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from koch_explore.detector import Detector
-from koch_explore.evidence import METHODS, HealthyBaseline, explain
-from koch_explore.phantom import generate_phantom
-from koch_explore.sanity import input_dependence, randomized_copy, spearman
-from koch_explore.weights_io import WeightsMismatchError
+from koch_explore.core.stats import spearman
+from koch_explore.core.weights import WeightsMismatchError, resolve_weights
+from koch_explore.data.phantom.generate import generate_phantom
+from koch_explore.detect.model import Detector
+from koch_explore.evidence.base import METHODS, explain
+from koch_explore.evidence.baseline import HealthyBaseline
+from koch_explore.evidence.sanity import input_dependence, randomized_copy
 
-PHANTOM_WEIGHTS = "koch_explore/weights/detector_phantom_256.safetensors"
+PHANTOM_WEIGHTS = resolve_weights("detector", "phantom")  # a path: tests load it fresh
 
 
 # Measured: Grad-CAM (8x8 cells) and the plain gradient move little on this phantom; the others at
@@ -111,7 +113,7 @@ def test_randomized_copy_keeps_the_bottom_and_changes_the_top(detector):
 
 
 def test_sanity_report_runs_every_kind_of_method_on_a_fresh_detector():
-    from koch_explore.sanity import sanity_report
+    from koch_explore.evidence.sanity import sanity_report
 
     det = Detector.load(PHANTOM_WEIGHTS)  # fresh: no baseline cached yet
     eyes = np.stack([(generate_phantom(seed=200 + i, size=256).image * 255).astype(np.uint8) for i in range(4)])
@@ -128,7 +130,7 @@ def test_sanity_report_runs_every_kind_of_method_on_a_fresh_detector():
 
 @pytest.mark.parametrize("preset", ["o_O-256", "o_O-512"])
 def test_cam_layer_is_the_last_conv_with_cells_of_at_most_32_px(preset):
-    from koch_explore.evidence import cam_layer
+    from koch_explore.evidence.methods import cam_layer
 
     det = Detector(preset)
     assert cam_layer(det) == "conv11" and cam_layer(det, "conv5") == "conv5" and cam_layer(det, "dense2") == "conv11"
@@ -153,3 +155,62 @@ def test_each_method_explains_a_frozen_detector_under_no_grad(detector, method):
         for p in detector.parameters():
             p.requires_grad_(True)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(np.abs(want).max()))
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_is_a_class_that_leaves_no_hook_and_restores_the_mode(detector, name):
+    from koch_explore.evidence import EvidenceMethod, get_method
+
+    cls = get_method(name)
+    assert issubclass(cls, EvidenceMethod) and cls.name == name
+    ph = generate_phantom(seed=3, size=128, grade=3)
+    detector.train()  # the caller's mode must come back
+    try:
+        ev = cls(detector, "conv8" if name in ("gradcam", "guided-gradcam") else None)(ph.image)
+    finally:
+        training = detector.training
+        detector.eval()
+    assert training and _hooks(detector) == 0
+    assert ev.method == name and ev.maps.shape == (1, 128, 128) and np.isfinite(ev.maps).all() and (ev.maps >= 0).all()
+    assert ev.start == ("conv8" if name in ("gradcam", "guided-gradcam") else "dense2" if name.startswith("deconvnet") else None)
+
+
+def test_layer_capture_removes_its_hook_even_when_the_call_fails(detector):
+    from koch_explore.evidence import LayerCapture
+
+    with pytest.raises(RuntimeError):
+        with LayerCapture(detector, "conv11"):
+            raise RuntimeError("boom")
+    assert _hooks(detector) == 0
+    with pytest.raises(ValueError, match="unknown layer 'conv99'"):
+        LayerCapture(detector, "conv99")
+
+
+def test_gradcam_works_on_any_module_given_a_layer():
+    from koch_explore.evidence import GradCam
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 1), torch.nn.Flatten(0))
+    x = torch.zeros(2, 3, 16, 16)
+    x[:, :, 4:8, 4:8] = 1.0  # the only structure: the map must be zero away from it and its border
+    ev = GradCam(net, layer="1")(x)
+    assert ev.maps.shape == (2, 16, 16) and ev.start == "1" and _hooks(net) == 0
+    with pytest.raises(ValueError, match="needs a layer"):
+        GradCam(net)(x)
+
+
+def test_explain_is_the_registry_call_and_matches_the_class(detector):
+    from koch_explore.evidence import GuidedGradCam
+
+    ph = generate_phantom(seed=5, size=128, grade=2)
+    a = explain(detector, ph.image, "guided-gradcam", start="conv8").maps
+    b = GuidedGradCam(detector, layer="conv8")(ph.image).maps
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="unknown evidence method 'nope'"):
+        explain(detector, ph.image, "nope")

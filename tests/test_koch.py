@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from koch_explore.koch import KochConfig, default_setup, postulate_test
+from koch_explore.koch.hosts import default_setup
+from koch_explore.koch.test import KochConfig, koch_test
 
 KEYS = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
 
@@ -26,7 +27,7 @@ def embedded_setup():
 @pytest.fixture(scope="module")
 def report(embedded_setup):
     det, synth, bank, hosts = embedded_setup
-    return postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
+    return koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
 
 
 class NoiseSynthesizer:
@@ -71,7 +72,12 @@ def test_report_keys_and_ranges(report):
 
 
 def test_fov_rings_and_strength_terciles():
-    from koch_explore.koch import _fov_geometry, _region, _strength, _strength_edges
+    from koch_explore.koch.test import (
+        _fov_geometry,
+        _region,
+        _strength,
+        _strength_edges,
+    )
 
     yy, xx = np.mgrid[:256, :256]
     fov = (xx - 140) ** 2 + (yy - 120) ** 2 < 100**2  # an off-centre disc of radius 100
@@ -93,7 +99,7 @@ def test_fov_rings_and_strength_terciles():
 
 
 def test_placement_auc_ranks_the_map_at_placements_against_decoys():
-    from koch_explore.koch import _pooled_auc, _values_at
+    from koch_explore.koch.test import _pooled_auc, _values_at
 
     m = np.zeros((10, 20), np.float32)
     m[2, 15] = 0.9  # (x=15, y=2)
@@ -114,9 +120,9 @@ def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
 
 def test_deterministic_for_a_seed(embedded_setup, report):
     det, synth, bank, hosts = embedded_setup
-    again = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
+    again = koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
     assert again.to_json() == report.to_json()
-    other = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
+    other = koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
     assert other.severity != report.severity
 
 
@@ -124,11 +130,11 @@ def test_transplant_gives_the_detector_the_source_lesion(embedded_setup):
     import cv2
     import torch
 
-    from koch_explore.koch import _layouts, transplant
+    from koch_explore.koch.test import dose_layouts, transplant
 
     det, synth, bank, hosts = embedded_setup
     host = hosts[0]
-    layout = _layouts(bank, [4], host["fov"], seed=5, nested=True)[4]
+    layout = dose_layouts(bank, [4], host["fov"], seed=5, nested=True)[4]
     base = synth.synthesize(host["vessels"], host["fov"], None, seed=5)
     out = transplant(det, base, layout)
     assert out.shape == base.shape and out.dtype == np.float32
@@ -163,7 +169,7 @@ def test_transplant_control_is_reported_and_leaves_the_main_figures_alone(embedd
     assert list(j["control_hit_rate_by_count"]) == list(j["control_severity_by_count"]) == ["1", "2", "4", "8", "16"]
     # real lesions pasted into the healthy synthesis raise its severity too
     assert j["control_severity_by_count"]["16"] > j["severity_by_count"]["0"]
-    bare = postulate_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1, control=False), progress=False)
+    bare = koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1, control=False), progress=False)
     b = bare.to_json()
     assert b["control_hit_rate"] is None and b["control_hit_rate_by_count"] is None
     for k in ("hit_rate", "chance_hit_rate", "spurious_rate", "severity", "hit_rate_by_count"):
@@ -171,22 +177,22 @@ def test_transplant_control_is_reported_and_leaves_the_main_figures_alone(embedd
 
 
 def test_nested_layouts_only_add_lesions(embedded_setup):
-    from koch_explore.koch import COUNTS, _layouts
+    from koch_explore.koch.test import COUNTS, dose_layouts
 
     _, _, bank, hosts = embedded_setup
     fov = hosts[0]["fov"]
-    nested = _layouts(bank, COUNTS, fov, seed=3, nested=True)
+    nested = dose_layouts(bank, COUNTS, fov, seed=3, nested=True)
     assert nested[0] is None
     boxes = {n: [d.bbox for d in nested[n]] for n in COUNTS if n}
     for a, b in zip(COUNTS[1:], COUNTS[2:]):
         assert boxes[b][: len(boxes[a])] == boxes[a], (a, b)  # the larger dose contains the smaller
-    indep = _layouts(bank, COUNTS, fov, seed=3, nested=False)
+    indep = dose_layouts(bank, COUNTS, fov, seed=3, nested=False)
     assert [d.bbox for d in indep[4]] != boxes[16][:4]
 
 
 def test_broken_synthesizer_gives_low_hit_rate(embedded_setup, report):
     det, synth, bank, hosts = embedded_setup
-    broken = postulate_test(det, NoiseSynthesizer(synth.cfg.size), bank, hosts, config=KochConfig(trials=6, seed=1),
+    broken = koch_test(det, NoiseSynthesizer(synth.cfg.size), bank, hosts, config=KochConfig(trials=6, seed=1),
                             progress=False, vessel_model=False)
     # Noise gives big boxes that contain placements and decoys alike: the raw hit rate stays, the
     # part above chance and the severity rise vanish.
@@ -199,7 +205,7 @@ def test_broken_synthesizer_gives_low_hit_rate(embedded_setup, report):
 
 
 def test_report_html_is_self_contained(report, tmp_path):
-    from koch_explore.report import write_report
+    from koch_explore.koch.report import write_report
 
     path = write_report(report, tmp_path / "r", title="phantom")
     page = path.read_text()
@@ -235,19 +241,19 @@ def test_koch_test_cli_missing_weights(tmp_path, capsys):
 
 
 def test_reisolates_from_the_layer_the_bank_was_cultured_from(embedded_setup, report):
-    from koch_explore.descriptors import DescriptorBank
+    from koch_explore.culture.bank import DescriptorBank
 
     det, synth, bank, hosts = embedded_setup
     assert report.config["method"] == "guided-gradcam" and report.config["start"] == "conv8"  # the shipped bank's
     quick = dict(trials=1, seed=0, control=False)
     # Another method than the bank's does not inherit the bank's layer.
-    other = postulate_test(det, synth, bank, hosts, config=KochConfig(method="deconvnet", **quick), progress=False, vessel_model=False)
+    other = koch_test(det, synth, bank, hosts, config=KochConfig(method="deconvnet", **quick), progress=False, vessel_model=False)
     assert other.config["method"] == "deconvnet" and other.config["start"] == "dense2"
     dec = DescriptorBank(list(bank), detector_hash=bank.detector_hash, info={**bank.info, "method": "deconvnet", "start": "dense1"})
-    assert postulate_test(det, synth, dec, hosts, config=KochConfig(**quick), progress=False, vessel_model=False).config["start"] == "dense1"
+    assert koch_test(det, synth, dec, hosts, config=KochConfig(**quick), progress=False, vessel_model=False).config["start"] == "dense1"
     # The layer changes the maps, so it changes what is re-isolated.
-    own = postulate_test(det, synth, bank, hosts, config=KochConfig(**quick), progress=False, vessel_model=False)
-    coarse = postulate_test(det, synth, bank, hosts, config=KochConfig(start="conv11", **quick), progress=False, vessel_model=False)
+    own = koch_test(det, synth, bank, hosts, config=KochConfig(**quick), progress=False, vessel_model=False)
+    coarse = koch_test(det, synth, bank, hosts, config=KochConfig(start="conv11", **quick), progress=False, vessel_model=False)
     assert coarse.config["start"] == "conv11" and coarse.components_per_image != own.components_per_image
 
 
@@ -255,7 +261,7 @@ def test_reisolates_from_the_layer_the_bank_was_cultured_from(embedded_setup, re
 def test_unseen_hosts_are_healthy_held_out_photos_with_segmented_trees():
     from koch_explore.data.datasets import index_graded_images, patient_split
     from koch_explore.data.roots import resolve_data_root
-    from koch_explore.koch import unseen_hosts
+    from koch_explore.koch.hosts import unseen_hosts
 
     root = resolve_data_root()
     if root is None or not (root / "EyePACS").is_dir():
@@ -277,7 +283,7 @@ def test_unseen_hosts_are_healthy_held_out_photos_with_segmented_trees():
 
 def test_unseen_hosts_need_real_data_and_a_known_source(capsys):
     from koch_explore.cli import main
-    from koch_explore.koch import unseen_hosts
+    from koch_explore.koch.hosts import unseen_hosts
 
     with pytest.raises(ValueError, match="hosts 'drive'"):
         unseen_hosts("drive")

@@ -39,7 +39,7 @@ def text_of(nb: dict) -> str:
 
 
 def has_real(*datasets: str) -> bool:
-    from koch_explore.data import resolve_data_root
+    from koch_explore.data.roots import resolve_data_root
 
     root = resolve_data_root()
     return root is not None and all((root / d).is_dir() for d in datasets)
@@ -117,7 +117,7 @@ def test_isolate_notebook_phantom_section():
 
 @pytest.mark.slow
 def test_isolate_notebook_on_real_data_when_present():
-    from koch_explore.data import resolve_data_root
+    from koch_explore.data.roots import resolve_data_root
 
     root = resolve_data_root()
     if root is None or not (root / "EyePACS").is_dir() or not (root / "IDRiD_lesions").is_dir():

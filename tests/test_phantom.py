@@ -12,7 +12,7 @@ import pytest
 
 from koch_explore import cli
 from koch_explore.data.io import read_image, read_mask
-from koch_explore.phantom import (
+from koch_explore.data.phantom import (
     ALL_LESION_TYPES,
     LESION_COLOURS,
     LESION_TYPES,

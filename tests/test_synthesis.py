@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from koch_explore.descriptors import _gram
+from koch_explore.core.weights import WeightsMismatchError
+from koch_explore.culture.descriptor import _gram
 from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig
-from koch_explore.synthesis.losses import Placement, gram, pathological, retinal_detail, total_variation
+from koch_explore.synthesis.losses import (
+    Placement,
+    gram,
+    pathological,
+    retinal_detail,
+    total_variation,
+)
 from koch_explore.synthesis.synthesizer import LesionSynthesizer
-from koch_explore.weights_io import WeightsMismatchError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "koch_explore" / "weights"
 
@@ -128,7 +134,7 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path, capsys):
 
     from koch_explore.cli import main
     from koch_explore.data.io import read_image, write_image
-    from koch_explore.phantom import generate_phantom
+    from koch_explore.data.phantom.generate import generate_phantom
 
     ph = generate_phantom(seed=5, size=300, grade=0)
     write_image(tmp_path / "v.png", ph.vessels)
@@ -233,8 +239,13 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_reconstruct_mode_draws_each_photo_with_its_own_descriptors(tmp_path):
-    from koch_explore.descriptors import DescriptorBank
-    from koch_explore.synthesis.trainer import SynthTrainConfig, load_detector, reconstruct_set, train
+    from koch_explore.culture.bank import DescriptorBank
+    from koch_explore.synthesis.trainer import (
+        SynthTrainConfig,
+        load_detector,
+        reconstruct_set,
+        train,
+    )
 
     cfg = SynthTrainConfig(data="phantom", mode="reconstruct", bank_method="guided-backprop", bank_images=4, steps=2,
                            batch_size=1, out=str(tmp_path / "rec"), sample_every=0, num_threads=2)
@@ -281,7 +292,7 @@ def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_p
 
 
 def test_evidence_term_asks_each_placed_lesion_for_its_source_share_of_the_peak():
-    from koch_explore.descriptors import segment
+    from koch_explore.culture.segment import segment
     from koch_explore.synthesis.losses import evidence_term, fov_blur
 
     rng = np.random.default_rng(0)

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from koch_explore import metrics
 from koch_explore.cli import main
+from koch_explore.core.stats import roc_auc
+from koch_explore.core.weights import WeightsMismatchError
 from koch_explore.data.io import write_image
+from koch_explore.data.phantom import generate_phantom
 from koch_explore.data.roots import resolve_data_root
-from koch_explore.detector import Detector, DetectorConfig
-from koch_explore.phantom import generate_phantom
+from koch_explore.detect.model import Detector, DetectorConfig
 from koch_explore.vessels import (
     PatchSampler,
+    PixelScores,
     VesselConfig,
     VesselSegmenter,
     VesselTrainConfig,
-    WeightsMismatchError,
     best_f1_threshold,
-    pixel_auc,
     split_items,
     train,
     vessel_loss,
@@ -152,7 +152,12 @@ def test_pixel_auc_and_best_threshold_are_exact():
     rng = np.random.default_rng(0)
     labels = rng.random(5000) < 0.15
     scores = np.round(np.clip(rng.normal(0.3 + 0.3 * labels, 0.2), 0, 1), 2).astype(np.float32)  # many ties
-    assert pixel_auc(labels, scores) == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-12)
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+    collected = PixelScores()
+    collected.add(scores, labels, np.ones_like(labels))
+    assert collected.report(0.5)["auc"] == pytest.approx(pairs / (pos.size * neg.size), abs=1e-12)
+    assert collected.report(0.5)["auc"] == roc_auc(labels, scores)
     t, f1 = best_f1_threshold(labels, scores)
     brute = []
     for cut in np.unique(scores)[:-1]:
@@ -280,13 +285,12 @@ def _drive_root() -> Path:
 @pytest.mark.real_data
 def test_real_drive_geometry_and_shipped_weights():
     from koch_explore.data.datasets import VesselSegmentation
-    from koch_explore.vessels import DEFAULT_WEIGHTS, evaluate
+    from koch_explore.vessels import evaluate, load_vessels
 
     ds = VesselSegmentation("DRIVE", "test", root=_drive_root())
     item = ds[0]
     prob, binary = VesselSegmenter(TINY).segment(item["image"], item["fov"])
     assert prob.shape == binary.shape == item["fov"].shape == (584, 565)
     assert not prob[~item["fov"]].any()
-    if DEFAULT_WEIGHTS.is_file():
-        rep = evaluate(VesselSegmenter.load_default(), [ds[i] for i in range(2)])
-        assert rep["auc"] > 0.95 and rep["f1"] > 0.7
+    rep = evaluate(load_vessels(), [ds[i] for i in range(2)])
+    assert rep["auc"] > 0.95 and rep["f1"] > 0.7

@@ -10,8 +10,9 @@ import pytest
 
 W = pytest.importorskip("ipywidgets")
 
-from koch_explore.koch import WEIGHTS, shipped_models  # noqa: E402
-from koch_explore.phantom import generate_phantom  # noqa: E402
+from koch_explore.core.weights import resolve_weights
+from koch_explore.data.phantom.generate import generate_phantom
+from koch_explore.koch.hosts import shipped_models
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def live_widgets() -> int:
 
 
 def test_threshold_explorer_counts_change_and_nothing_grows(sick):
-    from koch_explore.descriptors import segment
     from koch_explore.widgets import ThresholdExplorer
+
+    from koch_explore.culture.segment import segment
 
     ev = sum(m.astype(np.float32) for m in sick.lesions.values())
     n0 = live_widgets()
@@ -74,8 +76,9 @@ def test_layer_browser_projects_from_any_start(phantom_models, sick):
 
 
 def test_lesion_picker_click_toggle_save_load(phantom_models, sick, tmp_path):
-    from koch_explore.descriptors import DescriptorBank
     from koch_explore.widgets import LesionPicker
+
+    from koch_explore.culture.bank import DescriptorBank
 
     det, _, bank = phantom_models
     lp = LesionPicker(det, sick.image.astype(np.float32), method=bank.info.get("method", "deconvnet"))
@@ -98,8 +101,9 @@ def test_lesion_picker_click_toggle_save_load(phantom_models, sick, tmp_path):
 
 
 def test_descriptor_placer_place_rotate_count_synthesize(phantom_models):
-    from koch_explore.synthesis.trainer import SynthTrainConfig, healthy_set
     from koch_explore.widgets import DescriptorPlacer
+
+    from koch_explore.synthesis.trainer import SynthTrainConfig, healthy_set
 
     det, synth, bank = phantom_models
     host = healthy_set(SynthTrainConfig(data="phantom"), synth.cfg.size)[0]
@@ -129,10 +133,11 @@ def test_descriptor_placer_place_rotate_count_synthesize(phantom_models):
 
 @pytest.mark.slow
 def test_synth_trainer_pause_resume_and_retrain(phantom_models, tmp_path):
-    from koch_explore.synthesis.trainer import SynthTrainConfig
     from koch_explore.widgets import SynthTrainer
 
-    bank_file = WEIGHTS / "synth_phantom_256.bank.safetensors"
+    from koch_explore.synthesis.trainer import SynthTrainConfig
+
+    bank_file = resolve_weights("bank", "phantom")
     cfg = SynthTrainConfig(data="phantom", steps=40, batch_size=1, bank=str(bank_file), out=str(tmp_path / "run"),
                            sample_every=0, num_threads=2)
     tr = SynthTrainer(cfg, preview_every=2)

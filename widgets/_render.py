@@ -11,7 +11,7 @@ import base64
 import cv2
 import numpy as np
 
-from koch_explore.plotting import colourise, mosaic, to_uint8  # shared with the HTML report
+from koch_explore.plotting import colourise, mosaic, to_uint8
 
 __all__ = ["to_uint8", "encode", "data_url", "colourise", "svg_view", "mosaic", "close_widgets"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from koch_explore.deconvnet import ActivationNetwork
-from koch_explore.descriptors import _as_image_tensor
+from koch_explore.core.images import as_image_batch
+from koch_explore.evidence.deconvnet import ActivationNetwork
 
 from ._render import close_widgets, colourise, encode, mosaic, to_uint8
 
@@ -45,7 +45,7 @@ class LayerBrowser:
         import ipywidgets as W
 
         self.net = ActivationNetwork(detector)
-        self.x = _as_image_tensor(image[None] if np.ndim(image) == 3 else image)[:1].to(next(detector.parameters()).device)
+        self.x = as_image_batch(image[None] if np.ndim(image) == 3 else image)[:1].to(next(detector.parameters()).device)
         self.image = to_uint8(self.x[0].permute(1, 2, 0).cpu().numpy())
         names = [n for n in detector.layer_names if n != "norm"]
         self.start_dropdown = W.Dropdown(options=names, value=start, description="start layer")

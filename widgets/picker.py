@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from koch_explore.descriptors import DEFAULT_THRESHOLD, DescriptorBank, _as_image_tensor, isolate
-from koch_explore.evidence import DEFAULT_METHOD, explain
+from koch_explore.core.images import as_image_batch
+from koch_explore.culture.bank import DescriptorBank
+from koch_explore.culture.isolate import isolate
+from koch_explore.culture.segment import DEFAULT_THRESHOLD
+from koch_explore.evidence.base import DEFAULT_METHOD, explain
 
 from ._render import close_widgets, colourise, encode, mosaic, to_uint8
 
@@ -34,10 +36,10 @@ class LesionPicker:
         import plotly.graph_objects as go
 
         self.detector = detector
-        x = _as_image_tensor(image[None] if np.ndim(image) == 3 else image)[:1].to(next(detector.parameters()).device)
+        x = as_image_batch(image[None] if np.ndim(image) == 3 else image)[:1].to(next(detector.parameters()).device)
         self.image = to_uint8(x[0].permute(1, 2, 0).cpu().numpy())
         ev = explain(detector, x, method)
-        self.candidates = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
+        self.candidates = isolate(ev, images=x, detector=detector,
                                   threshold=threshold, fov=fov, image_ids=[image_id], require_disease=False, min_share=float("nan"))[0]
         self.method = method
         self.selected: list[int] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from koch_explore.descriptors import DescriptorBank
+from koch_explore.culture.bank import DescriptorBank
 from koch_explore.synthesis.synthesizer import random_layout
 
 from ._render import close_widgets, encode, to_uint8

@@ -13,7 +13,13 @@ import time
 import cv2
 import numpy as np
 
-from koch_explore.descriptors import DEFAULT_THRESHOLD, Segmentation, cut_components, default_min_area, segment
+from koch_explore.culture.segment import (
+    DEFAULT_THRESHOLD,
+    Segmentation,
+    cut_components,
+    default_min_area,
+    segment,
+)
 
 from ._render import close_widgets, data_url, svg_view, to_uint8
 

@@ -129,9 +129,9 @@ class SynthTrainer:
     def _draw(self, ema) -> None:
         import cv2
 
-        from koch_explore.plotting import _plt
+        from koch_explore.plotting import pyplot
 
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(4.2, 2.6))
         keys = [k for k in ("g", "d", "adv", "detail", "path", "style", "vessel") if any(k in r for r in self.history)]
         for k in keys:
@@ -148,7 +148,7 @@ class SynthTrainer:
         plt.close(fig)
         self.curves.value = encode(np.ascontiguousarray(rgba[..., :3]))
         if self.preview_host is not None:
-            from koch_explore.synthesis import LesionSynthesizer
+            from koch_explore.synthesis.synthesizer import LesionSynthesizer
 
             synth = LesionSynthesizer(ema)
             h = self.preview_host

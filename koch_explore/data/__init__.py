@@ -6,8 +6,21 @@ torch ``Dataset`` classes live in :mod:`koch_explore.data.datasets` and are impo
 
 from .check import DatasetStatus, check_all, check_dataset
 from .io import FundusReadError, read_image, read_mask, read_raw, write_image
-from .manifests import DatasetManifest, ManifestError, get_manifest, load_manifests, manifests_dir
-from .preprocess import crop_to_fov, estimate_fov, pad_to_square, prepare_fundus, prepare_mask, resize
+from .manifests import (
+    DatasetManifest,
+    ManifestError,
+    get_manifest,
+    load_manifests,
+    manifests_dir,
+)
+from .preprocess import (
+    crop_to_fov,
+    estimate_fov,
+    pad_to_square,
+    prepare_fundus,
+    prepare_mask,
+    resize,
+)
 from .roots import ENV_VAR, candidate_roots, dataset_dir, resolve_data_root
 
 __all__ = [

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
+
+import tomllib
 
 ENV_VAR = "KOCH_MANIFESTS"
 ID_FIELD = "{id}"

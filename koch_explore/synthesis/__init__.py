@@ -5,6 +5,6 @@ One concept per file: :mod:`.generator` (U-Net), :mod:`.discriminator`, :mod:`.l
 """
 
 from .generator import Generator, GeneratorConfig
-from .synthesizer import LesionSynthesizer, random_layout
+from .synthesizer import LesionSynthesizer, load_synthesizer, random_layout
 
-__all__ = ["Generator", "GeneratorConfig", "LesionSynthesizer", "random_layout"]
+__all__ = ["Generator", "GeneratorConfig", "LesionSynthesizer", "load_synthesizer", "random_layout"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .generator import GeneratorConfig, _down
+from .generator import GeneratorConfig, down_block
 
 __all__ = ["Discriminator"]
 
@@ -24,7 +24,7 @@ class Discriminator(nn.Module):
         widths = [cfg.ndf * m for m in (1, 2, 4, 8, 16)]
         layers, cin = [], 4
         for i, w in enumerate(widths):
-            layers.append(_down(cin, w, norm=i > 0))
+            layers.append(down_block(cin, w, norm=i > 0))
             cin = w
         self.features = nn.Sequential(*layers)
         side = cfg.size // 32

@@ -122,7 +122,7 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     from .synthesizer import random_layout
 
     if vessel_model is None:
-        from ..vessels import load_default as load_vessels
+        from ..vessels import load_vessels
 
         vessel_model = load_vessels()
     real = np.stack([h["image"] for h in hosts])

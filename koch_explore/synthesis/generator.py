@@ -3,7 +3,7 @@ placed lesion descriptors (after the AAAI/JBHI papers, see ../shared/docs/METHOD
 
 * encoder on the vessel tree + FOV mask: ``depth`` stride-2 4x4 convs (widths ``ngf`` x 1, 2, 4, 8,
   8, 8), BatchNorm, leaky ReLU 0.2;
-* the descriptor canvases of :meth:`~koch_explore.descriptors.DescriptorBank.render` (the detector's
+* the descriptor canvases of :meth:`~koch_explore.culture.DescriptorBank.render` (the detector's
   feature patches pasted where lesions are placed, plus the placement mask) are concatenated to the
   encoder features of the same grid — ``conv2`` at 1/2, ``conv5`` at 1/8 for the detector presets;
 * noise ``z`` (``z_dim``, 400 in the papers) -> linear -> a 64-channel map at the bottleneck;
@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["Generator", "GeneratorConfig", "canvas_tensors"]
 
@@ -63,7 +62,7 @@ class GeneratorConfig:
         return level
 
 
-def _down(cin: int, cout: int, norm: bool = True) -> nn.Sequential:
+def down_block(cin: int, cout: int, norm: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1, bias=not norm)]
     if norm:
         layers.append(nn.BatchNorm2d(cout))
@@ -99,7 +98,7 @@ class Generator(nn.Module):
         self.down = nn.ModuleList()
         cin = 2
         for i in range(cfg.depth):
-            self.down.append(_down(cin, w[i], norm=i > 0))
+            self.down.append(down_block(cin, w[i], norm=i > 0))
             cin = skip_ch[i]  # the next level sees the injected canvases too
         self.bottleneck = cfg.size // (2**cfg.depth)
         self.z_fc = nn.Linear(cfg.z_dim, cfg.z_channels * self.bottleneck**2)
@@ -139,7 +138,7 @@ class Generator(nn.Module):
 
 
 def canvas_tensors(layout, cfg: GeneratorConfig, device=None) -> dict[str, torch.Tensor]:
-    """The generator's canvases (1, C + 1, h, w) from a :class:`~koch_explore.descriptors.RenderedLayout`
+    """The generator's canvases (1, C + 1, h, w) from a :class:`~koch_explore.culture.RenderedLayout`
     (feature canvas + layer placement mask; zeros for a layer the layout lacks)."""
     out = {}
     for name, ch in cfg.canvas_channels.items():

@@ -243,9 +243,9 @@ def pathological(fake: dict[str, torch.Tensor], placements: Sequence[Placement],
 
 def fov_blur(maps: torch.Tensor, fov: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (B, H, W) maps normalised by the blurred FOV, zero outside it — the torch
-    twin of :func:`koch_explore.descriptors.segment`'s cv2 blur (same 4-sigma radius and border, so
+    twin of :func:`koch_explore.culture.segment`'s cv2 blur (same 4-sigma radius and border, so
     both agree to float precision; nothing bleeds in from the black frame)."""
-    from ..detector import gaussian_blur
+    from ..core.geometry import gaussian_blur
 
     m = fov.to(maps.dtype).reshape(maps.shape[0], 1, *maps.shape[-2:])
     blur = lambda a: gaussian_blur(a, sigma, truncate=4.0, border="reflect")  # noqa: E731
@@ -256,7 +256,7 @@ def evidence_term(maps: torch.Tensor, fov: torch.Tensor, placements: Sequence[Pl
     """Mean squared shortfall of each placed lesion's evidence from its source's.
 
     ``maps`` (B, H, W): differentiable evidence of the synthetic images (see
-    :class:`koch_explore.deconvnet.DifferentiableEvidence`). Each map is blurred within the FOV
+    :class:`koch_explore.evidence.DifferentiableEvidence`). Each map is blurred within the FOV
     (``sigma``: isolation's blur) and divided by its maximum, the scale isolation cuts at; a placed
     lesion scores the mean of that under its mask and is asked for at least its descriptor's
     ``score`` (what it scored where it was found, >= the cut it passed)."""

@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..weights_io import check_config, load_state_strict, read_weights, save_weights
+from ..core.geometry import boxes_overlap
+from ..core.weights import (
+    check_config,
+    load_state_strict,
+    read_weights,
+    resolve_weights,
+    save_weights,
+)
 from .generator import Generator, GeneratorConfig, canvas_tensors
 
 __all__ = ["LesionSynthesizer", "random_layout", "layout_placements", "layout_severity_share"]
@@ -32,7 +39,7 @@ def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 
     """``count`` descriptors drawn from ``bank`` (with replacement when ``count > len(bank)``), each
     moved to a random position whose snapped centroid lies inside ``fov`` and whose box stays inside
     the FOV's bounding box and overlaps no earlier placement (when ``tries`` allow)."""
-    from ..descriptors import DescriptorBank, _overlaps
+    from ..culture.bank import DescriptorBank
 
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -57,7 +64,7 @@ def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 
             if not (fov[y0:y1, x0:x1][cand.mask].mean() > 0.95):
                 continue  # the lesion must lie inside the FOV, not on the black frame
             best = best or cand
-            if not any(_overlaps(cand.bbox, o.bbox) for o in placed):
+            if not any(boxes_overlap(cand.bbox, o.bbox) for o in placed):
                 best = cand
                 break
         if best is not None:
@@ -113,7 +120,7 @@ class LesionSynthesizer:
         """One fundus (S, S, 3) float32 in [0, 1]. ``layout``: a placed :class:`DescriptorBank`, a
         :class:`RenderedLayout`, or None (no lesion: the healthy synthesis). ``z`` defaults to a
         normal draw from ``seed``."""
-        from ..descriptors import DescriptorBank
+        from ..culture.bank import DescriptorBank
 
         s = self.cfg.size
         v, f = np.asarray(vessels, np.float32), np.asarray(fov, bool)
@@ -121,7 +128,7 @@ class LesionSynthesizer:
             raise ValueError(f"vessels {v.shape} and fov {f.shape} must both be ({s}, {s}) for this generator")
         if isinstance(layout, DescriptorBank):
             if self.detector_hash and layout.detector_hash and layout.detector_hash != self.detector_hash:
-                from ..descriptors import BankMismatchError
+                from ..culture.bank import BankMismatchError
 
                 raise BankMismatchError("the descriptors were cut with other detector weights than this synthesizer was trained with")
             layout = layout.render((s, s), layers=list(self.cfg.canvas_channels), fov=f) if len(layout) else None
@@ -161,3 +168,65 @@ class LesionSynthesizer:
         load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path, "lesion synthesizer")
         extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
         return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)
+
+
+def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu") -> LesionSynthesizer:
+    """A synthesizer by shipped name ("real", the default; "deconvnet"; "phantom") or from a user's
+    safetensors file (see :data:`koch_explore.core.weights.SHIPPED`); its bank: :func:`~koch_explore.culture.load_bank`
+    with the same name."""
+    return LesionSynthesizer.load(resolve_weights("synthesizer", name_or_path), map_location=device)
+
+
+def placed_from_json(bank, layout: list[dict]):
+    """A placed :class:`DescriptorBank` from ``[{"index", "to", "rotate", "scale"}]``."""
+    from ..culture.bank import DescriptorBank
+
+    out = []
+    for k, item in enumerate(layout):
+        try:
+            d = bank[int(item["index"])]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ValueError(f"layout entry {k}: needs an 'index' into the bank of {len(bank)} ({exc})") from exc
+        if item.get("scale", 1.0) != 1.0:
+            d = d.scaled(float(item["scale"]))
+        if item.get("rotate", 0.0):
+            d = d.rotated(float(item["rotate"]))
+        if "to" in item:
+            d = d.relocated(tuple(float(v) for v in item["to"]))
+        out.append(d)
+    return DescriptorBank(out, detector_hash=bank.detector_hash, info=dict(bank.info))
+
+
+def synthesize_files(weights, vessels_path, fov_path, bank=None, layout=None, count: int = 4, seed: int = 0,
+                     colour_reference=None) -> tuple[np.ndarray, int]:
+    """(fundus (S, S, 3) in [0, 1], lesions placed) from image files: a vessel tree and FOV mask of any
+    size, a bank (shipped name or file; None: a healthy synthesis), a layout JSON file
+    (``[{"index", "to", "rotate", "scale"}]``; None: ``count`` random placements) and optionally a photo
+    whose Lab colour statistics the result takes (the paper's Fig. 10)."""
+    import json
+
+    from ..culture.bank import load_bank
+    from ..data.io import read_image, read_mask
+    from ..data.preprocess import prepare_fundus, prepare_mask
+    from .colour import transfer_colour
+
+    synth = load_synthesizer(weights)
+    size = synth.cfg.size
+    fov_full = read_mask(fov_path, allow_empty=False)
+    ves_full = read_mask(vessels_path)
+    if ves_full.shape != fov_full.shape:
+        raise ValueError(f"{vessels_path}: vessel tree {ves_full.shape} and FOV {fov_full.shape} differ in size")
+    fov = prepare_mask(fov_full, fov_full, size)
+    ves = prepare_mask(ves_full, fov_full, size) & fov
+    placed = None
+    if bank is not None:
+        descriptors = load_bank(bank)
+        if layout:
+            placed = placed_from_json(descriptors, json.loads(Path(layout).read_text()))
+        else:
+            placed = random_layout(descriptors, count, fov, seed=seed)
+    image = synth.synthesize(ves.astype(np.float32), fov, placed, seed=seed)
+    if colour_reference:
+        ref, ref_fov = prepare_fundus(read_image(colour_reference), size, path=colour_reference)
+        image = transfer_colour(image, fov, ref, ref_fov)
+    return image, 0 if placed is None else len(placed)

@@ -34,9 +34,27 @@ import torch
 
 from .discriminator import Discriminator
 from .generator import Generator, GeneratorConfig, canvas_tensors
-from .losses import (SEVERITY_TARGETS, DetectorFeatures, LossWeights, VesselConsistency, adversarial_d, adversarial_g,
-                     evidence_term, global_style, gram, pathological, retinal_detail, severity_term, total_variation)
-from .synthesizer import LesionSynthesizer, layout_placements, layout_severity_share, random_layout
+from .losses import (
+    SEVERITY_TARGETS,
+    DetectorFeatures,
+    LossWeights,
+    VesselConsistency,
+    adversarial_d,
+    adversarial_g,
+    evidence_term,
+    global_style,
+    gram,
+    pathological,
+    retinal_detail,
+    severity_term,
+    total_variation,
+)
+from .synthesizer import (
+    LesionSynthesizer,
+    layout_placements,
+    layout_severity_share,
+    random_layout,
+)
 
 PRESETS = {
     "cpu-256": dict(size=256, ngf=32, ndf=32),
@@ -88,10 +106,9 @@ class SynthTrainConfig:
     """Diseased eyes the descriptor bank is isolated from."""
     bank_method: str = "deconvnet"
     """Evidence method the bank is isolated with (see ``koch_explore.evidence.METHODS``); stored in
-    the bank, and the Koch test re-isolates with the same one. The paper's deconvnet, which the
-    shipped real synthesizer was trained with (isolation's own default is guided Grad-CAM since it
-    passed the sanity checks). On 256 px phantoms the deconvnet map is one blob covering ~40% of the
-    fundus, so phantom runs use guided backprop."""
+    the bank, and the Koch test re-isolates with the same one. The default is the paper's deconvnet;
+    the shipped real synthesizer was fine-tuned on a guided Grad-CAM (``conv8``) bank and phantom runs
+    use guided backprop, which cuts single phantom lesions (docs/findings/evidence.md#phantom-isolation)."""
     bank_start: str = "dense2"
     """Where the bank's evidence starts: the deconvnet's start layer, or Grad-CAM's conv for the
     Grad-CAM methods (a layer that is no conv, like the default, leaves Grad-CAM on its own default
@@ -105,14 +122,13 @@ class SynthTrainConfig:
     severity plus the placed lesions' severity shares (what each added in its source eye), squared
     error; "floor" — at least that much (no penalty above it). Healthy syntheses match their host's
     severity in both. The shares are an additive estimate that undershoots the detector's response
-    to many lesions: "match" flattened the rise from 8 to 16 lesions (+0.17 instead of +0.30) and the
-    Koch test's per-host rho fell from 0.95 to 0.84 (measured, 2.7k fine-tuning steps each). In
+    to many lesions, so "match" flattens the dose response (docs/findings/synthesizer.md#severity-target). In
     reconstruct mode the photo already holds its lesions: its own severity is the target."""
     ema_decay: float = 0.999
     d_warmup: int = 200
     """Fine-tuning (``init``) only: discriminator-only steps first. A fresh discriminator's first
     verdicts are noise, and a generator that listens to them loses in a few hundred steps what it
-    learned (measured: stripes and colour casts by step 200). At most a quarter of ``steps``;
+    learned (docs/findings/synthesizer.md#d-warmup). At most a quarter of ``steps``;
     ignored when training from scratch."""
     sample_every: int = 250
     checkpoint_minutes: float = 5.0
@@ -124,13 +140,9 @@ class SynthTrainConfig:
 def load_detector(data: str, path: str | None = None):
     """The detector descriptors and losses use: ``path``, else the shipped weights for ``data``
     (the phantom-trained detector for phantom data, the EyePACS one otherwise)."""
-    from ..detector import Detector, load_default
+    from ..detect.model import load_detector as load
 
-    if path:
-        return Detector.load(path)
-    if data == "phantom":
-        return Detector.load(Path(__file__).resolve().parents[1] / "weights" / "detector_phantom_256.safetensors")
-    return load_default()
+    return load(path or ("phantom" if data == "phantom" else None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +153,7 @@ def load_detector(data: str, path: str | None = None):
 def healthy_set(cfg: SynthTrainConfig, size: int) -> list[dict]:
     """[{"image" (S,S,3) float32, "vessels" (S,S) float32, "fov" (S,S) bool, "name"}]."""
     if cfg.data == "phantom":
-        from ..phantom import generate_phantom
+        from ..data.phantom import generate_phantom
 
         out, seed = [], 2_000_000
         while len(out) < 24:
@@ -164,13 +176,12 @@ def healthy_set(cfg: SynthTrainConfig, size: int) -> list[dict]:
 
 def build_bank(cfg: SynthTrainConfig, detector, size: int):
     """Descriptors isolated from diseased training eyes with the default isolation settings."""
-    from ..descriptors import DescriptorBank, explain, isolate
-    from ..evidence import used_start
-    from ..isolation_eval import assign_types
+    from ..culture import DescriptorBank, assign_types, isolate
+    from ..evidence import explain, used_start
 
     rng = np.random.default_rng(cfg.seed)
     if cfg.data == "phantom":
-        from ..phantom import generate_phantom
+        from ..data.phantom import generate_phantom
 
         imgs, names, truth = [], [], []
         for k in range(cfg.bank_images):
@@ -180,9 +191,9 @@ def build_bank(cfg: SynthTrainConfig, detector, size: int):
             truth.append(ph.lesions)
         images = np.stack(imgs)
     else:
-        from ..detector_train import TrainConfig, load_graded
+        from ..data.graded import graded_eyes
 
-        train = load_graded(TrainConfig(root=cfg.root, aptos=False), size, splits=("train",))["train"]
+        train = graded_eyes("train", size, root=cfg.root, aptos=False)
         sick = np.flatnonzero(train.grades >= 2)
         pick = np.sort(rng.choice(sick, size=min(cfg.bank_images, len(sick)), replace=False))
         images, names = train.images[pick], [train.names[i] for i in pick]
@@ -192,7 +203,7 @@ def build_bank(cfg: SynthTrainConfig, detector, size: int):
     for s in range(0, len(images), 8):
         x = torch.from_numpy(images[s : s + 8]).permute(0, 3, 1, 2).float().div(255).contiguous()
         ev = explain(detector, x, cfg.bank_method, start=cfg.bank_start)
-        found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
+        found = isolate(ev, images=x, detector=detector,
                         image_ids=names[s : s + 8])
         if cfg.data == "phantom":  # exact truth: each descriptor gets the lesion type under it
             found = [assign_types(ds, truth[s + j]) for j, ds in enumerate(found)]
@@ -206,7 +217,7 @@ def _default_style_reference(cfg: SynthTrainConfig, bank):
     from collections import Counter
 
     if cfg.data == "phantom":
-        from ..phantom import generate_phantom
+        from ..data.phantom import generate_phantom
 
         return np.clip(generate_phantom(3_999_999, size=PRESETS[cfg.preset]["size"], grade=4).image, 0, 1).astype(np.float32)
     from ..data.roots import resolve_data_root
@@ -224,15 +235,15 @@ def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
     """JBHI mode's data: (hosts with their own placed ``layout``, the union bank). Each DR photo is
     prepared to ``size``, its tree comes from the shipped vessel segmenter, and its descriptors are
     isolated from it with ``cfg.bank_method`` (they stay where they were found)."""
+    from ..culture import DescriptorBank, isolate
     from ..data.io import read_image
     from ..data.preprocess import prepare_fundus
-    from ..descriptors import DescriptorBank, explain, isolate
-    from ..evidence import used_start
-    from ..vessels import load_default as load_vessels
+    from ..evidence import explain, used_start
+    from ..vessels import load_vessels
 
     photos = []
     if cfg.data == "phantom":
-        from ..phantom import generate_phantom
+        from ..data.phantom import generate_phantom
 
         rng = np.random.default_rng(cfg.seed)
         for k in range(min(cfg.bank_images, 24)):
@@ -246,7 +257,7 @@ def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
         for p in files:
             img, fov = prepare_fundus(read_image(p), size, path=p)
             photos.append((img.astype(np.float32), fov.astype(bool), p.stem))
-    vessel_model = load_vessels(device)
+    vessel_model = load_vessels(device=device)
     hosts, bank = [], DescriptorBank(detector_hash=detector.weights_hash(),
                                      info={"built_by": "synth train (reconstruct)", "data": cfg.data, "method": cfg.bank_method,
                                            "start": used_start(detector, cfg.bank_method, cfg.bank_start)})
@@ -254,7 +265,7 @@ def reconstruct_set(cfg: SynthTrainConfig, detector, size: int, device="cpu"):
         chunk = photos[s : s + 8]
         x = torch.from_numpy(np.stack([c[0] for c in chunk])).permute(0, 3, 1, 2).contiguous().to(device)
         ev = explain(detector, x, cfg.bank_method, start=cfg.bank_start)
-        found = isolate(ev.projection if ev.projection is not None else ev.maps, images=x, detector=detector,
+        found = isolate(ev, images=x, detector=detector,
                         fov=np.stack([c[1] for c in chunk]), image_ids=[c[2] for c in chunk])
         for (img, fov, name), ds in zip(chunk, found):
             # the same size limit as build_bank: whole-FOV evidence is no lesion
@@ -310,8 +321,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm.auto import tqdm
 
-    from ..descriptors import DescriptorBank
-    from ..detector_train import atomic_torch_save, setup_distributed
+    from ..core.runtime import atomic_torch_save, setup_distributed
+    from ..culture import DescriptorBank
 
     if cfg.mode not in ("inoculate", "reconstruct"):
         raise ValueError(f"mode {cfg.mode!r}: 'inoculate' or 'reconstruct'")
@@ -339,9 +350,9 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     feats = DetectorFeatures(detector, sorted(set(cfg.detail_layers) | set(layers)))
     vessel_term = None
     if cfg.weights.vessel > 0:
-        from ..vessels import load_default as load_vessels
+        from ..vessels import load_vessels
 
-        vessel_term = VesselConsistency(load_vessels(device))
+        vessel_term = VesselConsistency(load_vessels(device=device))
 
     bank_path = out / "bank.safetensors"
     if cfg.mode == "reconstruct":
@@ -351,12 +362,12 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     else:
         hosts = healthy_set(cfg, gcfg.size)
     if cfg.bank and main and not (resume and bank_path.exists()):
-        from ..descriptors import _bank_paths
-
         import shutil
 
+        from ..culture.bank import bank_paths
+
         bank_path.parent.mkdir(parents=True, exist_ok=True)
-        for src, dst in zip(_bank_paths(cfg.bank), _bank_paths(bank_path)):
+        for src, dst in zip(bank_paths(cfg.bank), bank_paths(bank_path)):
             shutil.copyfile(src, dst)
     if cfg.mode == "reconstruct":
         bank = own_bank
@@ -370,8 +381,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         raise ValueError("the descriptor bank is empty: no lesion isolated from the diseased training eyes")
     evidence_net = None
     if cfg.weights.evidence > 0 and cfg.loss == "descriptors":
-        from ..deconvnet import DifferentiableEvidence
-        from ..descriptors import default_blur_sigma
+        from ..evidence import DifferentiableEvidence, default_blur_sigma
 
         # the evidence the bank was cultured with, which the Koch test re-isolates with
         evidence_net = DifferentiableEvidence(detector, str(bank.info.get("method") or cfg.bank_method),

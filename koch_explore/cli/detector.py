@@ -1,0 +1,125 @@
+"""``koch-explore detector train | eval | predict``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .config import add_config_arguments, config_from_args
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("detector", help="train, evaluate and run the DR detector (postulate 1)")
+    dsub = p.add_subparsers(dest="detector_command", metavar="ACTION")
+
+    from ..detect.train import TrainConfig
+
+    t = dsub.add_parser("train", help="train on EyePACS (+APTOS) or phantom grades; resumable; torchrun-ready")
+    add_config_arguments(t, TrainConfig)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--export", default=None, help="copy the best weights here when done (safetensors)")
+    t.set_defaults(func=_train)
+
+    e = dsub.add_parser("eval", help="grade a folder of images against a label CSV; prints JSON with --json")
+    e.add_argument("--images", required=True, help="folder of images (matched to labels by file stem)")
+    e.add_argument("--labels", required=True, help="CSV with image,level (EyePACS) or id_code,diagnosis (APTOS)")
+    e.add_argument("--weights", default=None, help="detector safetensors (default: shipped EyePACS weights)")
+    e.add_argument("--tta", action="store_true", help="average the 8 flips/90-degree rotations")
+    e.add_argument("--pair-blend", type=float, default=0.0,
+                   help="blend each eye's severity with its fellow eye's (<id>_left/_right in the folder): "
+                        "(1-W)*s + W*s_fellow, W in [0, 0.5]; default 0 (off)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_eval)
+
+    pr = dsub.add_parser("predict", help="print severity and grade per image")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--weights", default=None)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_predict)
+    c = dsub.add_parser("card", help="measure weights on the validation splits and write their model card")
+    c.add_argument("--weights", required=True)
+    c.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
+    c.add_argument("--out", default=None, help="card path (default: the weights path with .md)")
+    c.add_argument("--command", default="koch-explore detector train --data eyepacs", help="training command for the card")
+    c.add_argument("--hardware", default=None, help="hardware the weights were trained on (default: this machine)")
+    c.add_argument("--no-tta", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the figures as JSON")
+    c.set_defaults(func=_card)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _train(args) -> int:
+    from ..detect.train import TrainConfig, train
+
+    cfg = config_from_args(TrainConfig, args)
+    best = train(cfg, resume=args.resume)
+    if args.export and best.get("epoch"):
+        import shutil
+
+        shutil.copyfile(Path(cfg.out) / "best.safetensors", args.export)
+    print(json.dumps({k: v for k, v in best.items() if k != "score"}, default=float))
+    return 0
+
+
+def _load(weights, device):
+    from ..core.runtime import resolve_device
+    from ..detect import load_detector
+
+    dev = resolve_device(device)
+    return load_detector(weights, dev), dev
+
+
+def _eval(args) -> int:
+    from ..data.io import FundusReadError
+    from ..detect.predict import evaluate_folder
+
+    try:
+        model, dev = _load(args.weights, args.device)
+        rep = evaluate_folder(model, args.images, args.labels, dev, tta=args.tta, pair_blend=args.pair_blend)
+    except (FileNotFoundError, ValueError, FundusReadError) as exc:
+        print(f"detector eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        print(f"n={rep['n']} qwk={rep['qwk']:.3f} accuracy={rep['accuracy']:.3f} auc_referable={rep['auc_referable']:.3f}")
+        print("confusion (rows true 0-4, cols predicted):")
+        for row in rep["confusion"]:
+            print("  " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def _predict(args) -> int:
+    from ..data.io import FundusReadError
+    from ..detect.predict import predict_files
+
+    try:
+        model, dev = _load(args.weights, args.device)
+        rows = predict_files(model, args.images, dev)
+    except (FileNotFoundError, ValueError, FundusReadError) as exc:
+        print(f"detector predict: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['image']}\tseverity {r['severity']:.2f}\tgrade {r['grade']} ({r['grade_name']})")
+    return 0
+
+
+def _card(args) -> int:
+    from ..detect.card import evaluate_weights, hardware_string, model_card
+
+    fig = evaluate_weights(args.weights, args.root, tta=not args.no_tta)
+    out = Path(args.out) if args.out else Path(args.weights).with_suffix(".md")
+    out.parent.mkdir(parents=True, exist_ok=True)  # minutes of measuring must not die on a missing folder
+    out.write_text(model_card(fig, args.command, args.hardware or hardware_string()))
+    (out.with_suffix(".json")).write_text(json.dumps(fig, indent=1, default=float))
+    if args.json:
+        print(json.dumps(fig, default=float))
+    else:
+        print(f"wrote {out}")
+    return 0

@@ -1,0 +1,87 @@
+"""``koch-explore koch-test`` and ``koch-explore report``: postulate 4 on the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..culture.segment import DEFAULT_THRESHOLD, parse_threshold
+from ..koch.hosts import HOSTS
+from ..koch.test import KochConfig
+
+
+def _common(p) -> None:
+    p.add_argument("--data", default="auto", choices=["auto", "real", "embedded", "phantom"],
+                   help="real: DRIVE + CHASE_DB1 hosts, EyePACS descriptors; embedded: the same models on skimage's "
+                        "retina photo (no data needed); phantom: phantom detector/synthesizer; auto: real when found, else embedded")
+    p.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
+    p.add_argument("--trials", type=int, default=KochConfig.trials, help="hosts inoculated (default %(default)s)")
+    p.add_argument("--hosts", default="trees", choices=HOSTS,
+                   help="real data's healthy hosts: trees = DRIVE + CHASE_DB1 with manual trees (the synthesizer's training "
+                        "hosts); eyepacs-val / aptos-val = grade-0 photos of the held-out validation split, trees from "
+                        "the vessel segmenter (no shipped model trained on them)")
+    p.add_argument("--host-count", type=int, default=68, help="photos drawn for --hosts eyepacs-val/aptos-val (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default=None, help="evidence method used to re-isolate (default: the bank's own)")
+    p.add_argument("--detector", default=None, help="detector: a shipped name or safetensors (default: the shipped one for --data)")
+    p.add_argument("--weights", default=None, help="synthesizer: a shipped name (real, deconvnet, phantom) or safetensors (default: the shipped one for --data)")
+    p.add_argument("--bank", default=None, help="descriptor bank: a shipped name or safetensors (default: the one shipped with the synthesizer)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--start", default=None,
+                   help="layer the evidence starts from: the deconvnet's start, Grad-CAM's conv "
+                        "(default: the bank's own when --method is the bank's, else dense2)")
+    p.add_argument("--threshold", type=parse_threshold, default=None,
+                   help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own, else "
+                        f"{DEFAULT_THRESHOLD})")
+    p.add_argument("--independent-layouts", action="store_true",
+                   help="draw an independent layout per count instead of the nested dose series")
+    p.add_argument("--no-control", action="store_true",
+                   help="skip the transplant control (the same layouts pasted into the healthy synthesis as the real lesions)")
+
+
+def add_cli(sub) -> None:
+    k = sub.add_parser("koch-test", help="postulate 4: re-isolate inoculated lesions; hit rate and severity vs count")
+    _common(k)
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+    k.set_defaults(func=_koch_test)
+    r = sub.add_parser("report", help="run the Koch test and write an offline HTML report")
+    _common(r)
+    r.add_argument("--out", required=True, help="folder for index.html and report.json")
+    r.set_defaults(func=_report)
+
+
+def _run(args):
+    """(report, data) for a CLI call; (None, None) after printing a clear error."""
+    from ..core.runtime import resolve_device
+    from ..koch import default_setup, koch_test
+
+    try:
+        det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
+                                                      resolve_device(args.device), args.hosts, args.host_count)
+        cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start,
+                         nested=not args.independent_layouts, control=not args.no_control)
+        return koch_test(det, synth, bank, hosts, config=cfg), data
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return None, None
+
+
+def _koch_test(args) -> int:
+    rep, data = _run(args)
+    if rep is None:
+        return 2
+    hosts = args.hosts if data == "real" else None
+    print(json.dumps(rep.cli_json(data, hosts)) if args.json else rep.summary(data, hosts))
+    return 0
+
+
+def _report(args) -> int:
+    from ..koch.report import write_report
+
+    rep, data = _run(args)
+    if rep is None:
+        return 2
+    hosts = f", {args.hosts} hosts" if data == "real" and args.hosts != "trees" else ""
+    path = write_report(rep, args.out, title=f"Koch report — {data} data{hosts}")
+    print(f"report written to {path}")
+    return 0

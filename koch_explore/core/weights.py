@@ -1,0 +1,135 @@
+"""Shipped-weights I/O shared by every model: safetensors written atomically, read strictly.
+
+Why strict: a partial load (some tensors missing or of another shape) runs and silently explains
+a different network. Every failure raises :class:`WeightsMismatchError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+class WeightsMismatchError(ValueError):
+    """Weights that do not belong to this architecture (or are not weights of this kind at all)."""
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, str], metadata: dict | None = None) -> Path:
+    """Write ``tensors`` and a string header (``metadata`` values JSON-encoded unless strings)
+    to ``path`` via a temporary file and ``os.replace``: a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta.update(header)
+    tmp = p.with_name(p.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, p)
+    return p
+
+
+def read_weights(path: str | os.PathLike, fmt: str, version: int, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header of a file written by :func:`save_weights` with header ``format=fmt``."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: {what} weights not found")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a bad header
+        raise WeightsMismatchError(f"{p}: not a readable safetensors file ({exc})") from exc
+    if meta.get("format") != fmt:
+        raise WeightsMismatchError(f"{p}: not koch-explore {what} weights (format={meta.get('format')!r})")
+    if meta.get("format_version") != str(version):
+        raise WeightsMismatchError(f"{p}: {what} weights format version {meta.get('format_version')}, expected {version}")
+    if "config" not in meta:
+        raise WeightsMismatchError(f"{p}: no architecture config in the header")
+    return tensors, meta
+
+
+def check_config(path, cfg, expect) -> None:
+    """Raise naming every field where the stored architecture ``cfg`` differs from ``expect``."""
+    if expect is None or cfg == expect:
+        return
+    diffs = [f"{k}={getattr(cfg, k)!r} (expected {getattr(expect, k)!r})" for k in asdict(cfg) if getattr(cfg, k) != getattr(expect, k)]
+    raise WeightsMismatchError(f"{path}: architecture differs from the expected one: " + ", ".join(diffs))
+
+
+def load_state_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | os.PathLike, what: str) -> None:
+    """``load_state_dict`` that names the file and every missing, unexpected or misshapen tensor;
+    stored dtypes (fp16) are cast to the module's."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if extra:
+            parts.append(f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:5]}")
+        raise WeightsMismatchError(f"{source}: weights do not fit this {what} architecture: " + "; ".join(parts))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry of shipped weights: name -> file (+ its model card beside it)
+# ---------------------------------------------------------------------------------------------
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+"""Where the shipped weights and their model cards live (inside the installed package)."""
+
+SHIPPED: dict[str, dict[str, str]] = {
+    "detector": {
+        "eyepacs": "detector_eyepacs_256.safetensors",  # o_O-256 on EyePACS + APTOS (the default)
+        "phantom": "detector_phantom_256.safetensors",  # o_O-256 on phantoms (exact lesion truth)
+    },
+    "vessels": {
+        "drive": "vessels_drive.safetensors",  # U-Net on the 20 DRIVE training images
+    },
+    "synthesizer": {
+        "real": "synth_cpu256.safetensors",  # DRIVE/CHASE hosts, guided Grad-CAM (conv8) bank (the default)
+        "deconvnet": "synth_cpu256_deconvnet.safetensors",  # the first version: the paper's deconvnet bank
+        "phantom": "synth_phantom_256.safetensors",  # phantom hosts and bank (embedded data only)
+    },
+    "bank": {
+        "real": "synth_cpu256.bank.safetensors",
+        "deconvnet": "synth_cpu256_deconvnet.bank.safetensors",
+        "phantom": "synth_phantom_256.bank.safetensors",
+    },
+}
+"""kind -> shipped name -> file in :data:`WEIGHTS_DIR`. A bank shares its synthesizer's name."""
+
+DEFAULT_NAMES = {"detector": "eyepacs", "vessels": "drive", "synthesizer": "real", "bank": "real"}
+
+
+def resolve_weights(kind: str, name_or_path: str | os.PathLike | None = None) -> Path:
+    """The file for a shipped ``name`` of ``kind`` (None: the default), or ``name_or_path`` itself
+    when it is not a shipped name (a user's own file: it must exist)."""
+    if kind not in SHIPPED:
+        raise ValueError(f"unknown weights kind {kind!r}; one of {sorted(SHIPPED)}")
+    key = DEFAULT_NAMES[kind] if name_or_path is None else name_or_path
+    if isinstance(key, str) and key in SHIPPED[kind]:
+        return WEIGHTS_DIR / SHIPPED[kind][key]
+    p = Path(key)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no {kind} weights file (shipped {kind} names: {', '.join(SHIPPED[kind])})")
+    return p
+
+
+def model_card(kind: str, name: str | None = None) -> Path:
+    """The model card (Markdown: data, command, seed, hardware, measured figures) of a shipped
+    ``kind``/``name``; a bank's card is its synthesizer's."""
+    stem = resolve_weights(kind, name).name.split(".")[0]
+    return WEIGHTS_DIR / f"{stem}.md"

@@ -1,0 +1,41 @@
+"""Postulate 2 ("culture"): lesions cut out of the evidence map as reusable *pathological descriptors*.
+
+Read in this order:
+
+* :mod:`.segment`    -- the cut: blur -> normalise -> threshold (a fraction of the peak, or Otsu) -> components
+* :mod:`.isolate`    -- each component becomes a :class:`Descriptor` (features, Gram matrices, severity share)
+* :mod:`.descriptor` -- one lesion and its geometry: move, rotate, scale (patches copied, not resampled)
+* :mod:`.bank`       -- :class:`DescriptorBank`: select, place, count, render to canvases, save atomically
+* :mod:`.evaluate`   -- scoring isolation against lesion truth (phantoms, IDRiD)
+"""
+
+from .bank import (
+           BankFormatError,
+           BankMismatchError,
+           DescriptorBank,
+           RenderedLayout,
+           load_bank,
+)
+from .descriptor import Descriptor
+from .evaluate import (
+           Lesion,
+           PointingResult,
+           assign_types,
+           evaluate_isolation,
+           lesion_instances,
+           pointing_game,
+)
+from .isolate import DEFAULT_MIN_SHARE, default_feature_layers, isolate
+from .segment import (
+           DEFAULT_THRESHOLD,
+           Segmentation,
+           cut_components,
+           default_min_area,
+           parse_threshold,
+           segment,
+)
+
+__all__ = ["BankFormatError", "BankMismatchError", "DEFAULT_MIN_SHARE", "DEFAULT_THRESHOLD", "Descriptor", "DescriptorBank",
+           "Lesion", "PointingResult", "RenderedLayout", "Segmentation", "assign_types", "cut_components",
+           "default_feature_layers", "default_min_area", "evaluate_isolation", "isolate", "lesion_instances", "load_bank",
+           "parse_threshold", "pointing_game", "segment"]

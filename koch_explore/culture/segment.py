@@ -1,0 +1,119 @@
+"""Postulate 2, the cut: an evidence map -> blurred, normalised, thresholded -> connected components.
+
+:func:`segment` follows the paper's widget: Gaussian blur (sigma ~ 10 px at 512, scaled with the
+side) -> divide by the maximum inside the field of view -> threshold (a fixed fraction, default 0.1,
+or Otsu on the FOV pixels) -> 8-connected components -> drop the small ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..core.geometry import Box
+from ..evidence.base import default_blur_sigma
+
+DEFAULT_THRESHOLD = 0.1
+"""Default cut, as a fraction of the blurred map's maximum inside the FOV, chosen on phantoms
+(docs/findings/evidence.md#default-threshold): a low cut keeps the weaker lesions' evidence, and the
+filters of :func:`~koch_explore.culture.isolate.isolate`, not the cut, reject what is not evidence of disease."""
+
+
+def parse_threshold(text: str) -> str | float:
+    """A threshold from text: "otsu" or a fraction in [0, 1] (a clear error otherwise)."""
+    if text == "otsu":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"threshold must be 'otsu' or a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {v}")
+    return v
+
+
+parse_threshold.__name__ = "threshold"  # argparse names the type in its error message
+
+
+def default_min_area(image_size: int | tuple[int, int]) -> int:
+    """16 px at 256 (a 4x4 patch), scaled with the image area: smaller components are
+    threshold crumbs of the blurred map, not lesions."""
+    side = max(image_size) if isinstance(image_size, tuple) else image_size
+    return max(4, int(round(16 * (side / 256.0) ** 2)))
+
+
+@dataclass
+class Segmentation:
+    """One image's isolation steps (what :func:`~koch_explore.plotting.isolation_steps` draws)."""
+
+    evidence: np.ndarray
+    """(H, W) the input map as given."""
+    blurred: np.ndarray
+    """(H, W) blurred, divided by its maximum inside the FOV, zero outside: in [0, 1]."""
+    threshold: float
+    """The cut applied to ``blurred`` (Otsu's or the given fraction)."""
+    mask: np.ndarray
+    """(H, W) bool: the kept components."""
+    labels: np.ndarray
+    """(H, W) int32: 0 background, 1..K the kept components in ``boxes`` order."""
+    boxes: list[Box]
+    areas: list[int]
+    centroids: list[tuple[float, float]]
+    fov: np.ndarray
+
+
+def segment(evidence, fov=None, threshold: str | float = DEFAULT_THRESHOLD, blur_sigma: float | None = None, min_area: int | None = None) -> Segmentation:
+    """Blur -> normalise -> threshold -> 8-connected components -> drop those under ``min_area``."""
+    ev = np.asarray(evidence, dtype=np.float32)
+    if ev.ndim != 2:
+        raise ValueError(f"segment takes one (H, W) map, got shape {ev.shape}")
+    h, w = ev.shape
+    fov = np.ones((h, w), bool) if fov is None else np.asarray(fov, bool)
+    if fov.shape != (h, w):
+        raise ValueError(f"FOV mask {fov.shape} does not match the map {(h, w)}")
+    sigma = default_blur_sigma((h, w)) if blur_sigma is None else float(blur_sigma)
+    min_area = default_min_area((h, w)) if min_area is None else int(min_area)
+    # A normalised blur, blur(map * fov) / blur(fov): nothing bleeds in from the black frame and
+    # the rim is not darkened, so evidence near the FOV edge is not cut by the threshold.
+    src = np.where(fov, np.nan_to_num(ev, nan=0.0), 0.0).astype(np.float32)
+    if sigma > 0:
+        weight = cv2.GaussianBlur(fov.astype(np.float32), (0, 0), sigma)
+        blurred = cv2.GaussianBlur(src, (0, 0), sigma) / np.maximum(weight, 1e-6)
+    else:
+        blurred = src.copy()
+    peak = float(blurred[fov].max()) if fov.any() else 0.0
+    blurred = np.where(fov, blurred / peak, 0.0).astype(np.float32) if peak > 0 else np.zeros_like(blurred)
+
+    if isinstance(threshold, str):
+        if threshold != "otsu":
+            raise ValueError(f"threshold must be 'otsu' or a number in [0, 1], got {threshold!r}")
+        values = np.round(blurred[fov] * 255).astype(np.uint8).reshape(1, -1)
+        t = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0] if values.size else 255.0
+        cut = (t + 0.5) / 255.0  # cv2 keeps the 8-bit values above t
+    else:
+        cut = float(threshold)
+        if not 0.0 <= cut <= 1.0:
+            raise ValueError(f"a fixed threshold is a fraction of the maximum in [0, 1], got {cut}")
+    return cut_components(blurred, fov, cut, min_area, evidence=ev)
+
+
+def cut_components(blurred: np.ndarray, fov: np.ndarray, cut: float, min_area: int, evidence: np.ndarray | None = None) -> Segmentation:
+    """The second half of :func:`segment` on an already blurred, normalised map: keep
+    ``blurred > cut`` inside the FOV, 8-connected components of at least ``min_area`` pixels.
+    Widgets call it alone when only the threshold moves."""
+    binary = ((blurred > cut) & fov).astype(np.uint8)
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    keep = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area]
+    relabel = np.zeros(n, np.int32)
+    relabel[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    labels = relabel[labels]
+    boxes, areas, centroids = [], [], []
+    for k in keep:
+        x, y, bw, bh, area = (int(v) for v in stats[k])
+        boxes.append((x, y, x + bw, y + bh))
+        areas.append(area)
+        centroids.append((float(cents[k, 0]), float(cents[k, 1])))
+    ev = blurred if evidence is None else evidence
+    return Segmentation(ev, blurred, float(cut), labels > 0, labels, boxes, areas, centroids, fov)

@@ -1,0 +1,313 @@
+"""Training the detector on image-level grades (EyePACS, optionally + APTOS; or phantoms for tests).
+
+One loop, single process or under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA). What it does,
+after o_O and what was measured on this machine (../shared/docs/CALIBRATION.md):
+
+* images are held in memory as uint8 at the training size and augmented in batches on the
+  device (rotation 0-360, flips, zoom, translation, brightness/contrast inside the FOV);
+* each epoch samples with replacement from class weights that move from balanced toward
+  ``final_class_weights`` x natural frequencies (o_O annealed the same way) so the rare severe
+  grades are learned early without a biased final calibration;
+* MSE on the grade, AdamW with warm-up and cosine decay, an EMA of the weights (BN buffers too)
+  that is what gets validated and shipped - validation QWK jumps +-0.1 between epochs otherwise;
+* validation on a patient-disjoint split: thresholds fit for QWK, plus a split-half QWK (cuts fit
+  on half the patients, scored on the other half) that selects the checkpoint;
+* ``last.pt`` is written atomically every epoch (and every ``checkpoint_minutes``), ``--resume``
+  continues from it; the best EMA weights are exported as safetensors with their figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.runtime import EMA, atomic_torch_save, resolve_amp, setup_distributed
+from ..data.graded import GradedArrays, load_graded
+from .model import Detector
+from .predict import evaluate_split, to_tensor
+
+
+@dataclass
+class TrainConfig:
+    data: str = "eyepacs"
+    """"eyepacs" (real photos under the data root) or "phantom" (generated, for tests/quickstart)."""
+    root: str | None = None
+    """Data root (default: KOCH_DATA, ../shared/data, ./data)."""
+    preset: str = "o_O-256"
+    """Detector preset (see detector.PRESETS)."""
+    out: str = "runs/detector"
+    """Run folder: last.pt, best.safetensors, history.json."""
+    epochs: int = 40
+    batch_size: int = 32
+    """Global batch size (split over DDP ranks)."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    val_fraction: float = 0.15
+    """Share of *patients* held out for validation."""
+    split_seed: int = 0
+    seed: int = 0
+    aptos: bool = True
+    """Add APTOS 2019 (train part) to training; its validation part is always reported."""
+    balance_epochs: float = 12.0
+    """Epochs over which sampling moves from class-balanced to final_class_weights x natural."""
+    final_class_weights: tuple[float, ...] = (1.0, 2.0, 2.0, 2.0, 2.0)
+    ema_decay: float = 0.998
+    amp: bool | None = None
+    """bf16 autocast. Default (unset): on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX),
+    off on other CPUs, where PyTorch emulates it (measured: docs/findings/detector.md#bf16)."""
+    device: str = "auto"
+    phantom_count: int = 400
+    """Images generated for --data phantom."""
+    phantom_size: int = 256
+    max_minutes: float | None = None
+    """Stop cleanly (checkpoint written) after this many minutes of training."""
+    checkpoint_minutes: float = 10.0
+    resample: str = "bilinear"
+    """Interpolation of the augmentation's rotation/zoom/shift: "bilinear" or "bicubic". Every training
+    image is resampled, and resampling blurs the one- and two-pixel lesions a 256 px photo has
+    (measured: docs/findings/detector.md#resample)."""
+    referable_weight: float = 0.0
+    """Weight of a logistic term on the severity against the referable cut (grade >= 2) added to the
+    MSE (see :func:`severity_loss`). MSE spends as much effort separating grade 3 from 4 as 1 from 2;
+    this term puts extra weight on the one cut a screening programme acts on (measured:
+    docs/findings/detector.md#referable-weight)."""
+    eval_tta: bool = False
+    """8x flip/rotation test-time augmentation in per-epoch validation (slower)."""
+    num_threads: int | None = None
+    init: str | None = None
+    """Warm start: detector safetensors whose weights (BN statistics included) initialise the
+    model and its EMA; the schedule starts fresh (a warm restart, useful to extend a finished run).
+    It may come from another input size of the same architecture (see :func:`warm_start`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation (batched, on the training device)
+# ---------------------------------------------------------------------------------------------
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, resample: str = "bilinear") -> torch.Tensor:
+    """Random rotation (0-360), flip, zoom (1/1.15-1.15), translation (+-4%), brightness and
+    contrast, applied inside the FOV so the black frame stays black (the model finds its FOV
+    from it)."""
+    b = x.shape[0]
+    dev = x.device
+    r = lambda *s: torch.rand(*s, generator=gen).to(dev)
+    theta = r(b) * 2 * math.pi
+    zoom = torch.exp((r(b) * 2 - 1) * math.log(1.15))
+    flip = torch.where(r(b) < 0.5, -1.0, 1.0).to(dev)
+    tx, ty = (r(b) * 2 - 1) * 0.04, (r(b) * 2 - 1) * 0.04
+    cos, sin = torch.cos(theta) / zoom, torch.sin(theta) / zoom
+    mat = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(mat, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode=resample, padding_mode="zeros", align_corners=False)
+    fov = (x.amax(dim=1, keepdim=True) > 0.04).to(x.dtype)
+    contrast = (0.75 + 0.5 * r(b, 1, 1, 1))
+    bright = (r(b, 1, 1, 1) * 2 - 1) * 0.08
+    colour = 1.0 + (r(b, 3, 1, 1) * 2 - 1) * 0.06
+    mean = (x * fov).sum(dim=(2, 3), keepdim=True) / fov.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+    x = ((x - mean) * contrast + mean + bright) * colour
+    return (x.clamp(0, 1) * fov).contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def sampling_probabilities(grades: np.ndarray, epoch: float, cfg: TrainConfig) -> np.ndarray:
+    k = 5
+    counts = np.bincount(grades, minlength=k).astype(np.float64)
+    present = counts > 0
+    balanced = np.where(present, 1.0 / np.maximum(counts, 1), 0.0)
+    final = np.array(cfg.final_class_weights[:k], dtype=np.float64) * present
+    p_bal = balanced[grades] / balanced[grades].sum()
+    p_fin = final[grades] / final[grades].sum()
+    a = min(1.0, epoch / cfg.balance_epochs) if cfg.balance_epochs > 0 else 1.0
+    return (1 - a) * p_bal + a * p_fin
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def warm_start(model: Detector, path) -> Detector:
+    """Copy the weights (BatchNorm statistics and grade cuts included) of the detector file ``path``
+    into ``model``. The file may have been trained at another input size: with the global RMS-pool
+    head no weight depends on it, which is how o_O grew its nets (128 -> 256 -> 512 px) and how a
+    256 px net is warm-started at 384 px. Any other architecture difference is an error naming it."""
+    from dataclasses import replace
+
+    from ..core.weights import check_config
+
+    src = Detector.load(path)
+    check_config(path, replace(src.cfg, input_size=model.cfg.input_size), model.cfg)
+    model.load_state_strict(src.state_dict(), source=path)
+    return model
+
+
+def severity_loss(pred: torch.Tensor, grades: torch.Tensor, referable_weight: float = 0.0) -> torch.Tensor:
+    """MSE of the severity against the grade, plus ``referable_weight`` x the logistic loss of
+    2 (severity - 1.5) against grade >= 2. The slope 2 makes a severity one grade past the cut a
+    logit of 2 (p = 0.88), so the term stops pulling once an eye sits clearly on its side and
+    leaves the rest of the scale to the MSE."""
+    pred = pred.float()
+    loss = F.mse_loss(pred, grades)
+    if referable_weight:
+        referable = (grades >= 2).float()
+        loss = loss + referable_weight * F.binary_cross_entropy_with_logits(2.0 * (pred - 1.5), referable)
+    return loss
+
+
+def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False) -> dict:
+    """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
+    the best validation figures. DDP-aware."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from tqdm.auto import tqdm
+
+    if cfg.resample not in ("bilinear", "bicubic"):
+        raise ValueError(f"resample={cfg.resample!r}: 'bilinear' or 'bicubic'")
+    world, rank, device = setup_distributed(cfg.device)
+    # The effective switch goes into the checkpoint, history and card, not "unset".
+    cfg = replace(cfg, amp=resolve_amp(cfg.amp, device))
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    main = rank == 0
+    out = Path(cfg.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    model = Detector(cfg.preset)
+    if cfg.init:
+        warm_start(model, cfg.init)
+        if main:
+            print(f"initialised from {cfg.init}", flush=True)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    size = model.cfg.input_size
+    if data is None:
+        data = load_graded(cfg, size)
+    train_arr = data["train"]
+    ema = EMA(model, cfg.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train_arr.grades) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    start_epoch, step, history, best = 0, 0, [], {"score": -1.0}
+
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists() and resume:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck["config"]["preset"] != cfg.preset:
+            raise ValueError(f"{ckpt_path}: checkpoint was trained with preset {ck['config']['preset']}, not {cfg.preset}")
+        model.load_state_dict(ck["model"])
+        ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
+        opt.load_state_dict(ck["opt"])
+        start_epoch, step = ck["epoch"], ck["step"]
+        history, best = json.loads(ck["history"]), json.loads(ck["best"])
+        if main:
+            print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}", flush=True)
+
+    net = DDP(model) if world > 1 else model
+    amp = cfg.amp
+    t_start = time.time()
+    last_ckpt = time.time()
+
+    def checkpoint(epoch: int):
+        state = {
+            "model": model.state_dict(),
+            "ema": ema.state,
+            "opt": opt.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "history": json.dumps(history),
+            "best": json.dumps(best),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        }
+        atomic_torch_save(state, ckpt_path)
+
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        probs = sampling_probabilities(train_arr.grades, epoch, cfg)
+        idx = rng.choice(len(train_arr.grades), size=steps_per_epoch * cfg.batch_size, p=probs)
+        per_rank = cfg.batch_size // world
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, mininterval=5)
+        for s in bar:
+            batch = idx[s * cfg.batch_size : (s + 1) * cfg.batch_size][rank::world][:per_rank]
+            x = augment(to_tensor(train_arr.images[batch], device), gen, cfg.resample)
+            y = torch.from_numpy(train_arr.grades[batch]).float().to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = net(x)
+            loss = severity_loss(pred, y, cfg.referable_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # Early EMA follows the weights closely, later it averages over ~1/(1-decay) steps.
+            ema.update(model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            losses.append(loss.item())
+            if main:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            if main and (time.time() - last_ckpt) > cfg.checkpoint_minutes * 60:
+                checkpoint(epoch)  # mid-epoch: resume restarts this epoch, weights kept
+                last_ckpt = time.time()
+            if cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60:
+                stopped = True
+                break
+        if stopped and main:
+            checkpoint(epoch)
+            print(f"stopped after {cfg.max_minutes} min at epoch {epoch + 1}, step {step}; --resume continues", flush=True)
+            break
+        if main:
+            ema_model = Detector(cfg.preset).to(device)
+            ema_model.load_state_dict(ema.state)
+            rec = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)), "minutes": (time.time() - t_start) / 60}
+            rep, _ = evaluate_split(ema_model, data["val"], device, cfg.eval_tta, amp)
+            rec["val"] = rep
+            if "aptos_val" in data:
+                rec["aptos_val"], _ = evaluate_split(ema_model, data["aptos_val"], device, cfg.eval_tta, amp)
+            score = rep["qwk_split_half"] + 0.5 * rep["auc_referable"]
+            history.append(rec)
+            msg = f"epoch {epoch + 1}: loss {rec['train_loss']:.3f} val qwk {rep['qwk']:.3f} (split-half {rep['qwk_split_half']:.3f}) auc {rep['auc_referable']:.3f}"
+            if "aptos_val" in rec:
+                msg += f" | aptos qwk {rec['aptos_val']['qwk']:.3f}"
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch + 1, "val": rep, "aptos_val": rec.get("aptos_val")}
+                ema_model.thresholds.copy_(torch.tensor(rep["thresholds"]))
+                ema_model.save(out / "best.safetensors", metadata=_card_metadata(cfg, best))
+                msg += "  * best"
+            print(msg, flush=True)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            checkpoint(epoch + 1)
+            last_ckpt = time.time()
+        if world > 1:
+            dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return best
+
+
+def _card_metadata(cfg: TrainConfig, best: dict) -> dict:
+    return {
+        "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "best_epoch": best["epoch"],
+        "val": {k: best["val"][k] for k in ("n", "qwk", "qwk_split_half", "accuracy", "auc_referable")},
+        "aptos_val": None if not best.get("aptos_val") else {k: best["aptos_val"][k] for k in ("n", "qwk", "auc_referable")},
+    }

@@ -1,0 +1,44 @@
+"""Postulate 1, the evidence: which pixels made the detector grade an eye as it did.
+
+* :mod:`.base`      -- :class:`Evidence`, the :class:`EvidenceMethod` base, the registry, :func:`explain`
+* :mod:`.methods`   -- the methods (guided Grad-CAM, the default; the paper's deconvnet; Grad-CAM, ...)
+* :mod:`.deconvnet` -- the Zeiler-Fergus activation network, hook-free
+* :mod:`.baseline`  -- the healthy population's activation (for ``deconvnet-excess``)
+* :mod:`.sanity`    -- do the maps depend on the image, and on what the network learned?
+"""
+
+from .base import (
+                   DEFAULT_METHOD,
+                   METHODS,
+                   Evidence,
+                   EvidenceMethod,
+                   LayerCapture,
+                   default_blur_sigma,
+                   evidence_maps,
+                   explain,
+                   get_method,
+                   register,
+                   used_start,
+)
+from .baseline import HealthyBaseline
+from .deconvnet import ActivationNetwork, DifferentiableEvidence
+from .methods import (
+                   PROJECTION_METHODS,
+                   Deconvnet,
+                   DeconvnetExcess,
+                   GradCam,
+                   Gradient,
+                   GradientXInput,
+                   GuidedBackprop,
+                   GuidedGradCam,
+                   Occlusion,
+                   RandomMap,
+                   cam_layer,
+                   projection_map,
+)
+from .sanity import sanity_report
+
+__all__ = ["ActivationNetwork", "DEFAULT_METHOD", "Deconvnet", "DeconvnetExcess", "DifferentiableEvidence", "Evidence",
+           "EvidenceMethod", "GradCam", "Gradient", "GradientXInput", "GuidedBackprop", "GuidedGradCam", "HealthyBaseline",
+           "LayerCapture", "METHODS", "Occlusion", "PROJECTION_METHODS", "RandomMap", "cam_layer", "default_blur_sigma",
+           "evidence_maps", "explain", "get_method", "projection_map", "register", "sanity_report", "used_start"]

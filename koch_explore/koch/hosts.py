@@ -1,0 +1,119 @@
+"""The hosts of the Koch test: healthy fundi to inoculate, and the shipped models that go with them.
+
+"real": the 68 DRIVE + CHASE_DB1 photos with manual vessel trees (the shipped synthesizer's training
+hosts), or held-out grade-0 photos no shipped model trained on; "embedded": ``skimage.data.retina()``
+(no data needed); "phantom": grade-0 phantoms with the phantom-trained models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..culture.bank import load_bank
+from ..data.embedded import retina_photo
+from ..data.graded import GradedData, graded_split
+from ..data.io import read_image
+from ..data.preprocess import prepare_fundus
+from ..data.roots import resolve_data_root
+from ..detect.model import load_detector
+from ..synthesis.synthesizer import load_synthesizer
+from ..synthesis.trainer import SynthTrainConfig, healthy_set
+from ..vessels import load_vessels
+
+SETUPS = {
+    # data: shipped names of (detector, synthesizer and its bank), see koch_explore.core.weights.SHIPPED
+    "real": ("eyepacs", "real"),
+    "phantom": ("phantom", "phantom"),
+}
+SETUPS["embedded"] = SETUPS["real"]  # the shipped real models on the CC0 photo inside scikit-image
+
+
+def embedded_hosts(size: int = 256) -> list[dict]:
+    """One real healthy host that needs no data: ``skimage.data.retina()`` (CC0, inside the wheel),
+    prepared to ``size``, its tree from the shipped vessel segmenter."""
+    img, fov = retina_photo(size)
+    _, tree = load_vessels().segment(img, fov)
+    return [{"image": img, "vessels": tree.astype(np.float32), "fov": fov, "name": "skimage-retina"}]
+
+
+UNSEEN_HOSTS = {"eyepacs-val": "EyePACS", "aptos-val": "APTOS2019"}
+"""Held-out host sets (see :data:`HOSTS`) -> the graded dataset whose validation split they come from."""
+HOSTS = ("trees", *UNSEEN_HOSTS)
+"""Healthy hosts of the real setup: "trees", the 68 DRIVE + CHASE_DB1 photos with manual trees (the shipped
+synthesizer's own training hosts); "eyepacs-val" / "aptos-val", grade-0 photos from the detector's held-out
+validation split (EyePACS: other patients; APTOS: other images and cameras), which no shipped model trained on,
+their trees from the shipped vessel segmenter."""
+
+
+def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed: int = 0, progress: bool = False) -> list[dict]:
+    """``count`` healthy hosts that no shipped model trained on: grade-0 photos of the validation split
+    the detector was evaluated on (``source`` "eyepacs-val" or "aptos-val", the split of
+    :func:`~koch_explore.data.graded.load_graded`), drawn with ``seed``, prepared to ``size``, their
+    trees from the shipped vessel segmenter (as for the embedded photo: no manual tree exists)."""
+    from tqdm.auto import tqdm
+
+    if source not in UNSEEN_HOSTS:
+        raise ValueError(f"hosts {source!r}: one of {', '.join(HOSTS)}")
+    if count < 1:
+        raise ValueError(f"host count must be >= 1, got {count}")
+    dataset = UNSEEN_HOSTS[source]
+    items, _, val = graded_split(dataset, GradedData(root=root))
+    by_name = {it.name: it for it in items}
+    healthy = [n for n in val if by_name[n].grade == 0]
+    if not healthy:
+        raise ValueError(f"{dataset}: no grade-0 photo in the validation split")
+    pick = sorted(np.random.default_rng(seed).choice(len(healthy), size=min(count, len(healthy)), replace=False))
+    segmenter, out = load_vessels(), []
+    for i in tqdm(pick, desc=f"{source} hosts", disable=not progress):
+        it = by_name[healthy[i]]
+        img, fov = prepare_fundus(read_image(it.path), size, path=it.path)
+        _, tree = segmenter.segment(img, fov)
+        # the segmenter traces the bright FOV rim of the colour-enhanced EyePACS photos as a vessel
+        tree = tree.astype(bool) & cv2.erode(fov.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)
+        out.append({"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool),
+                    "name": f"{source}/{it.name}"})
+    return out
+
+
+def resolve_data(data: str, root=None) -> str:
+    """"auto" -> "real" when DRIVE and CHASE_DB1 are found under the data root, else "embedded"
+    (the shipped real models on ``skimage.data.retina()``)."""
+    if data != "auto":
+        if data not in SETUPS:
+            raise ValueError(f"data {data!r}: 'auto', 'real', 'embedded' or 'phantom'")
+        return data
+    r = resolve_data_root(root)
+    return "real" if r is not None and (Path(r) / "DRIVE").is_dir() and (Path(r) / "CHASE_DB1").is_dir() else "embedded"
+
+
+def shipped_models(data: str, detector=None, weights=None, bank=None, device="cpu"):
+    """(detector, synthesizer, bank) shipped for ``data`` ("real", "embedded" or "phantom"); each of
+    ``detector`` / ``weights`` / ``bank`` (a shipped name or a user's file) overrides the shipped one."""
+    d_name, s_name = SETUPS[data]
+    det = load_detector(detector or d_name, device)
+    synth = load_synthesizer(weights or s_name, device)
+    return det, synth, load_bank(bank or s_name, detector=det)
+
+
+def default_setup(data: str = "auto", root=None, detector=None, weights=None, bank=None, device="cpu",
+                  hosts: str = "trees", host_count: int = 68):
+    """(detector, synthesizer, bank, hosts, data): :func:`shipped_models` plus the healthy hosts
+    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom") at the synthesizer's size.
+    ``hosts`` (real data only, see :data:`HOSTS`): "eyepacs-val" or "aptos-val" swaps the trees for
+    ``host_count`` held-out healthy photos that no shipped model trained on (:func:`unseen_hosts`)."""
+    if hosts not in HOSTS:
+        raise ValueError(f"hosts {hosts!r}: one of {', '.join(HOSTS)}")
+    data = resolve_data(data, root)
+    if hosts != "trees" and data != "real":
+        raise ValueError(f"hosts {hosts!r} are real photos: they need --data real (got {data!r})")
+    det, synth, descriptors = shipped_models(data, detector, weights, bank, device)
+    if data == "embedded":
+        host_set = embedded_hosts(synth.cfg.size)
+    elif hosts != "trees":
+        host_set = unseen_hosts(hosts, root, synth.cfg.size, host_count, progress=True)
+    else:
+        host_set = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
+    return det, synth, descriptors, host_set, data
