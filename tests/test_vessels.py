@@ -25,9 +25,9 @@ from koch_explore.vessels import (
     VesselTrainConfig,
     best_f1_threshold,
     split_items,
-    train,
     vessel_loss,
 )
+from koch_explore.vessels.train import train
 
 # A few thousand parameters at a 96 px working scale: every test runs in about a second.
 TINY = VesselConfig(base=4, depth=2, fov_diameter=96, lcn_sigma=2.0, lcn_std_sigma=4.0, dropblock_size=3)
@@ -285,7 +285,8 @@ def _drive_root() -> Path:
 @pytest.mark.real_data
 def test_real_drive_geometry_and_shipped_weights():
     from koch_explore.data.datasets import VesselSegmentation
-    from koch_explore.vessels import evaluate, load_vessels
+    from koch_explore.vessels import load_vessels
+    from koch_explore.vessels.evaluate import evaluate
 
     ds = VesselSegmentation("DRIVE", "test", root=_drive_root())
     item = ds[0]

@@ -24,7 +24,6 @@ from .evaluate import (
     PixelScores,
     best_f1_threshold,
     dataset_root,
-    evaluate,
     evaluate_dataset,
 )
 from .model import (
@@ -50,7 +49,6 @@ from .train import (
     export_best,
     load_training_data,
     split_items,
-    train,
     vessel_loss,
 )
 
@@ -72,7 +70,6 @@ __all__ = [
     "blur",
     "check_fov",
     "dataset_root",
-    "evaluate",
     "evaluate_dataset",
     "export_best",
     "fov_from_pixels",
@@ -80,6 +77,5 @@ __all__ = [
     "load_vessels",
     "segment_file",
     "split_items",
-    "train",
     "vessel_loss",
 ]
