@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from koch_explore.detect.model import PRESETS, Detector, DetectorConfig
+from koch_explore.detect.model import PRESETS, Detector, DetectorConfig, load_detector
 from koch_explore.evidence.deconvnet import ActivationNetwork
 
 TARGET_RATIO = 1.5
@@ -110,7 +110,7 @@ def isolation_at_512(repeats: int) -> None:
     from koch_explore.data.phantom.generate import generate_phantom
     from koch_explore.evidence.base import explain
 
-    det = Detector.load("koch_explore/weights/detector_phantom_256.safetensors")
+    det = load_detector("phantom")
     ph = generate_phantom(seed=3, size=512, grade=3)
     x = torch.from_numpy(np.ascontiguousarray(ph.image.transpose(2, 0, 1)))[None].float()
     small = F.interpolate(x, size=(256, 256), mode="area")

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from koch_explore.detect.model import Detector
+from koch_explore.detect.model import load_detector
 from koch_explore.evidence.base import default_blur_sigma
 from koch_explore.evidence.deconvnet import DifferentiableEvidence
 from koch_explore.synthesis.discriminator import Discriminator
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    det = Detector.load("koch_explore/weights/detector_phantom_256.safetensors")
+    det = load_detector("phantom")
     cfg = SynthTrainConfig(data="phantom", bank_images=8)
     gcfg = GeneratorConfig()
     hosts = healthy_set(cfg, 256)[: args.batch]

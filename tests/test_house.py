@@ -159,3 +159,22 @@ def test_every_package_folder_is_in_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {_module_name(p) for p in PKG.rglob("__init__.py")}
     assert folders <= listed, f"packages missing from pyproject.toml: {sorted(folders - listed)}"
+
+
+LAYERS = ["core", "plotting", "data", "detect", "evidence", "culture", "vessels", "synthesis", "koch", "cli", "widgets"]
+"""The package's concepts in dependency order: each may import only those before it (README "Package layout")."""
+
+
+def test_packages_import_only_the_concepts_before_them():
+    def layer(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[0] == "koch_explore" and parts[1] in LAYERS else None
+
+    wrong = []
+    for m, deps in _graph(_modules()).items():
+        own = layer(m)
+        for d in deps:
+            other = layer(d)
+            if own and other and LAYERS.index(other) > LAYERS.index(own):
+                wrong.append(f"{m} imports {d}")
+    assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))

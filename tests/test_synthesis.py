@@ -3,13 +3,14 @@ own conventions, weights round trip, and a short phantom training that resumes."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from koch_explore.core.weights import WeightsMismatchError
+from koch_explore.core.weights import (
+    WeightsMismatchError,
+    resolve_weights,
+)
 from koch_explore.culture.descriptor import _gram
 from koch_explore.synthesis.discriminator import Discriminator
 from koch_explore.synthesis.generator import Generator, GeneratorConfig
@@ -21,8 +22,6 @@ from koch_explore.synthesis.losses import (
     total_variation,
 )
 from koch_explore.synthesis.synthesizer import LesionSynthesizer
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "koch_explore" / "weights"
 
 SMALL = GeneratorConfig(size=64, ngf=8, ndf=8, depth=4, z_dim=16, z_channels=8,
                         canvas_channels={"conv2": 4, "conv5": 6}, canvas_scales={"conv2": 2, "conv5": 8})
@@ -149,7 +148,7 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["synth", "eval", "--weights", str(out / "generator.safetensors"), "--bank", str(out / "bank.safetensors"),
                  "--data", "phantom", "--max-hosts", "4", "--json",
-                 "--check-detector", str(WEIGHTS_DIR / "detector_eyepacs_256.safetensors")]) == 0
+                 "--check-detector", str(resolve_weights("detector", "eyepacs"))]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert {"vessel_dice", "fd_ours", "fd_ours_ci", "fd_baseline", "severity_by_count", "fdcheck_ours"} <= set(rep)
     assert rep["fdcheck_ours"] != rep["fd_ours"] and rep["fdcheck_baseline"] is None  # another space; no baseline given
@@ -267,7 +266,7 @@ def test_severity_term_is_trained_when_weighted(tmp_path):
     from koch_explore.synthesis.losses import LossWeights
     from koch_explore.synthesis.trainer import SynthTrainConfig, train
 
-    bank = WEIGHTS_DIR / "synth_phantom_256.bank.safetensors"
+    bank = resolve_weights("bank", "phantom")
     res = train(SynthTrainConfig(data="phantom", steps=1, batch_size=2, max_lesions=4, bank=str(bank), out=str(tmp_path / "s"),
                                  sample_every=0, weights=LossWeights(severity=1.0, vessel=0.0), num_threads=2), progress=False)
     assert "severity" in res["losses"] and np.isfinite(res["losses"]["severity"]) and "vessel" not in res["losses"]
@@ -276,8 +275,8 @@ def test_severity_term_is_trained_when_weighted(tmp_path):
 def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_path):
     from koch_explore.synthesis.trainer import SynthTrainConfig, train
 
-    init = WEIGHTS_DIR / "synth_phantom_256.safetensors"
-    bank = WEIGHTS_DIR / "synth_phantom_256.bank.safetensors"
+    init = resolve_weights("synthesizer", "phantom")
+    bank = resolve_weights("bank", "phantom")
     cfg = SynthTrainConfig(data="phantom", steps=8, d_warmup=2, batch_size=1, max_lesions=2, bank=str(bank), init=str(init),
                            out=str(tmp_path / "ft"), sample_every=0, checkpoint_minutes=100, num_threads=2)
     train(cfg, progress=False)
@@ -321,7 +320,7 @@ def test_evidence_term_is_trained_when_weighted(tmp_path):
     from koch_explore.synthesis.losses import LossWeights
     from koch_explore.synthesis.trainer import SynthTrainConfig, train
 
-    bank = WEIGHTS_DIR / "synth_phantom_256.bank.safetensors"
+    bank = resolve_weights("bank", "phantom")
     res = train(SynthTrainConfig(data="phantom", steps=1, batch_size=2, max_lesions=4, bank=str(bank), out=str(tmp_path / "e"),
                                  sample_every=0, weights=LossWeights(evidence=1.0, vessel=0.0), num_threads=2, seed=1),
                 progress=False)

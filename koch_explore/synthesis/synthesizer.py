@@ -2,7 +2,7 @@
 
 ::
 
-    synth = LesionSynthesizer.load("koch_explore/weights/synth_cpu256.safetensors")
+    synth = load_synthesizer("real")                                  # or a path to your own weights
     layout = random_layout(bank, count=4, fov=fov, seed=0)          # or bank.relocate(...) by hand
     image = synth.synthesize(vessels, fov, layout, z=None)           # (S, S, 3) float32 in [0, 1]
     image4 = synth.synthesize(vessels, fov, synth.set_count(layout, 16, fov))
