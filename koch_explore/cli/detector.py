@@ -1,4 +1,4 @@
-"""``koch-explore detector train | eval | predict``."""
+"""``koch-explore detector train | eval | predict | card``: argparse wired to :mod:`koch_explore.detect`."""
 
 from __future__ import annotations
 

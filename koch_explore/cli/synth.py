@@ -1,4 +1,4 @@
-"""``koch-explore synth``: train the lesion synthesizer (generate/eval follow with the Koch report)."""
+"""``koch-explore synth train | generate | eval``: argparse wired to :mod:`koch_explore.synthesis`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Grading metrics in plain numpy: quadratic weighted kappa, ROC AUC, threshold fitting, bootstrap."""
+"""Statistics in plain numpy, one implementation each: the ROC AUC, rank correlation, quadratic
+weighted kappa, threshold fitting, the fellow-eye blend."""
 
 from __future__ import annotations
 
