@@ -106,7 +106,7 @@ def isolation_at_512(repeats: int) -> None:
     import numpy as np
     import torch.nn.functional as F
 
-    from koch_explore.culture.segment import DEFAULT_THRESHOLD, segment
+    from koch_explore.culture.cut import DEFAULT_THRESHOLD, segment
     from koch_explore.data.phantom.generate import generate_phantom
     from koch_explore.evidence.base import explain
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from koch_explore.widgets import ThresholdExplorer
 
-from koch_explore.culture.segment import segment
+from koch_explore.culture.cut import segment
 from koch_explore.data.phantom.generate import generate_phantom
 
 TARGET_MS = 30.0

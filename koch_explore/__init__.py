@@ -49,8 +49,8 @@ _EXPORTS = {
     "DEFAULT_METHOD": "evidence.base",
     "sanity_report": "evidence.sanity",  # do the maps depend on the image and on training?
     # postulate 2: culture
-    "isolate": "culture.isolate",  # evidence -> one list of Descriptors per image
-    "segment": "culture.segment",  # one map -> blurred, cut, components (the widget's steps)
+    "isolate": "culture.isolation",  # evidence -> one list of Descriptors per image
+    "segment": "culture.cut",  # one map -> blurred, cut, components (the widget's steps)
     "Descriptor": "culture.descriptor",
     "DescriptorBank": "culture.bank",
     # postulate 3: inoculate

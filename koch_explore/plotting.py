@@ -95,7 +95,7 @@ def grade_histogram(grades: Sequence[int], title: str = "grades", ax=None):
 
 def isolation_steps(image: np.ndarray, evidence: np.ndarray, blurred: np.ndarray, mask: np.ndarray, boxes: Sequence[Sequence[float]], size: float = 2.8, title: str | None = None):
     """The isolation in four panels: evidence map, blurred and normalised map, thresholded mask,
-    component boxes over the fundus (``koch_explore.culture.segment`` returns all of them)."""
+    component boxes over the fundus (:func:`koch_explore.culture.segment` returns all of them)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(4 * size, size))
     panels = [(evidence, "evidence map", "magma"), (blurred, "blurred / max", "magma"), (mask, "mask", "gray"), (image, f"{len(boxes)} components", None)]

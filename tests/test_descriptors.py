@@ -14,6 +14,7 @@ import torch
 from koch_explore.cli import main
 from koch_explore.core.stats import roc_auc
 from koch_explore.culture.bank import BankFormatError, BankMismatchError, DescriptorBank
+from koch_explore.culture.cut import segment
 from koch_explore.culture.descriptor import Descriptor
 from koch_explore.culture.evaluate import (
     Lesion,
@@ -21,8 +22,7 @@ from koch_explore.culture.evaluate import (
     lesion_instances,
     pointing_game,
 )
-from koch_explore.culture.isolate import default_feature_layers, isolate
-from koch_explore.culture.segment import segment
+from koch_explore.culture.isolation import default_feature_layers, isolate
 from koch_explore.data.io import write_image
 from koch_explore.data.phantom.generate import generate_phantom
 from koch_explore.detect.model import Detector, DetectorConfig
@@ -445,3 +445,22 @@ def test_isolate_sub_commands_have_their_own_defaults():
     assert base.data == "eyepacs" and sanity.data is None
     with pytest.raises(SystemExit):
         parser.parse_args(["isolate", "eval"])  # --data is required there
+
+
+def test_the_peaks_rule_gives_clustered_lesions_a_box_each():
+    # Two lesions 10 px apart, one a third as strong as the other: one global cut joins them into one
+    # box; one component per peak keeps each in a small box of its own, the faint one included.
+    yy, xx = np.mgrid[:128, :128]
+    blob = lambda cx, cy, a: a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.0**2))  # noqa: E731
+    ev = (blob(50, 64, 1.0) + blob(60, 64, 0.35)).astype(np.float32)
+    glob = segment(ev, threshold=0.1, blur_sigma=2.0)
+    peaks = segment(ev, threshold=0.1, blur_sigma=2.0, rule="peaks")
+    assert len(glob.boxes) == 1
+    assert len(peaks.boxes) == 2
+    strong, faint = sorted(peaks.boxes)
+    assert strong[0] <= 50 < strong[2] and faint[0] <= 60 < faint[2]
+    assert strong[2] <= faint[0] + 1  # side by side, not nested
+    assert all((b[2] - b[0]) * (b[3] - b[1]) < (glob.boxes[0][2] - glob.boxes[0][0]) * (glob.boxes[0][3] - glob.boxes[0][1]) for b in peaks.boxes)
+    assert peaks.labels.max() == 2 and (peaks.labels > 0).sum() == sum(peaks.areas)
+    with pytest.raises(ValueError, match="isolation rule 'blobs'"):
+        segment(ev, rule="blobs")

@@ -178,3 +178,18 @@ def test_packages_import_only_the_concepts_before_them():
             if own and other and LAYERS.index(other) > LAYERS.index(own):
                 wrong.append(f"{m} imports {d}")
     assert not wrong, "imports against the layer order:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_package_re_exports_a_name_that_hides_its_own_submodule():
+    import importlib
+
+    hidden = []
+    for m, p in _modules().items():
+        if p.name != "__init__.py" or m == "koch_explore":
+            continue
+        pkg = importlib.import_module(m)
+        for sub in p.parent.glob("*.py"):
+            name = sub.stem
+            if name != "__init__" and name in vars(pkg) and not isinstance(vars(pkg)[name], type(pkg)):
+                hidden.append(f"{m}.{name}")
+    assert not hidden, "these names are both a module and something else (`import a.b as m` gets the wrong one): " + ", ".join(hidden)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import runpy
 from pathlib import Path
-
-import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -291,7 +291,7 @@ def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_p
 
 
 def test_evidence_term_asks_each_placed_lesion_for_its_source_share_of_the_peak():
-    from koch_explore.culture.segment import segment
+    from koch_explore.culture.cut import segment
     from koch_explore.synthesis.losses import evidence_term, fov_blur
 
     rng = np.random.default_rng(0)

@@ -34,7 +34,7 @@ def live_widgets() -> int:
 def test_threshold_explorer_counts_change_and_nothing_grows(sick):
     from koch_explore.widgets import ThresholdExplorer
 
-    from koch_explore.culture.segment import segment
+    from koch_explore.culture.cut import segment
 
     ev = sum(m.astype(np.float32) for m in sick.lesions.values())
     n0 = live_widgets()

@@ -13,8 +13,8 @@ import numpy as np
 
 from koch_explore.core.images import as_image_batch
 from koch_explore.culture.bank import DescriptorBank
-from koch_explore.culture.isolate import isolate
-from koch_explore.culture.segment import DEFAULT_THRESHOLD
+from koch_explore.culture.cut import DEFAULT_THRESHOLD
+from koch_explore.culture.isolation import isolate
 from koch_explore.evidence.base import DEFAULT_METHOD, explain
 
 from ._render import close_widgets, colourise, encode, mosaic, to_uint8

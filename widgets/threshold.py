@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 
-from koch_explore.culture.segment import (
+from koch_explore.culture.cut import (
     DEFAULT_THRESHOLD,
     Segmentation,
     cut_components,

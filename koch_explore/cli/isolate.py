@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ..culture.isolate import DEFAULT_MIN_SHARE
-from ..culture.segment import DEFAULT_THRESHOLD, parse_threshold
+from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
+from ..culture.isolation import DEFAULT_MIN_SHARE
 from ..evidence.base import DEFAULT_METHOD, METHODS
 
 
@@ -27,6 +27,9 @@ def _cut_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--threshold", type=parse_threshold, default=DEFAULT_THRESHOLD,
                    help=f"'otsu' or a fraction of the maximum (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--rule", choices=list(RULES), default=DEFAULT_RULE,
+                   help="global: every pixel above the cut, components as they connect (the paper's); peaks: one component "
+                        "per local maximum above the cut, grown to a fraction of its own height (default %(default)s)")
     p.add_argument("--blur-sigma", type=float, default=None, help="Gaussian sigma in px (default 10 px at 512, scaled)")
     p.add_argument("--min-area", type=int, default=None, help="smallest component kept, px (default 16 at 256, scaled)")
     p.add_argument("--min-share", type=float, default=DEFAULT_MIN_SHARE,
@@ -82,14 +85,15 @@ def _fail(what: str, exc: Exception) -> int:
 
 
 def _bank(args) -> int:
-    from ..culture.isolate import isolate_files
+    from ..culture.isolation import isolate_files
     from ..data.io import FundusReadError
     from ..detect import load_detector
 
     try:
         detector = load_detector(args.weights)
         bank = isolate_files(detector, args.images, args.method, args.start, args.channels, args.threshold, args.blur_sigma,
-                             args.min_area, args.min_share, args.require_disease, args.batch_size, args.weights or "default")
+                             args.min_area, args.min_share, args.require_disease, args.batch_size, args.weights or "default",
+                             rule=args.rule)
         out = bank.save(args.out)
     except (FileNotFoundError, ValueError, FundusReadError) as exc:
         return _fail("bank", exc)
@@ -109,7 +113,8 @@ def _eval(args) -> int:
         detector = load_detector(args.weights)
         samples, types = isolation_samples(args.data, detector.cfg.input_size, args.count, args.size, args.seed)
         report = evaluate_isolation(detector, samples, types, args.method, args.start, args.channels, args.threshold,
-                                    args.blur_sigma, args.min_area, args.batch_size, args.min_share, args.require_disease)
+                                    args.blur_sigma, args.min_area, args.batch_size, args.min_share, args.require_disease,
+                                    rule=args.rule)
     except (FileNotFoundError, ValueError) as exc:
         return _fail("eval", exc)
     report.update(data=str(args.data), weights=args.weights or "default", detector_hash=detector.weights_hash())

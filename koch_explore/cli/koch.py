@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..culture.segment import DEFAULT_THRESHOLD, parse_threshold
+from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
 from ..koch.hosts import HOSTS
 from ..koch.test import KochConfig
 
@@ -33,6 +33,9 @@ def _common(p) -> None:
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own, else "
                         f"{DEFAULT_THRESHOLD})")
+    p.add_argument("--rule", default=None, choices=list(RULES),
+                   help="re-isolation rule: one global cut, or one component per local peak (default: the bank's own, else "
+                        f"{DEFAULT_RULE})")
     p.add_argument("--independent-layouts", action="store_true",
                    help="draw an independent layout per count instead of the nested dose series")
     p.add_argument("--no-control", action="store_true",
@@ -58,7 +61,7 @@ def _run(args):
     try:
         det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
                                                       resolve_device(args.device), args.hosts, args.host_count)
-        cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start,
+        cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start, rule=args.rule,
                          nested=not args.independent_layouts, control=not args.no_control)
         return koch_test(det, synth, bank, hosts, config=cfg), data
     except (FileNotFoundError, ValueError) as exc:

@@ -2,8 +2,8 @@
 
 Read in this order:
 
-* :mod:`.segment`    -- the cut: blur -> normalise -> threshold (a fraction of the peak, or Otsu) -> components
-* :mod:`.isolate`    -- each component becomes a :class:`Descriptor` (features, Gram matrices, severity share)
+* :mod:`.cut`    -- the cut: blur -> normalise -> threshold (a fraction of the peak, or Otsu) -> components
+* :mod:`.isolation`    -- each component becomes a :class:`Descriptor` (features, Gram matrices, severity share)
 * :mod:`.descriptor` -- one lesion and its geometry: move, rotate, scale (patches copied, not resampled)
 * :mod:`.bank`       -- :class:`DescriptorBank`: select, place, count, render to canvases, save atomically
 * :mod:`.evaluate`   -- scoring isolation against lesion truth (phantoms, IDRiD)
@@ -16,6 +16,14 @@ from .bank import (
            RenderedLayout,
            load_bank,
 )
+from .cut import (
+           DEFAULT_THRESHOLD,
+           Segmentation,
+           cut_components,
+           default_min_area,
+           parse_threshold,
+           segment,
+)
 from .descriptor import Descriptor
 from .evaluate import (
            Lesion,
@@ -25,15 +33,7 @@ from .evaluate import (
            lesion_instances,
            pointing_game,
 )
-from .isolate import DEFAULT_MIN_SHARE, default_feature_layers, isolate
-from .segment import (
-           DEFAULT_THRESHOLD,
-           Segmentation,
-           cut_components,
-           default_min_area,
-           parse_threshold,
-           segment,
-)
+from .isolation import DEFAULT_MIN_SHARE, default_feature_layers, isolate
 
 __all__ = ["BankFormatError", "BankMismatchError", "DEFAULT_MIN_SHARE", "DEFAULT_THRESHOLD", "Descriptor", "DescriptorBank",
            "Lesion", "PointingResult", "RenderedLayout", "Segmentation", "assign_types", "cut_components",

@@ -36,9 +36,9 @@ from ..core.geometry import Box, as_box, box_contains
 from ..core.stats import roc_auc
 from ..data.samples import LesionSample
 from ..evidence.base import DEFAULT_METHOD, explain, used_start
+from .cut import DEFAULT_THRESHOLD
 from .descriptor import Descriptor
-from .isolate import DEFAULT_MIN_SHARE, isolate
-from .segment import DEFAULT_THRESHOLD
+from .isolation import DEFAULT_MIN_SHARE, isolate
 
 __all__ = [
     "Lesion",
@@ -179,6 +179,7 @@ def evaluate_isolation(
     batch_size: int = 8,
     min_share: float | None = DEFAULT_MIN_SHARE,
     require_disease: bool = True,
+    rule: str = "global",
 ) -> dict[str, Any]:
     """Explain, isolate and score every sample; returns the ``isolate eval --json`` object."""
     import torch
@@ -195,7 +196,7 @@ def evaluate_isolation(
         found = isolate(maps, images=x if filters else None, detector=detector if filters else None,
                         fov=fov, threshold=threshold, blur_sigma=blur_sigma, min_area=min_area,
                         image_ids=[s.name for s in batch], measure_share=False,
-                        min_share=min_share, require_disease=require_disease)
+                        min_share=min_share, require_disease=require_disease, rule=rule)
         for s, ev, f, descs in zip(batch, maps, fov, found):
             lesions = {t: s.lesions.get(t, np.zeros(f.shape, bool)) for t in types}
             total = total + pointing_game(descs, lesion_instances(lesions, types), types)
@@ -229,6 +230,7 @@ def evaluate_isolation(
         "min_area": min_area,
         "min_share": min_share,
         "require_disease": require_disease,
+        "rule": rule,
     }
 
 

@@ -45,7 +45,7 @@ import torch
 
 from ..core.geometry import Box, box_contains, boxes_overlap
 from ..core.stats import roc_auc, spearman
-from ..culture.segment import DEFAULT_THRESHOLD, segment
+from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, segment
 from ..evidence.base import DEFAULT_METHOD, explain
 from ..synthesis.synthesizer import random_layout
 from ..vessels import load_vessels
@@ -72,6 +72,9 @@ class KochConfig:
     threshold: float | str | None = None
     """Isolation threshold (fraction of the map's maximum, or "otsu"); None: the one the bank was
     isolated with (its ``info["threshold"]``), else isolation's default."""
+    rule: str | None = None
+    """Isolation rule ("global" cut or one component per "peaks", see :data:`~koch_explore.culture.cut.RULES`);
+    None: the bank's own (its ``info["rule"]``), else isolation's default."""
     nested: bool = True
     """Dose series: the n-lesion layout is the first n placements of the largest count's layout, so
     a larger count only adds lesions. False: an independent random layout per count (then the
@@ -359,6 +362,8 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         cfg.method = str(info.get("method") or DEFAULT_METHOD)
     if cfg.threshold is None:
         cfg.threshold = info.get("threshold") or DEFAULT_THRESHOLD
+    if cfg.rule is None:
+        cfg.rule = str(info.get("rule") or DEFAULT_RULE)
     if cfg.start is None:  # the bank's start layer belongs to the bank's method
         cfg.start = str(info.get("start") or "dense2") if cfg.method == info.get("method") else "dense2"
     if vessel_model is None:
@@ -394,7 +399,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         maps = explain(detector, images, cfg.method, start=cfg.start).maps
         t_hits, t_placed, t_pos, t_neg = 0, 0, [], []
         for j, n in enumerate(counts):
-            seg = segment(maps[j], fov, cfg.threshold)
+            seg = segment(maps[j], fov, cfg.threshold, rule=cfg.rule)
             per_image.append(len(seg.boxes))
             if n == 0:
                 healthy_components.append(len(seg.boxes))
@@ -458,7 +463,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
             c_hits = c_placed = 0
             c_pos, c_neg = [], []
             for j, n in enumerate(ctl_counts):
-                seg = segment(ctl_maps[j], fov, cfg.threshold)
+                seg = segment(ctl_maps[j], fov, cfg.threshold, rule=cfg.rule)
                 placed = list(layouts[n])
                 hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, crng)
                 found_decoys, n_decoys = sum(decoy_hit), len(decoys)

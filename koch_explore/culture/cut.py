@@ -18,7 +18,16 @@ from ..evidence.base import default_blur_sigma
 DEFAULT_THRESHOLD = 0.1
 """Default cut, as a fraction of the blurred map's maximum inside the FOV, chosen on phantoms
 (docs/findings/evidence.md#default-threshold): a low cut keeps the weaker lesions' evidence, and the
-filters of :func:`~koch_explore.culture.isolate.isolate`, not the cut, reject what is not evidence of disease."""
+filters of :func:`~koch_explore.culture.isolation.isolate`, not the cut, reject what is not evidence of disease."""
+
+
+RULES = ("global", "peaks")
+"""How components are cut from the blurred map: one global cut, or one component per local peak."""
+
+DEFAULT_RULE = "global"
+
+PEAK_FRACTION = 0.3
+"""A peak's component: the pixels of its watershed basin at or above this fraction of its own height."""
 
 
 def parse_threshold(text: str) -> str | float:
@@ -64,8 +73,14 @@ class Segmentation:
     fov: np.ndarray
 
 
-def segment(evidence, fov=None, threshold: str | float = DEFAULT_THRESHOLD, blur_sigma: float | None = None, min_area: int | None = None) -> Segmentation:
-    """Blur -> normalise -> threshold -> 8-connected components -> drop those under ``min_area``."""
+def segment(evidence, fov=None, threshold: str | float = DEFAULT_THRESHOLD, blur_sigma: float | None = None, min_area: int | None = None,
+            rule: str = DEFAULT_RULE) -> Segmentation:
+    """Blur -> normalise -> threshold -> 8-connected components -> drop those under ``min_area``.
+
+    ``rule`` "global" keeps everything above the cut (the paper's); "peaks" grows one component per
+    local maximum above the cut (:func:`peak_components`), so clustered lesions get a box each."""
+    if rule not in RULES:
+        raise ValueError(f"isolation rule {rule!r}: one of {RULES}")
     ev = np.asarray(evidence, dtype=np.float32)
     if ev.ndim != 2:
         raise ValueError(f"segment takes one (H, W) map, got shape {ev.shape}")
@@ -96,6 +111,8 @@ def segment(evidence, fov=None, threshold: str | float = DEFAULT_THRESHOLD, blur
         cut = float(threshold)
         if not 0.0 <= cut <= 1.0:
             raise ValueError(f"a fixed threshold is a fraction of the maximum in [0, 1], got {cut}")
+    if rule == "peaks":
+        return peak_components(blurred, fov, cut, min_area, evidence=ev, min_distance=max(2, int(round(sigma))))
     return cut_components(blurred, fov, cut, min_area, evidence=ev)
 
 
@@ -117,3 +134,39 @@ def cut_components(blurred: np.ndarray, fov: np.ndarray, cut: float, min_area: i
         centroids.append((float(cents[k, 0]), float(cents[k, 1])))
     ev = blurred if evidence is None else evidence
     return Segmentation(ev, blurred, float(cut), labels > 0, labels, boxes, areas, centroids, fov)
+
+
+def peak_components(blurred: np.ndarray, fov: np.ndarray, floor: float, min_area: int, evidence: np.ndarray | None = None,
+                    min_distance: int = 4, fraction: float | None = None) -> Segmentation:
+    """One component per local maximum of ``blurred`` at or above ``floor`` (peaks at least
+    ``min_distance`` px apart): the pixels of the peak's watershed basin that reach ``fraction`` of the
+    peak's own height and connect to it. A component's extent follows its own peak, not the map's
+    strongest one, so a faint lesion beside a strong one keeps its own small box."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    fraction = PEAK_FRACTION if fraction is None else fraction
+    b = np.where(fov, blurred, 0.0).astype(np.float32)
+    local_max = ndi.maximum_filter(b, size=2 * min_distance + 1, mode="constant")
+    peaks = np.argwhere((b == local_max) & (b >= floor) & (b > 0) & fov)
+    h, w = b.shape
+    markers = np.zeros((h, w), np.int32)
+    for k, (y, x) in enumerate(peaks):
+        markers[y, x] = k + 1
+    basins = watershed(-b, markers, mask=(b >= floor * fraction) & fov) if len(peaks) else markers
+    labels = np.zeros((h, w), np.int32)
+    boxes, areas, centroids = [], [], []
+    for k, (y, x) in enumerate(peaks):
+        region = (basins == k + 1) & (b >= fraction * b[y, x])
+        parts, _ = ndi.label(region, structure=np.ones((3, 3), bool))
+        region = parts == parts[y, x]
+        area = int(region.sum())
+        if area < min_area or labels[region].any():
+            continue
+        labels[region] = len(boxes) + 1
+        ys, xs = np.nonzero(region)
+        boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+        areas.append(area)
+        centroids.append((float(xs.mean()), float(ys.mean())))
+    ev = blurred if evidence is None else evidence
+    return Segmentation(ev, blurred, float(floor), labels > 0, labels, boxes, areas, centroids, fov)

@@ -14,8 +14,8 @@ from ..core.images import as_image_batch, model_device
 from ..detect.model import conv_strides
 from ..evidence.base import Evidence
 from ..evidence.methods import projection_map
+from .cut import DEFAULT_THRESHOLD, Segmentation, segment
 from .descriptor import Descriptor, crop_patch, layer_box
-from .segment import DEFAULT_THRESHOLD, Segmentation, segment
 
 DEFAULT_MIN_SHARE = 0.0
 """Default floor on a component's severity share: a component whose removal does not lower the
@@ -55,6 +55,7 @@ def isolate(
     measure_share: bool = True,
     min_share: float | None = DEFAULT_MIN_SHARE,
     require_disease: bool = True,
+    rule: str = "global",
 ) -> list[list["Descriptor"]]:
     """Cut every evidence component out as a :class:`Descriptor`; one list per image.
 
@@ -96,7 +97,7 @@ def isolate(
     ids = [str(i) for i in range(b)] if image_ids is None else [str(i) for i in image_ids]
     if len(ids) != b:
         raise ValueError(f"{len(ids)} image ids for {b} images")
-    segs = [segment(ev[i], fovs[i], threshold, blur_sigma, min_area) for i in range(b)]
+    segs = [segment(ev[i], fovs[i], threshold, blur_sigma, min_area, rule) for i in range(b)]
     if detector is None or x is None:
         min_share, require_disease = None, False
     if getattr(detector, "thresholds", None) is None:
@@ -218,7 +219,7 @@ def _severity_shares(detector, image, seg: Segmentation, severity: float, chunk:
 def isolate_files(detector, paths: Sequence, method: str | None = None, start: str | None = "dense2", channels=None,
                   threshold: str | float = DEFAULT_THRESHOLD, blur_sigma: float | None = None, min_area: int | None = None,
                   min_share: float | None = DEFAULT_MIN_SHARE, require_disease: bool = True, batch_size: int = 8,
-                  weights_label: str = "default"):
+                  weights_label: str = "default", rule: str = "global"):
     """Read fundus photos, explain and isolate them in batches: a :class:`~.bank.DescriptorBank` whose
     ``info`` records how it was cultured (method, layer, cut, filters). A bad file raises
     :class:`~koch_explore.data.io.FundusReadError` naming it."""
@@ -234,7 +235,7 @@ def isolate_files(detector, paths: Sequence, method: str | None = None, start: s
     bank = DescriptorBank(detector_hash=detector.weights_hash(), info={
         "method": method, "start": used_start(detector, method, start), "channels": channels,
         "threshold": threshold, "blur_sigma": blur_sigma, "min_area": min_area, "weights": weights_label,
-        "min_share": min_share, "require_disease": require_disease,
+        "min_share": min_share, "require_disease": require_disease, "rule": rule,
     })
     paths = [Path(p) for p in paths]
     for s in range(0, len(paths), batch_size):
@@ -244,5 +245,5 @@ def isolate_files(detector, paths: Sequence, method: str | None = None, start: s
         ev = explain(detector, x, method, start, channels, seed=s)
         bank.extend(isolate(ev, images=x, detector=detector, threshold=threshold, blur_sigma=blur_sigma,
                             min_area=min_area, fov=np.stack([f for _, f in prepared]), image_ids=[q.stem for q in chunk],
-                            min_share=min_share, require_disease=require_disease))
+                            min_share=min_share, require_disease=require_disease, rule=rule))
     return bank
