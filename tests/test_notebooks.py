@@ -4,6 +4,7 @@ reports/executed/ (kept as CI artefacts)."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,16 @@ EXECUTED = REPO / "reports" / "executed"
 
 
 def run_notebook(name: str, tag: str, **parameters) -> dict:
+    """Execute a notebook from a fresh folder outside the checkout: a notebook must not depend on
+    the working directory (users open them from anywhere, papermill reports run elsewhere)."""
     papermill = pytest.importorskip("papermill")
     EXECUTED.mkdir(parents=True, exist_ok=True)
     out = EXECUTED / f"{Path(name).stem}{tag}.ipynb"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / name), str(out), parameters=parameters, cwd=str(REPO / "notebooks"),
-        kernel_name="python3", progress_bar=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="koch-nb-") as cwd:
+        papermill.execute_notebook(
+            str(REPO / "notebooks" / name), str(out), parameters=parameters, cwd=cwd,
+            kernel_name="python3", progress_bar=False,
+        )
     return json.loads(out.read_text())
 
 
