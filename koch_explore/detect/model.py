@@ -185,12 +185,22 @@ class FundusNorm(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def leaky_rectify(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The leaky ReLU of a :class:`ConvBlock` or :class:`DenseMaxout`. An explanation may set the
+    module's ``rectifier`` (an autograd Function ``f.apply(x, slope)`` with the same forward and
+    another backward rule) for the span of one call; the forward values never change."""
+    rectifier = getattr(module, "rectifier", None)
+    return F.leaky_relu(x, module.leak) if rectifier is None else rectifier.apply(x, module.leak)
+
+
 class ConvBlock(nn.Module):
     """4x4 conv with explicit padding -> (BatchNorm) -> leaky ReLU.
 
     ``pad`` is (left, right, top, bottom) as for ``F.pad``; explicit so the deconvnet can apply
     the exact transpose.
     """
+
+    rectifier = None
 
     def __init__(self, cin: int, cout: int, stride: int, pad: tuple[int, int, int, int], cfg: DetectorConfig):
         super().__init__()
@@ -205,11 +215,13 @@ class ConvBlock(nn.Module):
         return self.bn(self.conv(F.pad(x, self.pad)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(self.pre_activation(x), self.leak)
+        return leaky_rectify(self, self.pre_activation(x))
 
 
 class DenseMaxout(nn.Module):
     """Dropout -> dense -> leaky ReLU -> maxout over consecutive pairs (o_O's feature pool 2)."""
+
+    rectifier = None
 
     def __init__(self, cin: int, units: int, cfg: DetectorConfig):
         super().__init__()
@@ -220,7 +232,7 @@ class DenseMaxout(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.leaky_relu(self.fc(self.drop(x)), self.leak)
+        y = leaky_rectify(self, self.fc(self.drop(x)))
         return y.view(y.shape[0], -1, 2).amax(dim=-1)
 
 

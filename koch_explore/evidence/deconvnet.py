@@ -436,23 +436,17 @@ class _GuidedLeakyReLU(torch.autograd.Function):
 
 
 def _modified_forward(model: Detector, x: torch.Tensor, rectifier) -> dict[str, torch.Tensor]:
-    """Forward pass of a folded detector with every leaky ReLU replaced by ``rectifier`` (an
-    autograd Function that changes only the backward rule); returns every layer's output."""
-    acts = {"norm": model.norm(x)}
-    h = acts["norm"]
-    for name, layer in model.layers.items():
-        if isinstance(layer, ConvBlock):
-            h = rectifier.apply(layer.pre_activation(h), layer.leak)
-        elif isinstance(layer, DenseMaxout):
-            if name == "dense1":
-                h = h.flatten(1)
-            h = rectifier.apply(layer.fc(layer.drop(h)), layer.leak)
-            h = h.unflatten(-1, (-1, 2)).amax(dim=-1)
-        elif name == "out":
-            h = layer(model.out_drop(h))
-        else:  # max-pools, RMS pool: plain autograd (max-pools route through their switches)
-            h = layer(h)
-        acts[name] = h
+    """The detector's own forward pass with every leaky ReLU's backward rule replaced by ``rectifier``
+    (an autograd Function that changes only the backward rule); returns every layer's output. The
+    rule is set on the layers for this call only (:func:`~koch_explore.detect.model.leaky_rectify`)."""
+    rectified = [m for m in model.modules() if isinstance(m, (ConvBlock, DenseMaxout))]
+    for m in rectified:
+        m.rectifier = rectifier
+    try:
+        _, acts = model.forward_features(x, keep={"norm", *model.layers})
+    finally:
+        for m in rectified:
+            del m.rectifier  # back to the class default: the plain leaky ReLU
     return acts
 
 
