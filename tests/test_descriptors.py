@@ -464,3 +464,20 @@ def test_the_peaks_rule_gives_clustered_lesions_a_box_each():
     assert peaks.labels.max() == 2 and (peaks.labels > 0).sum() == sum(peaks.areas)
     with pytest.raises(ValueError, match="isolation rule 'blobs'"):
         segment(ev, rule="blobs")
+
+
+def test_instance_match_counts_lesions_one_by_one():
+    from koch_explore.culture.evaluate import Lesion, instance_match
+
+    ma1 = Lesion("MA", (10, 10, 12, 12), (10.5, 10.5), 4)
+    ma2 = Lesion("MA", (16, 10, 18, 12), (16.5, 10.5), 4)
+    he = Lesion("HE", (40, 40, 60, 60), (49.5, 49.5), 400)
+    # one box around both MAs, one inside the haemorrhage, one on nothing
+    res = instance_match([(8, 8, 20, 14), (44, 44, 56, 56), (80, 80, 90, 90)], [ma1, ma2, he], fov_area=10_000)
+    fig = res.figures(["MA", "HE"])
+    assert fig["instance_recall"] == {"HE": 1.0, "MA": 1.0, "all": 1.0}
+    assert fig["instance_precision"]["all"] == pytest.approx(2 / 3) and fig["instance_precision"]["MA"] == pytest.approx(1 / 3)
+    assert fig["multi_lesion_boxes"] == pytest.approx(1 / 3)  # the MA box holds two centroids
+    assert fig["box_coverage"] == pytest.approx((72 + 144 + 100) / 3 / 10_000)
+    missed = instance_match([(80, 80, 90, 90)], [ma1, he], fov_area=10_000).figures(["MA", "HE"])
+    assert missed["instance_recall"]["all"] == 0.0 and missed["instance_precision"]["all"] == 0.0

@@ -11,8 +11,12 @@ Two questions, two measures:
   for precision, because a blurred evidence blob often covers only part of a large haemorrhage
   or an exudate ring, and it still points at it.
   Box pointing rewards big boxes: a box covering a fraction c of the FOV finds about c of the
-  lesions by chance, so the report carries ``box_coverage`` (mean fraction of FOV pixels inside
-  the union of component boxes) beside recall.
+  lesions by chance, so the report carries ``box_union_coverage`` (mean fraction of FOV pixels
+  inside the union of component boxes) beside recall.
+* **One box per lesion?** — per lesion *instance* (:func:`instance_match`): a box matches a lesion
+  when the lesion's centroid lies in it or their boxes overlap with IoU >= :data:`INSTANCE_IOU`;
+  ``instance_recall`` / ``instance_precision`` per type and ``all``, ``multi_lesion_boxes`` (boxes
+  holding more than one lesion's centroid) and ``box_coverage`` (the mean box's share of the FOV).
 * **Does the map rank lesion pixels above the rest?** — pixel ROC AUC over the FOV pixels of the
   *unblurred* map (:func:`~koch_explore.core.stats.roc_auc` over the FOV pixels), per type and for the union of types, averaged over the
   images in which the type is present. Threshold-free, so it separates "the map is wrong" from
@@ -41,10 +45,14 @@ from .descriptor import Descriptor
 from .isolation import DEFAULT_MIN_SHARE, isolate
 
 __all__ = [
+    "INSTANCE_IOU",
+    "InstanceResult",
     "Lesion",
     "PointingResult",
     "assign_types",
+    "box_iou",
     "evaluate_isolation",
+    "instance_match",
     "lesion_instances",
     "pointing_game",
 ]
@@ -119,6 +127,72 @@ class PointingResult:
         return {k: (2 * p[k] * r[k] / (p[k] + r[k]) if p[k] + r[k] > 0 else 0.0) if p[k] is not None and r[k] is not None else None for k in self._keys()}
 
 
+INSTANCE_IOU = 0.1
+"""A box matches a lesion instance when the lesion's centroid lies in the box, or the box and the
+lesion's own box overlap with IoU at least this (a large lesion whose centroid the box misses)."""
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matches_instance(box: Box, lesion: Lesion) -> bool:
+    """Whether ``box`` found ``lesion`` (see :data:`INSTANCE_IOU`)."""
+    return box_contains(box, lesion.centroid) or box_iou(box, lesion.bbox) >= INSTANCE_IOU
+
+
+@dataclass
+class InstanceResult:
+    """Lesion instances against component boxes, one lesion at a time; add images with ``+``.
+
+    ``instance_recall``: lesions matched by some box / lesions (per type and ``all``);
+    ``instance_precision``: boxes matching a lesion of the type / boxes (``all``: any lesion);
+    ``multi_lesion_boxes``: boxes holding the centroids of more than one lesion / boxes;
+    ``box_coverage``: the mean box area as a share of the FOV's."""
+
+    lesions: dict[str, int] = field(default_factory=dict)
+    found: dict[str, int] = field(default_factory=dict)
+    boxes: int = 0
+    matching: dict[str, int] = field(default_factory=dict)
+    multi: int = 0
+    box_share_sum: float = 0.0
+
+    def __add__(self, other: "InstanceResult") -> "InstanceResult":
+        add = lambda a, b: {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}  # noqa: E731
+        return InstanceResult(add(self.lesions, other.lesions), add(self.found, other.found), self.boxes + other.boxes,
+                              add(self.matching, other.matching), self.multi + other.multi, self.box_share_sum + other.box_share_sum)
+
+    def figures(self, types: Sequence[str]) -> dict[str, Any]:
+        keys = [*sorted(types), "all"]
+        return {
+            "instance_recall": {k: self.found.get(k, 0) / self.lesions[k] if self.lesions.get(k) else None for k in keys},
+            "instance_precision": {k: self.matching.get(k, 0) / self.boxes if self.boxes else None for k in keys},
+            "multi_lesion_boxes": self.multi / self.boxes if self.boxes else None,
+            "box_coverage": self.box_share_sum / self.boxes if self.boxes else None,
+        }
+
+
+def instance_match(boxes: Sequence[Box], lesions: Sequence[Lesion], fov_area: int) -> InstanceResult:
+    """:class:`InstanceResult` of one image's component boxes against its lesion instances."""
+    res = InstanceResult(boxes=len(boxes), box_share_sum=sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) / max(1, fov_area))
+    for les in lesions:
+        res.lesions[les.type] = res.lesions.get(les.type, 0) + 1
+        if any(matches_instance(b, les) for b in boxes):
+            res.found[les.type] = res.found.get(les.type, 0) + 1
+    res.lesions["all"], res.found["all"] = len(lesions), sum(res.found.values())
+    for b in boxes:
+        hit = {les.type for les in lesions if matches_instance(b, les)}
+        for t in hit | ({"all"} if hit else set()):
+            res.matching[t] = res.matching.get(t, 0) + 1
+        res.multi += sum(box_contains(b, les.centroid) for les in lesions) > 1
+    return res
+
+
 def pointing_game(descriptors: Iterable, gt_instances: Iterable, types: Sequence[str] | None = None) -> PointingResult:
     """Pointing game of components (descriptors, or (x0, y0, x1, y1) boxes) against lesions
     (:class:`Lesion`, or mappings with ``type``, ``bbox``, ``centroid`` and optionally a
@@ -185,6 +259,7 @@ def evaluate_isolation(
     import torch
 
     total = PointingResult()
+    instances = InstanceResult()
     aucs: dict[str, list[float]] = {t: [] for t in [*types, "overall"]}
     coverage: list[float] = []
     n_images = 0
@@ -199,7 +274,9 @@ def evaluate_isolation(
                         min_share=min_share, require_disease=require_disease, rule=rule)
         for s, ev, f, descs in zip(batch, maps, fov, found):
             lesions = {t: s.lesions.get(t, np.zeros(f.shape, bool)) for t in types}
-            total = total + pointing_game(descs, lesion_instances(lesions, types), types)
+            truth = lesion_instances(lesions, types)
+            total = total + pointing_game(descs, truth, types)
+            instances = instances + instance_match([d.bbox for d in descs], truth, int(f.sum()))
             covered = np.zeros(f.shape, bool)
             for d in descs:
                 covered[d.bbox[1] : d.bbox[3], d.bbox[0] : d.bbox[2]] = True
@@ -221,8 +298,10 @@ def evaluate_isolation(
         "n_components": total.components,
         "n_lesions": dict(total.lesions),
         # Boxes that cover most of the FOV contain most centroids whatever the map: read recall
-        # against this chance level.
-        "box_coverage": float(np.mean(coverage)) if coverage else None,
+        # against this chance level (the union of an image's boxes over its FOV, averaged).
+        "box_union_coverage": float(np.mean(coverage)) if coverage else None,
+        # Per lesion instance and per box (INSTANCE_IOU): box_coverage is the mean box's share of the FOV.
+        **instances.figures(types),
         "method": method,
         "start": used_start(detector, method, start),
         "threshold": threshold,
@@ -256,9 +335,14 @@ def isolation_table(report: dict) -> str:
     method = report["method"]
     lines = [f"isolate eval: {report['n_images']} images, {report['n_components']} components, method {method}"
              + (f" from {report['start']}" if method.startswith("deconvnet") else "") + f", threshold {report['threshold']}",
-             f"boxes cover {100 * (report['box_coverage'] or 0):.0f}% of the FOV on average (recall's chance level)",
+             f"boxes cover {100 * (report['box_union_coverage'] or 0):.0f}% of the FOV together (recall's chance level); "
+             f"a box {100 * (report['box_coverage'] or 0):.1f}% on average; {100 * (report['multi_lesion_boxes'] or 0):.0f}% hold "
+             "more than one lesion",
              "type     lesions  recall  precision  f1     pixel_auc"]
     for k in report["recall"]:
         lines.append(f"{k:8s} {report['n_lesions'].get(k, 0):7d}  {fmt(report['recall'][k])}   {fmt(report['precision'][k])}  "
                      f"{fmt(report['f1'][k])}  {fmt(report['pixel_auc'].get(k))}")
+    lines.append("per lesion instance (centroid in a box, or box IoU >= 0.1): " + "  ".join(
+        f"{k} {fmt(report['instance_recall'].get(k))}/{fmt(report['instance_precision'].get(k))}" for k in report["instance_recall"])
+        + "  (recall/precision)")
     return "\n".join(lines)
