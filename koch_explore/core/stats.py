@@ -26,6 +26,17 @@ def quadratic_weighted_kappa(y_true, y_pred, k: int = 5) -> float:
     return float(1.0 - (w * o).sum() / den) if den > 0 else 0.0
 
 
+def score_groups(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct values of ``scores`` ascending, with the positives and negatives of ``labels``
+    at each (one stable sort): what an exact AUC or an exact best-F1 cut reads."""
+    order = np.argsort(scores, kind="stable")
+    s, lab = scores[order], labels[order]
+    starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+    pos = np.add.reduceat(lab.astype(np.int64), starts)
+    neg = np.diff(np.r_[starts, s.size]) - pos
+    return s[starts], pos, neg
+
+
 def roc_auc(labels, scores) -> float:
     """Exact ROC AUC (ties count one half; NaN without both classes) by one sort: the rank-sum
     (Mann-Whitney) statistic, ~2 s for 20M pixels, no binning error. The one AUC of the kit: grades,
@@ -40,11 +51,7 @@ def roc_auc(labels, scores) -> float:
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="stable")
-    s, lab = scores[order], labels[order]
-    starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
-    pos = np.add.reduceat(lab.astype(np.int64), starts)  # positives and negatives per distinct score
-    neg = np.diff(np.r_[starts, s.size]) - pos
+    _, pos, neg = score_groups(scores, labels)
     below = np.cumsum(neg) - neg
     return float((pos * (below + 0.5 * neg)).sum() / (float(n_pos) * float(n_neg)))
 

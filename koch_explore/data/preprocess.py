@@ -35,8 +35,9 @@ def _name(img: np.ndarray, path: str | os.PathLike | None) -> str | os.PathLike:
     return f"<array {'x'.join(str(s) for s in img.shape)} {img.dtype}>"
 
 
-def _as_float(img: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
-    """Accept uint8/uint16/bool/float input; the rest of the module works in float32 [0, 1]."""
+def as_float(img: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    """float32 [0, 1] from uint8/uint16/bool/float (H, W) or (H, W, 1|3|4) arrays; a bad array raises
+    :class:`FundusReadError` naming ``path`` when known. Every fundus the kit reads passes through it."""
     arr = np.asarray(img)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise FundusReadError(_name(arr, path), f"expected an (H, W) or (H, W, 1|3|4) image, got shape {arr.shape}")
@@ -94,7 +95,7 @@ def estimate_fov(
     Works on a <=512 px copy and upsamples the mask, so a 4k x 3k photo costs milliseconds.
     Raises :class:`FundusReadError` naming ``path`` (or the array) for a black or constant frame.
     """
-    arr = _as_float(img, path)
+    arr = as_float(img, path)
     h, w = arr.shape[:2]
     scale = min(1.0, FOV_WORK_SIZE / max(h, w))
     small = arr if scale == 1.0 else cv2.resize(
@@ -202,7 +203,7 @@ def resize(img: np.ndarray, size: Size, interpolation: int | None = None) -> np.
     if interpolation is None:
         interpolation = cv2.INTER_AREA if th * tw <= h * w else cv2.INTER_CUBIC
     is_mask = arr.dtype == bool
-    src = _as_float(arr)
+    src = as_float(arr)
     if (th, tw) == (h, w):
         out = src.copy()
     else:
@@ -244,7 +245,7 @@ def prepare_fundus(
     ``fov`` is estimated when not given (CHASE_DB1, EyePACS, APTOS ship none). Apply the same
     geometry to a vessel or lesion mask of the same photo with :func:`prepare_mask`.
     """
-    arr = _as_float(img, path)
+    arr = as_float(img, path)
     fov = estimate_fov(arr, path=path) if fov is None else _check_mask(fov, arr, path)
     cropped = crop_to_fov(arr, fov, margin, path=path)
     cropped_fov = crop_to_fov(fov, fov, margin, path=path)

@@ -24,6 +24,13 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
+def severity_of(model: Detector, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Severity (B,) float32 of a batch already on the model's device; ``tta`` averages the 8 flips/rotations."""
+    if not tta:
+        return model(x).float()
+    return torch.stack([model(dihedral(x, k)).float() for k in range(8)]).mean(0)
+
+
 @torch.no_grad()
 def predict_arrays(model: Detector, images: np.ndarray, device, batch_size: int = 64, tta: bool = False, amp: bool = False) -> np.ndarray:
     model.eval()
@@ -31,11 +38,7 @@ def predict_arrays(model: Detector, images: np.ndarray, device, batch_size: int 
     for s in range(0, len(images), batch_size):
         x = to_tensor(images[s : s + batch_size], device)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-            if tta:
-                y = torch.stack([model(dihedral(x, k)).float() for k in range(8)]).mean(0)
-            else:
-                y = model(x).float()
-        out.append(y.cpu().numpy())
+            out.append(severity_of(model, x, tta).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -54,9 +57,7 @@ def predict_severity(detector, images, tta: bool = False) -> np.ndarray:
     was = detector.training
     detector.eval()
     try:
-        x = as_image_batch(images).to(model_device(detector))
-        ks = range(8) if tta else range(1)
-        return torch.stack([detector(dihedral(x, k)).float() for k in ks]).mean(0).cpu().numpy()
+        return severity_of(detector, as_image_batch(images).to(model_device(detector)), tta).cpu().numpy()
     finally:
         detector.train(was)
 

@@ -44,8 +44,10 @@ import numpy as np
 import torch
 
 from ..core.geometry import Box, box_contains, boxes_overlap
+from ..core.images import model_device
 from ..core.stats import roc_auc, spearman
 from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, segment
+from ..detect.predict import predict_severity
 from ..evidence.base import DEFAULT_METHOD, explain
 from ..synthesis.synthesizer import random_layout
 from ..vessels import load_vessels
@@ -311,7 +313,7 @@ def transplant(detector, image: np.ndarray, layout) -> np.ndarray:
         raise ValueError(f"descriptors from {sorted(set(missing))} carry no norm_patch (isolated without the detector's "
                          "images, or a bank saved before norm patches existed): re-isolate them to transplant")
     img = np.ascontiguousarray(image, np.float32)
-    dev = next(detector.parameters()).device
+    dev = model_device(detector)
     with torch.no_grad():
         hp, rms = detector.norm.highpass(torch.from_numpy(img).permute(2, 0, 1)[None].to(dev))
     hp, rms = hp[0].cpu().numpy(), rms[0].cpu().numpy()
@@ -331,13 +333,6 @@ def transplant(detector, image: np.ndarray, layout) -> np.ndarray:
 
 
 @torch.no_grad()
-def _severity(detector, images: np.ndarray) -> np.ndarray:
-    dev = next(detector.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(dev)
-    detector.eval()
-    return detector(x).float().reshape(-1).cpu().numpy()
-
-
 def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: int | None = None, seed: int | None = None,
                    config: KochConfig | None = None, vessel_model=None, progress: bool = True) -> KochReport:
     """Run the Koch test. ``healthy_set``: hosts {"vessels" (S,S), "fov" (S,S) bool, "name", and
@@ -395,7 +390,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         geom = _fov_geometry(fov)
         layouts = dose_layouts(bank, counts, fov, tseed, cfg.nested)
         images = np.stack([synthesizer.synthesize(ves, fov, layouts[n], seed=tseed) for n in counts])
-        severity.append(_severity(detector, images).tolist())
+        severity.append(predict_severity(detector, images).tolist())
         maps = explain(detector, images, cfg.method, start=cfg.start).maps
         t_hits, t_placed, t_pos, t_neg = 0, 0, [], []
         for j, n in enumerate(counts):
@@ -457,7 +452,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         if run_control and ctl_counts:
             base = images[counts.index(0)] if 0 in counts else synthesizer.synthesize(ves, fov, None, seed=tseed)
             ctl_images = np.stack([transplant(detector, base, layouts[n]) for n in ctl_counts])
-            ctl_severity.append(_severity(detector, ctl_images).tolist())
+            ctl_severity.append(predict_severity(detector, ctl_images).tolist())
             ctl_maps = explain(detector, ctl_images, cfg.method, start=cfg.start).maps
             crng = np.random.default_rng([tseed, 1])  # its own decoys: the main figures do not move
             c_hits = c_placed = 0

@@ -9,25 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.stats import roc_auc
+from ..core.stats import roc_auc, score_groups
 from .model import VesselSegmenter, load_vessels
-
-
-def _sorted_groups(scores: np.ndarray, labels: np.ndarray):
-    """Distinct score values ascending with (positives, negatives) per value."""
-    order = np.argsort(scores, kind="stable")
-    s, lab = scores[order], labels[order]
-    starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
-    pos = np.add.reduceat(lab.astype(np.int64), starts)
-    neg = np.diff(np.r_[starts, s.size]) - pos
-    return s[starts], pos, neg
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """(threshold, F1) maximising F1 of ``scores > threshold``, exactly, over every cut between
     two distinct scores (the cut is their midpoint)."""
     labels = np.asarray(labels, bool).ravel()
-    values, pos, neg = _sorted_groups(np.asarray(scores, np.float32).ravel(), labels)
+    values, pos, neg = score_groups(np.asarray(scores, np.float32).ravel(), labels)
     # Cut after group g: predicted positive = groups g+1 ... (scores > values[g]).
     tp = pos.sum() - np.cumsum(pos)
     fp = neg.sum() - np.cumsum(neg)

@@ -26,6 +26,7 @@ from ..core.weights import (
     save_weights,
 )
 from ..data.io import FundusReadError, read_image, write_image
+from ..data.preprocess import as_float
 
 FORMAT = "koch-explore/vessels"
 FORMAT_VERSION = 1
@@ -286,29 +287,9 @@ class UNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_float(img: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
-    """float32 [0, 1] from uint8/uint16/bool/float (H, W) or (H, W, 1|3|4) arrays; errors name the
-    file when known, else the array (the same checks as ``data.preprocess``'s reader)."""
-    arr = np.asarray(img)
-    name = path if path is not None else f"<array {'x'.join(str(s) for s in arr.shape)} {arr.dtype}>"
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise FundusReadError(name, f"expected an (H, W) or (H, W, 1|3|4) image, got shape {arr.shape}")
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise FundusReadError(name, f"image of shape {arr.shape} is too small")
-    if arr.dtype == np.float32:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-    if np.issubdtype(arr.dtype, np.floating):
-        return arr.astype(np.float32)
-    raise FundusReadError(name, f"unsupported pixel type {arr.dtype}")
-
-
 def as_rgb(image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
     """float32 (H, W, 3) in [0, 1] from uint8/uint16/float/bool, gray or RGB(A)."""
-    arr = _as_float(image, path)
+    arr = as_float(image, path)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[2] == 1:
