@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job: the quickstart notebook on the embedded default data, executed by papermill,
-# kept as an executed notebook plus an HTML report a person can open offline.
+# kept as an executed notebook plus an HTML report a person can open offline. It runs from the
+# checkout, so its relative report_dir lands in $(REPORTS)/koch_report.
 demo: $(STAMP)
 	mkdir -p $(REPORTS)
-	$(BIN)/papermill --kernel python3 --cwd notebooks notebooks/00_quickstart.ipynb $(REPORTS)/00_quickstart.ipynb
+	$(BIN)/papermill --kernel python3 notebooks/00_quickstart.ipynb $(REPORTS)/00_quickstart.ipynb -p report_dir $(REPORTS)/koch_report
 	$(BIN)/jupyter nbconvert --to html --log-level WARN $(REPORTS)/00_quickstart.ipynb --output-dir $(REPORTS)
 	@echo "report: $(REPORTS)/00_quickstart.html"
 

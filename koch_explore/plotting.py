@@ -33,7 +33,7 @@ def image_grid(
     cmap: str | None = None,
     suptitle: str | None = None,
 ):
-    """A grid of images (float RGB in [0,1], or 2-D maps shown with ``cmap``)."""
+    """A grid of images (float RGB in [0,1] or uint8 RGB, or 2-D maps shown with ``cmap``)."""
     plt = pyplot()
     n = len(images)
     cols = max(1, min(cols, n))
@@ -43,8 +43,8 @@ def image_grid(
         ax.axis("off")
         if i >= n:
             continue
-        img = images[i]
-        ax.imshow(np.clip(img, 0, 1) if img.ndim == 3 else img, cmap=cmap if img.ndim == 2 else None)
+        img = np.asarray(images[i])
+        ax.imshow(img if img.ndim == 2 or img.dtype == np.uint8 else np.clip(img, 0, 1), cmap=cmap if img.ndim == 2 else None)
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     if suptitle:
@@ -149,3 +149,119 @@ def mosaic(tiles: list[np.ndarray], titles: list[str] | None = None, tile: int =
         if titles:
             cv2.putText(out, titles[i][:22], (x + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+# Figures the notebooks read from: a grader's grading, evidence side by side, operations before/after.
+
+
+def grading_panels(report: Mapping, title: str | None = None, size: float = 3.4):
+    """How a grader grades, from a grading report (``detect.predict.grading_figures``, or
+    ``core.stats.grading_report``): the confusion matrix (colour: share of each true grade, text:
+    eyes) and the mean severity of each true grade, with the grade cuts dotted."""
+    plt = pyplot()
+    cm = np.asarray(report["confusion"], dtype=float)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(2.6 * size, size))
+    axes[0].imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(cm):
+        axes[0].text(j, i, str(int(v)), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.6 else "black")
+    axes[0].set_xticks(range(len(cm)))
+    axes[0].set_yticks(range(len(cm)))
+    axes[0].set_xlabel("grade given by the model")
+    axes[0].set_ylabel("true grade")
+    axes[0].set_title("confusion (colour: share of each true grade)", fontsize=9)
+    by = report["mean_severity_by_grade"]
+    present = [g for g, v in enumerate(by) if v is not None]
+    axes[1].bar(present, [by[g] for g in present], color="#c0504d")
+    for t in report.get("thresholds", []):
+        axes[1].axhline(t, color="k", ls=":", lw=0.8)
+    axes[1].set_xticks(range(len(by)))
+    axes[1].set_xlabel("true grade")
+    axes[1].set_ylabel("mean severity (0-4)")
+    axes[1].set_title("mean severity by true grade (dotted: grade cuts)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def maps_grid(images: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]], titles: Sequence[str] | None = None,
+              boxes: Sequence[Sequence[Sequence[float]]] | None = None, size: float = 1.9, by_column: bool = False):
+    """Photos beside their evidence maps: one row per image, the photo (with ``boxes`` when given)
+    then one column per entry of ``maps`` (name -> one map per image, drawn on a square-root scale
+    so weak evidence stays visible); ``by_column`` turns it so that each image is a column."""
+    plt = pyplot()
+    n, k = len(images), len(maps) + 1
+    rows, cols = (k, n) if by_column else (n, k)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for i, img in enumerate(images):
+        cells = [axes[j, i] for j in range(k)] if by_column else list(axes[i])
+        cells[0].imshow(np.clip(img, 0, 1) if np.asarray(img).dtype != np.uint8 else img)
+        if boxes is not None:
+            draw_boxes(cells[0], boxes[i], colour="cyan", lw=1.0)
+        if titles is not None:
+            cells[0].set_title(titles[i], fontsize=7)
+        for j, (name, ms) in enumerate(maps.items()):
+            m = np.asarray(ms[i], dtype=np.float32)
+            cells[j + 1].imshow(np.sqrt(np.clip(m, 0, None) / (m.max() + 1e-12)), cmap="magma")
+            if i == 0:
+                (cells[j + 1].set_ylabel if by_column else cells[j + 1].set_title)(name, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def boxed(image: np.ndarray, boxes: Sequence[Sequence[float]], colour=(0, 255, 255), thickness: int = 1) -> np.ndarray:
+    """A uint8 RGB copy of ``image`` with (x0, y0, x1, y1) boxes drawn into its pixels, so that a
+    crop or a zoom (:func:`zoom`) keeps them."""
+    out = to_uint8(image).copy()
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(out, (int(x0) - 1, int(y0) - 1), (int(x1), int(y1)), tuple(int(c) for c in colour), thickness)
+    return out
+
+
+def overlay_evidence(image: np.ndarray, evidence: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.6) -> np.ndarray:
+    """``image`` (uint8 RGB) with ``evidence`` normalised to its maximum and drawn in magma colours over
+    ``mask`` (default: wherever the evidence is positive), blended by ``alpha``."""
+    out = to_uint8(image).astype(np.float32)
+    ev = np.clip(np.asarray(evidence, np.float32), 0, None)
+    col = colourise(ev / (ev.max() + 1e-12)).astype(np.float32)
+    m = ev > 0 if mask is None else np.asarray(mask, bool)
+    out[m] = (1 - alpha) * out[m] + alpha * col[m]
+    return (out + 0.5).astype(np.uint8)
+
+
+def zoom(image: np.ndarray, centre: Sequence[float], half: int = 24, factor: int = 4) -> np.ndarray:
+    """The square of side ``2 * half`` around ``centre`` (x, y), kept inside the image and enlarged
+    ``factor`` times with whole pixels (uint8 RGB)."""
+    a = to_uint8(image)
+    h, w = a.shape[:2]
+    side = min(2 * half, h, w)
+    x0 = int(np.clip(round(centre[0]) - side // 2, 0, w - side))
+    y0 = int(np.clip(round(centre[1]) - side // 2, 0, h - side))
+    return cv2.resize(a[y0 : y0 + side, x0 : x0 + side], None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
+def before_after(panels: Sequence[Sequence], cols: int = 2, size: float = 2.4, suptitle: str | None = None):
+    """Operations as pictures: each panel ``(title, before, after)`` (RGB images, or 2-D maps) takes
+    two axes side by side, "before" and "after"; ``cols`` operations per row."""
+    plt = pyplot()
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(size * 2 * cols, size * rows + 0.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (title, before, after) in enumerate(panels):
+        r, c = divmod(i, cols)
+        for j, (img, word) in enumerate(((before, "before"), (after, "after"))):
+            ax = axes[r, 2 * c + j]
+            img = np.asarray(img)
+            ax.imshow(img if img.dtype == np.uint8 else np.clip(img, 0, 1), cmap="magma" if img.ndim == 2 else None)
+            ax.set_title(f"{title}\n{word}" if j == 0 else word, fontsize=8, loc="left" if j == 0 else "center")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,13 +1,19 @@
 """A real browser on the real product: JupyterLab on 127.0.0.1, Debian's Chromium driven by Playwright.
 
-Opens ``02_isolate`` (a parametrised copy: phantom section only, guided-backprop evidence, which
-isolates single phantom lesions), runs all cells, raises the threshold slider with the arrow keys, and checks that the lesion count changes and box overlays are drawn. The
-screenshot lands in ``reports/browser_threshold.png``. ``make test`` installs Chromium (apt) when it
-runs as root; elsewhere the test skips and says what is missing.
+``02_isolate`` (a parametrised copy: phantom section only, guided-backprop evidence, which isolates
+single phantom lesions): run all cells, raise the threshold slider with the arrow keys, check that the
+lesion count changes and box overlays are drawn (``reports/browser_threshold.png``).
+
+``04_inoculate`` (phantom setup, a few training steps): run all cells, click the host to place a
+lesion, press "retrain on this layout", watch the step counter and the loss curves advance, pause
+(``reports/browser_04_before_place.png``, ``browser_04_placed.png``, ``browser_04_trainer.png``).
+
+``make test`` installs Chromium (apt) when it runs as root; elsewhere the tests skip and say what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -21,6 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("KOCH_CHROMIUM", "/usr/bin/chromium"))
+REPORTS = REPO / "reports"
 
 
 def _free_port() -> int:
@@ -29,16 +36,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def lab(tmp_path):
-    """A JupyterLab server over a scratch copy of the notebook (the committed one stays output-free)."""
+@contextlib.contextmanager
+def jupyterlab(tmp_path, notebook: str, parameters: dict):
+    """A JupyterLab server over a scratch copy of ``notebook`` with ``parameters`` injected (the
+    committed one stays output-free); yields (url, token)."""
     papermill = pytest.importorskip("papermill")
     root = tmp_path / "lab"
     (root / "notebooks").mkdir(parents=True)
     (root / "reports").mkdir()
     os.symlink(REPO / "koch_explore", root / "koch_explore")
-    papermill.execute_notebook(str(REPO / "notebooks" / "02_isolate.ipynb"), str(root / "notebooks" / "02_isolate.ipynb"),
-                               parameters=dict(data="phantom", n_phantoms=4, n_show=3, method="guided-backprop"), prepare_only=True, kernel_name="python3")
+    papermill.execute_notebook(str(REPO / "notebooks" / notebook), str(root / "notebooks" / notebook),
+                               parameters=parameters, prepare_only=True, kernel_name="python3")
     port, token = _free_port(), "koch-browser-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -66,26 +74,61 @@ def lab(tmp_path):
             proc.kill()
 
 
-@pytest.mark.slow
-def test_threshold_slider_in_jupyterlab(lab):
+@pytest.fixture()
+def lab(tmp_path):
+    params = dict(data="phantom", n_phantoms=4, n_show=3, method="guided-backprop", n_per_grade=4, n_sanity=4,
+                  sanity_methods="gradient,random")
+    with jupyterlab(tmp_path, "02_isolate.ipynb", params) as server:
+        yield server
+
+
+@pytest.fixture()
+def lab04(tmp_path):
+    """04 on phantoms with tiny parameters: one grid host, 60 fine-tuning steps (15 of them the
+    discriminator's warm-up), a redraw every 2 steps, its runs in the scratch folder."""
+    params = dict(data="phantom", n_hosts=1, n_lesions=2, retrain_steps=60, preview_every=2,
+                  bank_file=str(tmp_path / "no_bank_here.safetensors"), run_dir=str(tmp_path / "runs"))
+    with jupyterlab(tmp_path, "04_inoculate.ipynb", params) as server:
+        yield server
+
+
+def chromium_page(pw, url: str, token: str, notebook: str):
+    """(browser, page) with ``notebook`` open and "Run All Cells" pressed."""
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                 args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                                       "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}/lab/tree/notebooks/{notebook}?token={token}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=120_000)
+    time.sleep(2)  # let the kernel connection settle before the first execute
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+    return browser, page
+
+
+def wait_until_all_cells_ran(page, timeout_s: float = 600) -> None:
+    """Until no cell is queued or running ("[*]"): a busy kernel would queue the widget's messages."""
+    page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')].some(e => e.textContent.includes('*'))",
+                           timeout=timeout_s * 1000)
+
+
+def needs_chromium():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make test does, as root) to run the browser test")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed (pip install playwright)")
+    return pytest.importorskip("playwright.sync_api", reason="python playwright is not installed (pip install playwright)")
+
+
+@pytest.mark.slow
+def test_threshold_slider_in_jupyterlab(lab):
+    sync_api = needs_chromium()
     url, token = lab
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                                           "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(f"{url}/lab/tree/notebooks/02_isolate.ipynb?token={token}")
-        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=120_000)
-        time.sleep(2)  # let the kernel connection settle before the first execute
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_text("Run All Cells", exact=True).click()
+        browser, page = chromium_page(pw, url, token, "02_isolate.ipynb")
         count = page.locator(".koch-count").first
         count.wait_for(timeout=300_000)
+        wait_until_all_cells_ran(page)
         before = count.inner_text()
         assert page.locator("svg.koch-view rect.koch-box").count() >= 1, "no box overlay drawn"
 
@@ -105,13 +148,75 @@ def test_threshold_slider_in_jupyterlab(lab):
             if after != before and not after.startswith("0 "):
                 break
         moved_value = readout.inner_text()
-        out = REPO / "reports"
-        out.mkdir(exist_ok=True)
+        REPORTS.mkdir(exist_ok=True)
         time.sleep(1)  # the SVG is replaced on every redraw: let the last one land
         widget = page.locator(".jp-OutputArea-output:has(.koch-count)").first
-        widget.screenshot(path=str(out / "browser_threshold.png"))
+        widget.screenshot(path=str(REPORTS / "browser_threshold.png"))
         boxes = page.locator("svg.koch-view rect.koch-box").count()
         browser.close()
     assert moved_value != start_value, f"the slider did not move ({start_value})"
     assert after != before, f"lesion count did not change after moving the slider ({before!r})"
     assert re.search(r"\d+ lesion", after) and boxes >= 1
+
+
+def _poll(read, ok, timeout: float, every: float = 0.25):
+    """Call ``read()`` until ``ok(value)`` or ``timeout`` seconds; returns the last value."""
+    deadline = time.time() + timeout
+    value = read()
+    while not ok(value) and time.time() < deadline:
+        time.sleep(every)
+        value = read()
+    return value
+
+
+@pytest.mark.slow
+def test_place_a_lesion_and_train_in_jupyterlab(lab04):
+    sync_api = needs_chromium()
+    url, token = lab04
+    REPORTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser, page = chromium_page(pw, url, token, "04_inoculate.ipynb")
+        # the last cell answers once every cell ran: in a person's Lab nothing was clicked or trained for them
+        page.get_by_text("No retrained generator yet").wait_for(timeout=600_000)
+        wait_until_all_cells_ran(page)
+        placer = page.locator(".jp-OutputArea-output:has(.koch-placer)").first
+        placed = placer.locator(".koch-placed").first
+        before = placed.inner_text()
+        placer.scroll_into_view_if_needed()
+        time.sleep(1)
+        placer.screenshot(path=str(REPORTS / "browser_04_before_place.png"))
+
+        host = placer.locator(".koch-placer .nsewdrag").first.bounding_box()
+        page.mouse.click(host["x"] + host["width"] / 2, host["y"] + host["height"] / 2)  # the middle of the host: in its FOV
+        after = _poll(placed.inner_text, lambda t: t.startswith("1 lesion"), 60)
+        boxes = placer.locator(".koch-placer .shapelayer path").count()
+        placer.get_by_role("button", name="synthesize", exact=True).click()
+        severity = _poll(lambda: placer.locator(".widget-html:has(.koch-placed)").first.inner_text(), lambda t: "severity" in t, 120)
+        time.sleep(1)
+        placer.screenshot(path=str(REPORTS / "browser_04_placed.png"))
+
+        trainer = page.locator(".jp-OutputArea-output:has(.koch-step)").first
+        trainer.scroll_into_view_if_needed()
+        step, state = trainer.locator(".koch-step").first, trainer.locator(".koch-state").first
+        curves = trainer.locator("img").first
+        pictures = {curves.get_attribute("src")}
+        trainer.get_by_role("button", name="retrain on this layout", exact=True).click()
+
+        def progress():
+            pictures.add(curves.get_attribute("src"))
+            return int(re.search(r"step (\d+)", step.inner_text()).group(1))
+
+        first = _poll(progress, lambda n: n >= 1, 300)  # the run starts: models and hosts load in the worker
+        reached = _poll(progress, lambda n: n >= first + 8 and len(pictures) >= 4, 300)
+        time.sleep(0.5)
+        trainer.screenshot(path=str(REPORTS / "browser_04_trainer.png"))
+        trainer.get_by_role("button", name="pause", exact=True).click()
+        stopped = _poll(state.inner_text, lambda t: t == "paused", 120)
+        final = progress()
+        browser.close()
+    assert before.startswith("0 lesions"), f"the placer started with lesions: {before!r}"
+    assert after.startswith("1 lesion placed") and boxes == 1, f"clicking the host placed nothing ({after!r}, {boxes} boxes)"
+    assert "severity" in severity
+    assert reached >= first + 8, f"the step counter stalled at {reached}"
+    assert len(pictures) >= 4, f"the loss curves were redrawn {len(pictures) - 1} times"
+    assert stopped == "paused" and reached <= final < 60, f"pause did not stop the run ({stopped!r} at step {final})"

@@ -25,6 +25,18 @@ def sick():
     return generate_phantom(11, size=256, grade=3)
 
 
+def assert_snapshot(widget, text: str) -> None:
+    """The static picture of a widget: a matplotlib figure outside pyplot whose caption is the status."""
+    import io
+
+    fig = widget.snapshot()
+    captions = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert text in captions, captions
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
 def live_widgets() -> int:
     from ipywidgets.widgets.widget import _instances
 
@@ -52,6 +64,7 @@ def test_threshold_explorer_counts_change_and_nothing_grows(sick):
     assert 0 < t < 1 and te.count == len(segment(ev, sick.fov, "otsu").boxes)
     with pytest.raises(ValueError):
         te.set_threshold(1.5)
+    assert_snapshot(te, f"{te.count} lesion")
     te.close()
     assert live_widgets() == n0
 
@@ -71,6 +84,7 @@ def test_layer_browser_projects_from_any_start(phantom_models, sick):
     assert "top-K" in lb.status.value  # a bad spec is reported, the last projection stays
     assert parse_channels("3,17") == [3, 17] and parse_channels("all") is None
     assert not det._forward_hooks and not any(m._forward_hooks for m in det.modules())
+    assert_snapshot(lb, "top-K")  # the picture carries the status line, a bad spec included
     lb.close()
     assert lb.net.detector is None
 
@@ -83,6 +97,8 @@ def test_lesion_picker_click_toggle_save_load(phantom_models, sick, tmp_path):
     det, _, bank = phantom_models
     lp = LesionPicker(det, sick.image.astype(np.float32), method=bank.info.get("method", "deconvnet"))
     assert lp.candidates, "the phantom has lesions the detector isolates"
+    seen = []
+    lp.on_change(lambda b: seen.append(len(b)))
     d = lp.candidates[0]
     cx, cy = (d.bbox[0] + d.bbox[2] - 1) / 2, (d.bbox[1] + d.bbox[3] - 1) / 2
     assert lp.click(cx, cy) is not None and len(lp.bank) == 1
@@ -97,7 +113,12 @@ def test_lesion_picker_click_toggle_save_load(phantom_models, sick, tmp_path):
     lp.load(path)
     assert len(lp.bank) == 1 and lp.selected == [0]
     assert len(DescriptorBank.load(path, detector=det)) == 1
+    assert seen == [1, 0, 1, 0, 1]  # every click, toggle and load told the listener
+    assert_snapshot(lp, "loaded 1 descriptors")
     lp.close()
+    peaks = LesionPicker(det, sick.image.astype(np.float32), method="guided-backprop", rule="peaks")
+    assert len(peaks.candidates) > len(lp.candidates)  # one component per local peak: lesion-sized candidates
+    peaks.close()
 
 
 def test_descriptor_placer_place_rotate_count_synthesize(phantom_models):
@@ -126,36 +147,78 @@ def test_descriptor_placer_place_rotate_count_synthesize(phantom_models):
     assert img.shape == (synth.cfg.size, synth.cfg.size, 3) and "severity" in dp.info.value
     healthy = synth.synthesize(host["vessels"], host["fov"], None, seed=0)
     assert np.abs(img - healthy).mean() > 1e-3  # the lesions changed the picture
+    assert_snapshot(dp, "6 lesions placed")
     dp.clear()
     assert len(dp.layout) == 0
+    dp.set_bank(bank.select(indices=[2]))  # a picker hands over its selection ...
+    assert dp.place(xs[c], ys[c]) and dp.layout[0].area == bank[2].area and "1 picked descriptors" in dp.info.value
+    dp.set_bank(bank.select(indices=[]))  # ... and an empty one means the bank it was given
+    assert dp.bank is bank and dp.selected == list(range(len(bank))) and len(dp.layout) == 1
     dp.close()
 
 
 @pytest.mark.slow
-def test_synth_trainer_pause_resume_and_retrain(phantom_models, tmp_path):
-    from koch_explore.widgets import SynthTrainer
+def test_synth_trainer_pause_resume_device_and_retrain_on_layout(phantom_models, tmp_path):
+    from koch_explore.widgets import DescriptorPlacer, SynthTrainer
 
-    from koch_explore.synthesis.trainer import SynthTrainConfig
+    from koch_explore.culture.bank import DescriptorBank
+    from koch_explore.synthesis.trainer import SynthTrainConfig, healthy_set
 
+    det, synth, bank = phantom_models
     bank_file = resolve_weights("bank", "phantom")
+    host = healthy_set(SynthTrainConfig(data="phantom"), synth.cfg.size)[0]
+    placer = DescriptorPlacer(synth, bank, host["vessels"], host["fov"], selected=[0, 1])
+    placer.set_count(2)
     cfg = SynthTrainConfig(data="phantom", steps=40, batch_size=1, bank=str(bank_file), out=str(tmp_path / "run"),
-                           sample_every=0, num_threads=2)
-    tr = SynthTrainer(cfg, preview_every=2)
-    tr.start()
+                           sample_every=0, num_threads=2, init=str(resolve_weights("synthesizer", "phantom")))
+    tr = SynthTrainer(cfg, placer=placer, preview_every=2)
+    assert tr.curves.value[:4] == b"\x89PNG" and "step 0 of 40" in tr.status.value  # drawn before the first step
+    assert tr.device_dropdown.options[:2] == ("auto", "cpu") and tr.device_dropdown.value == "auto"
+    empty = tr.curves.value
     t0 = time.time()
+    tr.start()
+    assert tr.running  # start returns at once: the cell that shows the widget is not blocked
     while tr.step < 3 and time.time() - t0 < 300:
         time.sleep(0.2)
     tr.pause()
     stopped_at = tr.step
-    assert 3 <= stopped_at < 40 and not tr.running
+    assert 3 <= stopped_at < 40 and not tr.running and tr.state == "paused"
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "generator.safetensors").exists()
-    assert tr.curves.value[:4] == b"\x89PNG"
-    tr.config.steps = stopped_at + 2
+    assert tr.curves.value != empty and tr.preview_image is not None  # redrawn on the way out, preview of the layout
+    tr.set_device("cpu")
+    assert tr.config.device == "cpu" and "device cpu" in tr.status.value
+    with pytest.raises(ValueError):
+        tr.set_device("tpu")
+    tr.steps_box.value = stopped_at + 2
     tr.resume()
     tr.wait(300)
-    assert tr.result["step"] == stopped_at + 2  # resumed from the checkpoint, not from 0
-    tr.retrain_on(bank_file, steps=2)
+    assert tr.result["step"] == stopped_at + 2 and tr.state == "finished"  # resumed from the checkpoint, not from 0
+    bank_path = tr.retrain_on_layout(steps=2)
     tr.wait(300)
-    assert (tmp_path / "run_layout" / "generator.safetensors").exists() and tr.result["step"] == 2
+    run = tmp_path / "run_layout1"
+    assert (run / "generator.safetensors").exists() and tr.result["step"] == 2 and tr.config.out == str(run)
+    assert len(DescriptorBank.load(bank_path)) == 2 and tr.trained_layout is placer.layout and tr.config.max_lesions == 2
+    assert tr.config.init == str(tmp_path / "run" / "generator.safetensors")  # fine-tunes the generator it trained
+    assert tr.synthesizer().synthesize(host["vessels"], host["fov"], placer.layout).shape == (synth.cfg.size, synth.cfg.size, 3)
+    assert_snapshot(tr, "step 2 of 2")
     tr.close()
     assert not any(t.name == "koch-synth-trainer" and t.is_alive() for t in threading.enumerate())
+
+
+def test_show_adds_a_static_picture_where_nobody_clicks(sick, monkeypatch):
+    import koch_explore.widgets.static as static
+    from IPython.display import Image
+    from koch_explore.widgets import ThresholdExplorer, is_interactive, show
+
+    ev = sum(m.astype(np.float32) for m in sick.lesions.values())
+    te = ThresholdExplorer(sick.image, ev, sick.fov, threshold=0.1)
+    assert not is_interactive()  # no kernel here: nobody to click
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj))
+    show(te)
+    assert shown[0] is te and isinstance(shown[1], Image) and shown[1].data[:4] == b"\x89PNG"
+    shown.clear()
+    monkeypatch.setattr(static, "is_interactive", lambda: True)
+    show(te)
+    assert shown == [te]  # a person's frontend shows the live widget only
+    te.close()

@@ -9,12 +9,17 @@ networks and threads.
 * :class:`LesionPicker` — click components to put their descriptors in a bank;
 * :class:`DescriptorPlacer` — click a healthy host to place descriptors, preview the synthesis;
 * :class:`SynthTrainer` — train the synthesizer in the background, pause, resume, retrain on a layout.
+
+Every widget's ``snapshot()`` draws its current state as a matplotlib figure; :func:`show` displays a
+widget and, where no person runs the cell (papermill, ``nbconvert --execute``), that picture below it,
+so executed notebooks and their HTML show what the widgets showed.
 """
 
 from .layers import LayerBrowser
 from .picker import LesionPicker
 from .placer import DescriptorPlacer
+from .static import is_interactive, show
 from .threshold import ThresholdExplorer
 from .trainer import SynthTrainer
 
-__all__ = ["DescriptorPlacer", "LayerBrowser", "LesionPicker", "SynthTrainer", "ThresholdExplorer"]
+__all__ = ["DescriptorPlacer", "LayerBrowser", "LesionPicker", "SynthTrainer", "ThresholdExplorer", "is_interactive", "show"]

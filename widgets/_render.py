@@ -7,13 +7,17 @@ move would cost 50-100x the 30 ms budget of a redraw.
 from __future__ import annotations
 
 import base64
+import html
+import io
+import re
 
 import cv2
 import numpy as np
 
-from koch_explore.plotting import colourise, mosaic, to_uint8
+from koch_explore.plotting import colourise, draw_boxes, mosaic, to_uint8
 
-__all__ = ["to_uint8", "encode", "data_url", "colourise", "svg_view", "mosaic", "close_widgets"]
+__all__ = ["to_uint8", "encode", "data_url", "colourise", "svg_view", "mosaic", "close_widgets", "new_figure", "figure_png",
+           "plain_text", "snapshot_panels"]
 
 
 def encode(img: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
@@ -62,3 +66,58 @@ def close_widgets(*widgets) -> None:
             if sub is not None and hasattr(sub, "close"):
                 sub.close()
         w.close()
+
+
+# Static pictures of a widget's state (``snapshot()``): matplotlib figures that no pyplot registry holds,
+# so they are never shown twice by the inline backend and can be drawn off the main thread.
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` with an Agg canvas, outside pyplot (never auto-displayed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plain_text(markup: str) -> str:
+    """A widget's HTML status as one line of text."""
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<br\s*/?>", " · ", re.sub(r"<(?!br)[^>]+>", "", markup or "")))).strip()
+
+
+def snapshot_panels(panels, caption: str = "", panel_size: float = 3.6, aspect: float = 1.0):
+    """One row of panels ``panel_size`` inches wide and ``aspect`` times as high, each a dict:
+    ``image`` (array) or ``draw`` (a function of the Axes), optional ``boxes`` (x0, y0, x1, y1),
+    ``colours`` (one per box, default cyan) and ``title``; the caption (a widget's status line) below."""
+    import textwrap
+
+    n = max(1, len(panels))
+    lines = textwrap.wrap(caption, width=int(15 * panel_size * n)) if caption else []
+    text_h = 0.17 * len(lines) + 0.1
+    height = panel_size * aspect + 0.3
+    fig = new_figure(panel_size * n, height + text_h)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, p in zip(axes, panels):
+        if "draw" in p:
+            p["draw"](ax)
+        else:
+            img = np.asarray(p["image"])
+            ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+            ax.axis("off")
+            colours = p.get("colours") or ["cyan"] * len(p.get("boxes", ()))
+            for box, c in zip(p.get("boxes", ()), colours):
+                draw_boxes(ax, [box], colour=c, lw=1.0)
+        if p.get("title"):
+            ax.set_title(p["title"], fontsize=8)
+    fig.tight_layout(rect=(0, text_h / (height + text_h), 1, 1 - 0.1 / (height + text_h)))
+    if lines:
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7.5, va="bottom", ha="left", family="monospace")
+    return fig

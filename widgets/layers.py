@@ -13,7 +13,15 @@ import torch
 from koch_explore.core.images import as_image_batch
 from koch_explore.evidence.deconvnet import ActivationNetwork
 
-from ._render import close_widgets, colourise, encode, mosaic, to_uint8
+from ._render import (
+    close_widgets,
+    colourise,
+    encode,
+    mosaic,
+    plain_text,
+    snapshot_panels,
+    to_uint8,
+)
 
 __all__ = ["LayerBrowser", "parse_channels"]
 
@@ -37,7 +45,7 @@ def parse_channels(text: str):
 class LayerBrowser:
     """Start-layer dropdown + channel selection -> the projection at every layer below.
 
-    Plain-Python API: :meth:`set_start`, :meth:`set_channels`, :attr:`projection`; :meth:`close`
+    Plain-Python API: :meth:`set_start`, :meth:`set_channels`, :attr:`projection`, :meth:`snapshot`; :meth:`close`
     releases the activation network (its folded detector copy) and the widgets.
     """
 
@@ -55,6 +63,7 @@ class LayerBrowser:
         self.view = W.Image(format="png")
         self.tile = tile
         self.projection = None
+        self._mosaic: np.ndarray | None = None
         self.start_dropdown.observe(self._on_change, names="value")
         self.channel_text.observe(self._on_change, names="value")
         self._row = W.HBox([self.start_dropdown, self.channel_text])
@@ -85,10 +94,18 @@ class LayerBrowser:
             m = t.detach().abs().float().mean(0).cpu().numpy()
             tiles.append(colourise(m / (m.max() + 1e-12)))
             titles.append(f"{n} {m.shape[0]}x{m.shape[1]}")
-        self.view.value = encode(mosaic(tiles, titles, tile=self.tile, cols=6))
+        self._mosaic = mosaic(tiles, titles, tile=self.tile, cols=6)
+        self.view.value = encode(self._mosaic)
         sev = float(p.output.reshape(-1)[0])
         self.status.value = (f"projected from <b>{p.start}</b> ({int(p.mask.sum())} of {p.mask.shape[1]} channels), "
                              f"severity {sev:.2f}")
+
+    def snapshot(self):
+        """The widget's current state as a matplotlib ``Figure``: the mosaic of every layer's map."""
+        h, w = self._mosaic.shape[:2]
+        title = f"start layer {self.start_dropdown.value}, channels {self.channel_text.value}"
+        return snapshot_panels([{"image": self._mosaic, "title": title}],
+                               plain_text(self.status.value), panel_size=9.0, aspect=h / w)
 
     def close(self) -> None:
         self.start_dropdown.unobserve(self._on_change, names="value")

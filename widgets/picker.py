@@ -2,7 +2,8 @@
 
 Every component of the image's evidence map is cultured once into a candidate :class:`Descriptor`
 (feature patches, Grams, severity share); clicking toggles the candidate under the cursor. The bank
-saves and loads atomically like every bank.
+saves and loads atomically like every bank. :meth:`on_change` lets another widget follow the
+selection (04_inoculate's placer places what is picked); :meth:`snapshot` draws the current state.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from koch_explore.culture.cut import DEFAULT_THRESHOLD
 from koch_explore.culture.isolation import isolate
 from koch_explore.evidence.base import DEFAULT_METHOD, explain
 
-from ._render import close_widgets, colourise, encode, mosaic, to_uint8
+from ._render import (
+    close_widgets,
+    colourise,
+    encode,
+    mosaic,
+    plain_text,
+    snapshot_panels,
+    to_uint8,
+)
 
 __all__ = ["LesionPicker"]
 
@@ -26,12 +35,14 @@ class LesionPicker:
     """A clickable fundus with its components; selected ones go into :attr:`bank`.
 
     Plain-Python API: :meth:`click` (x, y in image pixels), :meth:`toggle` (candidate index),
-    :attr:`candidates`, :attr:`selected`, :attr:`bank`, :meth:`save`, :meth:`load`, :meth:`close`.
+    :attr:`candidates`, :attr:`selected`, :attr:`bank`, :meth:`save`, :meth:`load`, :meth:`on_change`,
+    :meth:`snapshot`, :meth:`close`. ``rule``: the isolation rule, "global" (one cut) or "peaks" (one
+    component per local peak of the map: lesion-sized candidates where one cut merges them).
     """
 
     def __init__(self, detector, image: np.ndarray, fov: np.ndarray | None = None, method: str = DEFAULT_METHOD,
                  threshold: float | str = DEFAULT_THRESHOLD, image_id: str = "image", bank_path: str = "picked_bank.safetensors",
-                 width: int = 512):
+                 width: int = 512, rule: str = "global"):
         import ipywidgets as W
         import plotly.graph_objects as go
 
@@ -40,9 +51,12 @@ class LesionPicker:
         self.image = to_uint8(x[0].permute(1, 2, 0).cpu().numpy())
         ev = explain(detector, x, method)
         self.candidates = isolate(ev, images=x, detector=detector,
-                                  threshold=threshold, fov=fov, image_ids=[image_id], require_disease=False, min_share=float("nan"))[0]
+                                  threshold=threshold, fov=fov, image_ids=[image_id], require_disease=False, min_share=float("nan"),
+                                  rule=rule)[0]
         self.method = method
         self.selected: list[int] = []
+        self._listeners: list = []
+        self._detail_rgb: np.ndarray | None = None
         self.bank = DescriptorBank(detector_hash=detector.weights_hash(), info={"built_by": "LesionPicker", "method": method})
 
         h, w = self.image.shape[:2]
@@ -57,8 +71,10 @@ class LesionPicker:
         self.save_button.on_click(lambda _b: self.save(self.path_text.value))
         self.load_button.on_click(lambda _b: self.load(self.path_text.value))
         side = W.VBox([self.info, self.detail])
-        self._rows = [side, W.HBox([self.figure, side]), W.HBox([self.path_text, self.save_button, self.load_button])]
-        self.widget = W.VBox(self._rows[1:])
+        frame = W.Box([self.figure])
+        frame.add_class("koch-picker")  # a handle for the browser test
+        self._rows = [side, frame, W.HBox([frame, side]), W.HBox([self.path_text, self.save_button, self.load_button])]
+        self.widget = W.VBox(self._rows[2:])
         self._redraw(None)
 
     # -- API -----------------------------------------------------------------------------------
@@ -83,6 +99,11 @@ class LesionPicker:
             self.selected.append(k)
         self.bank = DescriptorBank([self.candidates[i] for i in self.selected], detector_hash=self.bank.detector_hash, info=self.bank.info)
         self._redraw(k)
+        self._changed()
+
+    def on_change(self, callback) -> None:
+        """Call ``callback(bank)`` after every change of the selection (a click, :meth:`toggle`, :meth:`load`)."""
+        self._listeners.append(callback)
 
     def save(self, path: str | Path) -> Path:
         out = self.bank.save(path)
@@ -95,9 +116,21 @@ class LesionPicker:
         self.selected = [k for k, c in enumerate(self.candidates) if any(c.bbox == d.bbox and c.source == d.source for d in self.bank)]
         self._redraw(None)
         self.info.value = f"loaded {len(self.bank)} descriptors from {path}"
+        self._changed()
         return self.bank
 
+    def snapshot(self):
+        """The widget's current state as a matplotlib ``Figure``: the image with every component's box
+        (green: in the bank, yellow: not), the last clicked component's tiles, and the status line."""
+        colours = ["#00ff66" if i in self.selected else "#ffd000" for i in range(len(self.candidates))]
+        panels = [{"image": self.image, "boxes": [d.bbox for d in self.candidates], "colours": colours,
+                   "title": f"{len(self.candidates)} components, {len(self.bank)} picked (green)"}]
+        if self._detail_rgb is not None:
+            panels.append({"image": self._detail_rgb, "title": "last clicked: patch, evidence, mask, features"})
+        return snapshot_panels(panels, plain_text(self.info.value))
+
     def close(self) -> None:
+        self._listeners.clear()
         self.figure.data[0].on_click(None)
         for b in (self.save_button, self.load_button):
             b._click_handlers.callbacks.clear()
@@ -109,6 +142,10 @@ class LesionPicker:
         display(self.widget)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            callback(self.bank)
 
     def _on_click(self, _trace, points, _state) -> None:
         if points.xs:
@@ -137,4 +174,5 @@ class LesionPicker:
             m = np.abs(f).mean(0)
             tiles.append(colourise(m / (m.max() + 1e-12)))
             titles.append(f"{n} features")
-        self.detail.value = encode(mosaic(tiles, titles, tile=96, cols=3))
+        self._detail_rgb = mosaic(tiles, titles, tile=96, cols=3)
+        self.detail.value = encode(self._detail_rgb)

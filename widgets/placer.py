@@ -1,5 +1,9 @@
 """``DescriptorPlacer``: click on a healthy host to place descriptors, rotate/scale/count them, and
-preview the synthetic fundus the current generator draws (with the detector's severity)."""
+preview the synthetic fundus the current generator draws (with the detector's severity).
+
+The bank it places from can change under it (:meth:`set_bank`: 04_inoculate hands it the lesions
+picked in a :class:`~koch_explore.widgets.LesionPicker`); a :class:`~koch_explore.widgets.SynthTrainer`
+given the placer retrains on its :attr:`layout`. :meth:`snapshot` draws the current state."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 from koch_explore.culture.bank import DescriptorBank
 from koch_explore.synthesis.synthesizer import random_layout
 
-from ._render import close_widgets, encode, to_uint8
+from ._render import close_widgets, encode, plain_text, snapshot_panels, to_uint8
 
 __all__ = ["DescriptorPlacer"]
 
@@ -17,8 +21,8 @@ class DescriptorPlacer:
     """Host vessel tree + FOV, a bank to place from, and the placed layout (:attr:`layout`).
 
     Plain-Python API: :meth:`place` (x, y), :meth:`set_count`, :meth:`rotate`, :meth:`scale`,
-    :meth:`clear`, :meth:`synthesize` (returns the image and shows it), :meth:`close`.
-    ``selected``: bank indices placed by clicks (cycled in order).
+    :meth:`clear`, :meth:`synthesize` (returns the image and shows it), :meth:`set_bank`,
+    :meth:`snapshot`, :meth:`close`. ``selected``: bank indices placed by clicks (cycled in order).
     """
 
     def __init__(self, synthesizer, bank: DescriptorBank, vessels: np.ndarray, fov: np.ndarray, detector=None,
@@ -29,14 +33,16 @@ class DescriptorPlacer:
         if not len(bank):
             raise ValueError("the bank is empty: pick lesions first (LesionPicker)")
         self.synth, self.bank, self.detector = synthesizer, bank, detector
+        self.default_bank = bank
         self.vessels, self.fov = np.asarray(vessels, np.float32), np.asarray(fov, bool)
         self.selected = list(range(len(bank))) if selected is None else [int(i) for i in selected]
         self.seed = seed
         self.layout = DescriptorBank([], detector_hash=bank.detector_hash, info=dict(bank.info))
         self.image: np.ndarray | None = None
+        self.severity: float | None = None
         h, w = self.fov.shape
-        host = to_uint8(np.where(self.fov, 0.25 + 0.6 * self.vessels, 0.0))
-        self.figure = go.FigureWidget(go.Image(z=host, hoverinfo="x+y"))
+        self.host = to_uint8(np.where(self.fov, 0.25 + 0.6 * self.vessels, 0.0))
+        self.figure = go.FigureWidget(go.Image(z=self.host, hoverinfo="x+y"))
         self.figure.update_layout(width=width, height=round(width * h / w), margin=dict(l=0, r=0, t=0, b=0),
                                   xaxis=dict(visible=False), yaxis=dict(visible=False), dragmode=False)
         self.figure.data[0].on_click(self._on_click)
@@ -44,16 +50,20 @@ class DescriptorPlacer:
         self.rotate_slider = W.FloatSlider(value=0, min=-180, max=180, step=15, description="rotate last", continuous_update=False)
         self.scale_slider = W.FloatSlider(value=1.0, min=0.5, max=2.0, step=0.1, description="scale last", continuous_update=False)
         self.synth_button, self.clear_button = W.Button(description="synthesize", button_style="primary"), W.Button(description="clear")
-        self.preview, self.info = W.Image(format="png"), W.HTML()
+        # a fixed size: in a row beside the figure an image would stretch to the row's height
+        self.preview = W.Image(format="png", layout=W.Layout(width=f"{width}px", height=f"{round(width * h / w)}px"))
+        self.info = W.HTML()
         self.count_slider.observe(self._on_count, names="value")
         self.rotate_slider.observe(self._on_rotate, names="value")
         self.scale_slider.observe(self._on_scale, names="value")
         self.synth_button.on_click(lambda _b: self.synthesize())
         self.clear_button.on_click(lambda _b: self.clear())
         self._last_transform, self._last_base = (0.0, 1.0), None
-        self._rows = [W.HBox([self.figure, self.preview]), W.HBox([self.count_slider, self.rotate_slider, self.scale_slider]),
+        frame = W.Box([self.figure])
+        frame.add_class("koch-placer")  # a handle for the browser test
+        self._rows = [frame, W.HBox([frame, self.preview]), W.HBox([self.count_slider, self.rotate_slider, self.scale_slider]),
                       W.HBox([self.synth_button, self.clear_button, self.info])]
-        self.widget = W.VBox(self._rows)
+        self.widget = W.VBox(self._rows[1:])
         self._redraw()
 
     # -- API -----------------------------------------------------------------------------------
@@ -91,10 +101,18 @@ class DescriptorPlacer:
         self._last_transform, self._last_base = (0.0, 1.0), None
         self._redraw()
 
+    def set_bank(self, bank: DescriptorBank) -> None:
+        """Place from ``bank`` from now on (all of it selected); an empty bank means the one given at
+        construction. Lesions already placed stay."""
+        self.bank = bank if len(bank) else self.default_bank
+        self.selected = list(range(len(self.bank)))
+        self._last_transform, self._last_base = (0.0, 1.0), None
+        self._redraw()
+
     def synthesize(self) -> np.ndarray:
         self.image = self.synth.synthesize(self.vessels, self.fov, self.layout if len(self.layout) else None, seed=self.seed)
         self.preview.value = encode(to_uint8(self.image))
-        msg = f"{len(self.layout)} lesions placed"
+        msg = self._placed()
         if self.detector is not None:
             import torch
 
@@ -102,7 +120,17 @@ class DescriptorPlacer:
                 sev = float(self.detector(torch.from_numpy(self.image).permute(2, 0, 1)[None].contiguous()).reshape(-1)[0])
             msg += f"; detector severity {sev:.2f} (grade {int(self.detector.grade(torch.tensor([sev]))[0])})"
         self.info.value = msg
+        self.severity = sev if self.detector is not None else None
         return self.image
+
+    def snapshot(self):
+        """The widget's current state as a matplotlib ``Figure``: the host's tree with the placed boxes,
+        the last synthesis (if any) and the status line."""
+        boxes = [d.bbox for d in self.layout]
+        panels = [{"image": self.host, "boxes": boxes, "title": f"host tree: {len(self.layout)} placed"}]
+        if self.image is not None:
+            panels.append({"image": np.clip(self.image, 0, 1), "boxes": boxes, "title": "last synthesis"})
+        return snapshot_panels(panels, plain_text(self.info.value))
 
     def close(self) -> None:
         self.figure.data[0].on_click(None)
@@ -148,4 +176,9 @@ class DescriptorPlacer:
     def _redraw(self) -> None:
         self.figure.layout.shapes = [dict(type="rect", x0=d.bbox[0] - 0.5, y0=d.bbox[1] - 0.5, x1=d.bbox[2] - 0.5, y1=d.bbox[3] - 0.5,
                                           line=dict(color="#00e5ff", width=1.5)) for d in self.layout]
-        self.info.value = f"{len(self.layout)} lesions placed (click the tree to add; synthesize to preview)"
+        src = f"the bank ({len(self.bank)} descriptors)" if self.bank is self.default_bank else f"{len(self.bank)} picked descriptors"
+        self.info.value = f"{self._placed()} from {src} (click the tree to add; synthesize to preview)"
+
+    def _placed(self) -> str:
+        n = len(self.layout)
+        return f'<span class="koch-placed">{n} lesion{"" if n == 1 else "s"} placed</span>'

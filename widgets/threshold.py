@@ -21,7 +21,14 @@ from koch_explore.culture.cut import (
     segment,
 )
 
-from ._render import close_widgets, data_url, svg_view, to_uint8
+from ._render import (
+    close_widgets,
+    data_url,
+    plain_text,
+    snapshot_panels,
+    svg_view,
+    to_uint8,
+)
 
 __all__ = ["ThresholdExplorer"]
 
@@ -30,7 +37,7 @@ class ThresholdExplorer:
     """Fundus + evidence map, a threshold slider, an Otsu button, the live mask, boxes and count.
 
     Plain-Python API: :meth:`set_threshold`, :meth:`otsu`, :attr:`segmentation`, :attr:`count`,
-    :attr:`last_redraw_ms`; :meth:`close` releases the widgets and their observers.
+    :attr:`last_redraw_ms`, :meth:`snapshot`; :meth:`close` releases the widgets and their observers.
     """
 
     def __init__(self, image: np.ndarray, evidence: np.ndarray, fov: np.ndarray | None = None,
@@ -46,6 +53,7 @@ class ThresholdExplorer:
         self._blurred, self._fov = first.blurred, first.fov
         self._evidence = np.asarray(evidence, np.float32)
         self.min_area = default_min_area(self.shape) if min_area is None else int(min_area)
+        self._image = img
         self._background = data_url(img, "jpeg")
         self.width = width
         self.segmentation: Segmentation = first
@@ -94,6 +102,15 @@ class ThresholdExplorer:
         self.view.value = svg_view(self._background, self.shape, data_url(overlay), seg.boxes, width=self.width)
         self.count_label.value = f'<span class="koch-count">{self.count} lesion{"s" if self.count != 1 else ""}</span>'
         self.last_redraw_ms = (time.perf_counter() - t0) * 1000
+
+    def snapshot(self):
+        """The widget's current state as a matplotlib ``Figure``: the fundus with the mask and boxes."""
+        from koch_explore.plotting import overlay_mask
+
+        seg = self.segmentation
+        shown = overlay_mask(self._image.astype(np.float32) / 255, seg.mask, alpha=0.45)
+        return snapshot_panels([{"image": shown, "boxes": seg.boxes, "colours": ["#00ff66"] * len(seg.boxes),
+                                 "title": f"threshold {self.threshold:.2f}"}], plain_text(self.count_label.value), panel_size=4.2)
 
     def close(self) -> None:
         self.slider.unobserve(self._on_slider, names="value")

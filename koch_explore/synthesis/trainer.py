@@ -78,7 +78,13 @@ class SynthTrainConfig:
     root: str | None = None
     """Data root (default: KOCH_DATA, ../shared/data, ./data)."""
     detector: str | None = None
-    """Detector weights for descriptors and losses (default: shipped EyePACS, or phantom for data=phantom)."""
+    """Detector weights for descriptors and losses (default: shipped EyePACS, or phantom for data=phantom);
+    with ``model``, that model's safetensors."""
+    model: str | None = None
+    """Train on the features of your own model instead of the o_O detector: its factory,
+    "package.module:function" or "file.py:function" (``detector`` is then its weights, saved by
+    ``AdaptedModel.save`` so the adapter's options travel with them). Descriptors, Gram losses and
+    canvases use its ``feature_layers``. GPU recommended; CPU works."""
     out: str = "runs/synth"
     """Run folder: last.pt, bank.safetensors, samples/, generator.safetensors."""
     bank: str | None = None
@@ -98,6 +104,7 @@ class SynthTrainConfig:
     """Generator steps per discriminator step (the papers: 2)."""
     weights: LossWeights = field(default_factory=LossWeights)
     detail_layers: tuple[str, ...] = ("conv2", "conv5")
+    """Layers of the retinal-detail loss (with ``model`` left at this default: that model's feature layers)."""
     pathological_mode: str = "gram"
     """"gram" (AAAI) or "jbhi" (MSE of feature patches)."""
     max_lesions: int = 8
@@ -109,10 +116,10 @@ class SynthTrainConfig:
     the bank, and the Koch test re-isolates with the same one. The default is the paper's deconvnet;
     the shipped real synthesizer was fine-tuned on a guided Grad-CAM (``conv8``) bank and phantom runs
     use guided backprop, which cuts single phantom lesions (docs/findings/evidence.md#phantom-isolation)."""
-    bank_start: str = "dense2"
-    """Where the bank's evidence starts: the deconvnet's start layer, or Grad-CAM's conv for the
-    Grad-CAM methods (a layer that is no conv, like the default, leaves Grad-CAM on its own default
-    conv, ``evidence.cam_layer``). Stored in the bank; the Koch test re-isolates from the same layer."""
+    bank_start: str | None = None
+    """Where the bank's evidence starts: the deconvnet's start layer (default: the model's own,
+    ``dense2`` of the detector), or Grad-CAM's conv for the Grad-CAM methods (a layer that is no conv
+    leaves Grad-CAM on its own default conv, ``evidence.cam_layer``). Stored in the bank; the Koch test re-isolates from the same layer."""
     max_lesion_area: float = 0.015
     """Drop descriptors larger than this share of the image (whole-FOV evidence is no lesion)."""
     style_reference: str | None = None
@@ -137,12 +144,15 @@ class SynthTrainConfig:
     num_threads: int | None = None
 
 
-def load_detector(data: str, path: str | None = None):
-    """The detector descriptors and losses use: ``path``, else the shipped weights for ``data``
-    (the phantom-trained detector for phantom data, the EyePACS one otherwise)."""
-    from ..detect.model import load_detector as load
+def load_detector(data: str, path: str | None = None, model: str | None = None):
+    """The model descriptors and losses use: ``path``, else the shipped detector for ``data`` (the
+    phantom-trained detector for phantom data, the EyePACS one otherwise); with ``model`` (a factory),
+    the user's model with the weights ``path`` (:func:`~koch_explore.detect.adapter.load_grader`)."""
+    from ..detect.adapter import load_grader
 
-    return load(path or ("phantom" if data == "phantom" else None))
+    if model is not None:
+        return load_grader(path, model)
+    return load_grader(path or ("phantom" if data == "phantom" else None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,14 +350,15 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng([cfg.seed, rank])
 
-    detector = load_detector(cfg.data, cfg.detector)
+    detector = load_detector(cfg.data, cfg.detector, cfg.model)
     gcfg = GeneratorConfig(**{**PRESETS[cfg.preset], "canvas_channels": {}, "canvas_scales": {}})
-    layers = [n for n in ("conv2", "conv5") if n in detector.layer_names]
+    layers = list(detector.feature_layers)
+    detail = detector.feature_layers if cfg.model and cfg.detail_layers == SynthTrainConfig.detail_layers else cfg.detail_layers
     sizes = {n: detector.forward_features(torch.zeros(1, 3, gcfg.size, gcfg.size), keep=set(layers))[1][n].shape for n in layers}
     gcfg.canvas_channels = {n: int(sizes[n][1]) for n in layers}
     gcfg.canvas_scales = {n: gcfg.size // int(sizes[n][-1]) for n in layers}
     detector = detector.to(device)
-    feats = DetectorFeatures(detector, sorted(set(cfg.detail_layers) | set(layers)))
+    feats = DetectorFeatures(detector, sorted(set(detail) | set(layers)))
     vessel_term = None
     if cfg.weights.vessel > 0:
         from ..vessels import load_vessels
@@ -385,7 +396,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
         # the evidence the bank was cultured with, which the Koch test re-isolates with
         evidence_net = DifferentiableEvidence(detector, str(bank.info.get("method") or cfg.bank_method),
-                                              str(bank.info.get("start") or "dense2"))
+                                              bank.info.get("start") or detector.default_start)
         evidence_sigma = default_blur_sigma(gcfg.size)
     ref_grams = None
     if cfg.loss == "global-style":
@@ -402,7 +413,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         with torch.no_grad():
             _, rf = feats(torch.from_numpy(ref).permute(2, 0, 1)[None].float().to(device))
         m = {n: torch.ones(f.shape[-2:], dtype=torch.bool, device=device) for n, f in rf.items()}
-        ref_grams = {n: gram(f[0], m[n]) for n, f in rf.items() if n in cfg.detail_layers}
+        ref_grams = {n: gram(f[0], m[n]) for n, f in rf.items() if n in detail}
 
     G, D = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
     if cfg.init and not (resume and (out / "last.pt").exists()):
@@ -483,14 +494,17 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             if main:
                 bar.update(1)
                 bar.set_postfix(d=f"{rec['d']:.3f}", refresh=False)
+            # the callback sees warm-up steps too, so a widget can show them and pause during them
+            if callback is not None and main and callback(step, {**rec, "step": step}, ema) is False:
+                break
             continue
         w = cfg.weights
         want_sev = w.severity > 0
         sev_fake, ff = feats(fake, severity=want_sev)
         with torch.no_grad():
             sev_real, fr = feats(real, severity=want_sev)
-        detail_f = {n: ff[n] for n in cfg.detail_layers}
-        detail_r = {n: fr[n] for n in cfg.detail_layers}
+        detail_f = {n: ff[n] for n in detail}
+        detail_r = {n: fr[n] for n in detail}
         terms = {
             "adv": adversarial_g(d_net(fake, ves)),
             # reconstruct: the photo is the target lesions included, so detail covers the whole FOV

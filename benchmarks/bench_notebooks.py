@@ -1,0 +1,96 @@
+"""Every notebook's cost as a user meets it: papermill wall time and peak resident memory with the
+default parameters, on the embedded data (a data root that holds no dataset) and on the real data root,
+printed as one table; the quickstart (`make demo`'s job) is held to its budget (<= 5 min, <= 3 GB on
+2 cores).
+
+Run: ``.venv/bin/python benchmarks/bench_notebooks.py [--only 00 04] [--modes embedded real]``
+
+Each notebook runs from a fresh temporary working folder outside the checkout (so its relative output
+paths land there), in its own child process that starts papermill; the child reports the largest
+resident set among its descendants (``RUSAGE_CHILDREN``: the kernel doing the work). Run it on an idle
+machine: the figures are wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART_S, QUICKSTART_GB = 300.0, 3.0
+REAL_ROOTS = (os.environ.get("KOCH_DATA"), str(REPO.parent / "shared" / "data"), str(REPO / "data"))
+
+
+def real_root() -> str | None:
+    """The first data root that holds the datasets the notebooks look for (DRIVE and EyePACS)."""
+    for root in REAL_ROOTS:
+        if root and (Path(root) / "DRIVE").is_dir() and any(Path(root).glob("EyePACS*")):
+            return root
+    return None
+
+
+def run_one(notebook: str, root: str) -> dict:
+    """Run one notebook under papermill in a temporary folder with ``KOCH_DATA=root``; called in a
+    child process so that its ``RUSAGE_CHILDREN`` covers this notebook's kernel only."""
+    with tempfile.TemporaryDirectory(prefix="koch-bench-nb-") as cwd:
+        env = {**os.environ, "KOCH_DATA": root, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "papermill", "--kernel", "python3", "--cwd", cwd,
+               str(REPO / "notebooks" / notebook), str(Path(cwd) / notebook)]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # kB on Linux
+    error = None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1][:160]
+    return {"notebook": notebook, "wall_s": wall, "peak_gb": rss_gb, "error": error}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", default=None, help="notebook number prefixes to run (default: all)")
+    ap.add_argument("--modes", nargs="*", default=["embedded", "real"], choices=["embedded", "real"],
+                    help="embedded: a data root holding no dataset; real: the data root when one is found")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--one", nargs=2, metavar=("NOTEBOOK", "ROOT"), help=argparse.SUPPRESS)  # the child's job
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one)))
+        return
+    notebooks = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")
+                       if args.only is None or p.name[:2] in args.only)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="koch-empty-root-") as empty:
+        roots = {"embedded": empty, "real": real_root()}
+        for mode in args.modes:
+            if roots[mode] is None:
+                print(f"{mode}: no data root with DRIVE and EyePACS found ({', '.join(r for r in REAL_ROOTS if r)}); skipped")
+                continue
+            for nb in notebooks:
+                child = subprocess.run([sys.executable, __file__, "--one", nb, roots[mode]],
+                                       capture_output=True, text=True, check=True)
+                row = {"mode": mode, **json.loads(child.stdout.strip().splitlines()[-1])}
+                rows.append(row)
+                print(f"  {mode:8s} {nb:32s} {row['wall_s']:7.1f} s {row['peak_gb']:6.2f} GB"
+                      + (f"  FAILED: {row['error']}" if row["error"] else ""), flush=True)
+    print("\n| notebook | data | papermill wall time | peak RSS | budget |\n|---|---|---:|---:|---|")
+    for r in rows:
+        budget = ""
+        if r["notebook"].startswith("00_"):
+            budget = (f"{r['wall_s'] / QUICKSTART_S:.2f} of {QUICKSTART_S / 60:.0f} min, "
+                      f"{r['peak_gb'] / QUICKSTART_GB:.2f} of {QUICKSTART_GB:.0f} GB")
+        state = " (failed)" if r["error"] else ""
+        print(f"| {r['notebook']}{state} | {r['mode']} | {r['wall_s']:.0f} s | {r['peak_gb']:.2f} GB | {budget} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if any(r["error"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
