@@ -39,8 +39,13 @@ _EXPORTS = {
     "generate_phantom": "data.phantom",  # a fundus drawn with exact lesion masks and a grade
     "graded_eyes": "data.graded",  # the EyePACS/APTOS split the detector was trained and validated on
     "resolve_data_root": "data.roots",  # argument, KOCH_DATA, ../shared/data, ./data, or None (embedded)
+    "diseased_eyes": "data.diseased",  # high-grade eyes to isolate from: EyePACS validation when found, else phantoms
     # postulate 1: the detector and its evidence
     "Detector": "detect.model",
+    "adapt": "detect.adapter",  # any nn.Module DR classifier -> a grader every call of the kit accepts
+    "load_model": "detect.adapter",  # "package.module:factory" + safetensors weights -> adapted model
+    "fine_tune": "detect.adapter",  # a brief training of an adapted model on graded images (phantoms)
+    "grading_figures": "detect.predict",  # QWK, referable AUC, severity by grade of any model on a split
     "predict_severity": "detect.predict",  # severity on the 0-4 scale, optional 8x test-time augmentation
     "explain": "evidence.base",  # evidence maps by method name -> Evidence
     "Evidence": "evidence.base",
@@ -51,6 +56,7 @@ _EXPORTS = {
     # postulate 2: culture
     "isolate": "culture.isolation",  # evidence -> one list of Descriptors per image
     "segment": "culture.cut",  # one map -> blurred, cut, components (the widget's steps)
+    "bank_from_images": "culture.build",  # images in memory -> explained, isolated, one DescriptorBank
     "Descriptor": "culture.descriptor",
     "DescriptorBank": "culture.bank",
     # postulate 3: inoculate
@@ -68,9 +74,9 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
-    "KochConfig", "KochReport", "LesionSynthesizer", "SHIPPED", "VesselSegmenter", "__version__", "default_setup",
-    "embedded_hosts", "explain", "generate_phantom", "graded_eyes", "isolate", "koch_test", "load_bank", "load_detector",
-    "load_synthesizer", "load_vessels", "model_card", "predict_severity", "prepare_fundus", "random_layout", "read_image",
+    "KochConfig", "KochReport", "LesionSynthesizer", "SHIPPED", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
+    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "isolate", "koch_test", "load_bank", "load_detector",
+    "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_severity", "prepare_fundus", "random_layout", "read_image",
     "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
 ]
 

@@ -236,8 +236,10 @@ def test_koch_test_cli_json(capsys):
 def test_koch_test_cli_missing_weights(tmp_path, capsys):
     from koch_explore.cli import main
 
-    assert main(["koch-test", "--data", "phantom", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert main(["koch-test", "--data", "phantom", "--synthesizer", str(tmp_path / "none.safetensors")]) == 2
     assert "none.safetensors" in capsys.readouterr().err
+    assert main(["koch-test", "--data", "phantom", "--weights", str(tmp_path / "other.safetensors")]) == 2
+    assert "other.safetensors" in capsys.readouterr().err
 
 
 def test_reisolates_from_the_layer_the_bank_was_cultured_from(embedded_setup, report):

@@ -3,7 +3,9 @@ reports/executed/ (kept as CI artefacts)."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -50,15 +52,23 @@ def has_real(*datasets: str) -> bool:
 
 
 @pytest.mark.slow
-def test_quickstart_on_embedded_data_only(tmp_path):
-    nb = run_notebook("00_quickstart.ipynb", "_phantom", data="phantom", n_phantoms=4, size=256,
-                      out_dir=str(tmp_path / "phantoms"), koch_trials=3, real_trials=0, report_dir=str(tmp_path / "koch"))
+def test_quickstart_on_embedded_data_only(tmp_path, monkeypatch):
+    """Default parameters (fewer trials) under a data root that holds none of the datasets: one chain
+    from phantom eyes to the skimage retina host, the lesions cultured being the ones placed."""
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    monkeypatch.setenv("KOCH_DATA", str(empty))
+    nb = run_notebook("00_quickstart.ipynb", "_embedded", n_eyes=4, koch_trials=2, report_dir=str(tmp_path / "koch"))
     text = text_of(nb)
-    # phantom grids, truth, retina, isolation steps, culture gallery, inoculation grid, Koch figures
-    assert images_in(nb) >= 9
-    assert len(list((tmp_path / "phantoms" / "images").glob("*.png"))) == 4
-    assert "Koch test on the skimage retina host, 3 trials" in text and "above chance" in text and "real-data Koch test skipped" in text
-    assert "transplant control (the bank's real lesions" in text  # the shipped bank carries its norm patches
+    assert "Data: embedded. Diseased eyes: 4 phantoms; healthy hosts: the skimage retina photo" in text
+    assert "of them lie on a drawn lesion" in text  # isolation checked against the exact masks
+    assert "descriptors are the lesions placed and re-isolated below" in text  # the cultured bank is the placed one
+    assert "On skimage-retina the healthy synthesis is graded" in text and "from healthy to 16 lesions" in text
+    assert "2 inoculations, on the skimage retina photo. The placed lesions were re-found at" in text
+    assert "The real lesions transplanted to the same places" in text
+    # eyes, isolation steps, culture gallery, inoculation grid and zooms, Koch cases, severity, hits
+    assert images_in(nb) >= 8
+    assert (tmp_path / "koch" / "cultured_bank.safetensors").exists()
     page = (tmp_path / "koch" / "index.html").read_text()
     assert "data:image/png;base64," in page and "Spearman" in page and "transplant control: hit rate" in page
 
@@ -67,77 +77,255 @@ def test_quickstart_on_embedded_data_only(tmp_path):
 def test_quickstart_with_real_data_when_present(tmp_path):
     if not has_real("DRIVE", "EyePACS", "CHASE_DB1"):
         pytest.skip("no real data root (KOCH_DATA or ../shared/data) with DRIVE, CHASE_DB1 and EyePACS")
-    nb = run_notebook("00_quickstart.ipynb", "_auto", data="auto", n_phantoms=4, size=256, koch_trials=2, real_trials=2,
-                      out_dir=str(tmp_path / "phantoms"), report_dir=str(tmp_path / "koch"))
+    nb = run_notebook("00_quickstart.ipynb", "_auto", n_eyes=4, koch_trials=2, report_dir=str(tmp_path / "koch"))
     text = text_of(nb)
-    assert "DRIVE          found" in text and "EyePACS        found" in text
-    assert "real hosts (DRIVE + CHASE_DB1)" in text and (tmp_path / "koch_report_real" / "index.html").exists()
+    assert "Data: real. Diseased eyes: 4 eyes of the EyePACS validation split" in text
+    assert "DRIVE + CHASE_DB1 photos with their manual vessel trees" in text and "EyePACS carries no lesion masks" in text
+    assert "descriptors are the lesions placed and re-isolated below" in text
+    assert "2 inoculations, on 2 of the" in text and "The placed lesions were re-found at" in text
+    assert (tmp_path / "koch" / "index.html").exists()
+
+
+@pytest.fixture
+def empty_root(tmp_path, monkeypatch):
+    """A data root that holds none of the datasets: a notebook must tell its story on the embedded data."""
+    root = tmp_path / "empty_root"
+    root.mkdir()
+    monkeypatch.setenv("KOCH_DATA", str(root))
+    return root
+
+
+def needs_real(*datasets: str) -> None:
+    if not has_real(*datasets):
+        pytest.skip(f"no real data root (KOCH_DATA or ../shared/data) with {', '.join(datasets)}")
+
+
+MINE = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+REFERENCE_VALUES = {"0.1", "0.3", "0.5", "0.9", "1", "95%"}
+"""Numbers a markdown cell may state: definitions (chance = 0.5, the sanity bars), never measurements."""
+
+
+def cells_of(name: str) -> list[dict]:
+    return json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_notebook_parameters_name_data_device_and_paths_from_the_working_directory(name):
+    params = "".join(next(c for c in cells_of(name) if "parameters" in c["metadata"].get("tags", []))["source"])
+    assert re.search(r"^data = ", params, re.M) and re.search(r'^device = "auto"', params, re.M), name
+    assert "../" not in params, f"{name}: a path relative to notebooks/ (papermill runs from anywhere)"
+    code = "".join("".join(c["source"]) for c in cells_of(name) if c["cell_type"] == "code")
+    assert "../reports" not in code and ".permute(0, 3, 1, 2)" not in code, name  # ke.predict_severity / ke.explain take arrays
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_notebook_glossary_links_resolve(name):
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', (REPO / "docs" / "glossary.md").read_text()))
+    md = "".join("".join(c["source"]) for c in cells_of(name) if c["cell_type"] == "markdown")
+    links = re.findall(r"\]\(\.\./docs/glossary\.md#([^)]+)\)", md)
+    assert links, f"{name} links no glossary term"
+    assert not set(links) - anchors, f"{name}: glossary anchors missing: {sorted(set(links) - anchors)}"
+    assert len(links) == len(set(links)), f"{name}: a term linked twice (link it at its first appearance only)"
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_notebook_cells_can_be_rerun_without_rebinding_a_parameter(name):
+    """A cell that rebinds a parameter (05 once turned `hosts` from a name into a list) fails when run again;
+    the only rebinding allowed is the idempotent `x = x or default`."""
+    cells = cells_of(name)
+    params = {t.id for node in ast.parse("".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])).body
+              if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    wrong = []
+    for c in cells:
+        if c["cell_type"] != "code" or "parameters" in c["metadata"].get("tags", []):
+            continue
+        src = "\n".join(line for line in "".join(c["source"]).splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(src)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.For)) else []
+            names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)} & params
+            idempotent = (isinstance(node, ast.Assign) and isinstance(node.value, ast.BoolOp) and isinstance(node.value.op, ast.Or)
+                          and isinstance(node.value.values[0], ast.Name) and {node.value.values[0].id} == names)
+            if names and not idempotent:
+                wrong.append(f"line {node.lineno}: {sorted(names)}")
+    assert not wrong, f"{name} rebinds parameters: {wrong}"
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_no_markdown_cell_states_a_measured_figure(name):
+    """Figures go stale in prose: every measured number a reader sees is printed by a cell."""
+    md = "".join("".join(c["source"]) for c in cells_of(name) if c["cell_type"] == "markdown")
+    md = re.sub(r"\]\([^)]*\)|`[^`]*`", "", md)  # link targets and code spans are not figures
+    stated = set(re.findall(r"\b\d+\.\d+\b|\b\d+ ?%", md)) - REFERENCE_VALUES
+    assert not stated, f"{name}: markdown states {sorted(stated)}; print them from a cell instead"
+
+
+def test_lesson_answers_are_folded_after_a_picture_and_still_run():
+    cells = cells_of("06_lesson_koch_for_cnns")
+    for k in range(1, 5):
+        i = next(j for j, c in enumerate(cells) if f"<details><summary>Answer {k}</summary>" in "".join(c["source"]))
+        assert cells[i]["cell_type"] == "markdown" and "</details>" in "".join(cells[i]["source"])
+        assert "".join(cells[i + 1]["source"]).startswith(f"# Answer {k}"), f"answer {k}'s code cell must follow its folded answer"
+        exercise = next(j for j, c in enumerate(cells) if f"**Exercise {k}.**" in "".join(c["source"]))
+        assert any(c["cell_type"] == "code" and "plt.show()" in "".join(c["source"]) for c in cells[exercise - 2:exercise]), \
+            f"exercise {k} comes without a picture drawn before it"
 
 
 @pytest.mark.slow
-def test_detector_notebook(tmp_path):
-    real = has_real("EyePACS", "DRIVE")
-    nb = run_notebook("01_detector.ipynb", "_auto" if real else "_phantom", data="auto", n_val=60, n_phantoms=20)
+def test_detector_notebook_on_embedded_data(empty_root):
+    nb = run_notebook("01_detector.ipynb", "_embedded")
     text = text_of(nb)
-    assert "QWK" in text and "conv1" in text and images_in(nb) >= 1
-    assert ("DRIVE" in text and "EyePACS grade >= 2" in text) if real else "comparison skipped" in text
+    assert "Between the photo and the severity lie" in text
+    assert "phantom validation eyes the detector's grades agree with the graders' at QWK" in text
+    assert "DRIVE / EyePACS not found, so the healthy photo is scikit-image's: the EyePACS detector grades it" in text
+    assert images_in(nb) == 2  # grading panels, the healthy photo
 
 
 @pytest.mark.slow
-def test_culture_notebook_on_phantoms(tmp_path):
-    nb = run_notebook("03_culture.ipynb", "_phantom", data="phantom", n_eyes=4, bank_file=str(tmp_path / "bank.safetensors"))
+def test_detector_notebook_on_real_data_when_present():
+    needs_real("EyePACS", "DRIVE")
+    nb = run_notebook("01_detector.ipynb", "_real")
     text = text_of(nb)
-    assert "descriptors from 4 phantoms" in text and "saved and reloaded" in text and "types:" in text
-    assert (tmp_path / "bank.safetensors").exists() and images_in(nb) >= 3
+    assert "EyePACS validation eyes the detector's grades agree with the graders' at QWK" in text
+    assert "DRIVE's photos average severity" in text and images_in(nb) == 2
+
+
+SMALL_02 = dict(n_phantoms=4, n_show=3, n_per_grade=4, n_sanity=6, sanity_methods="deconvnet,guided-gradcam,gradient,random")
 
 
 @pytest.mark.slow
-def test_reisolate_notebook(tmp_path):
-    nb = run_notebook("05_reisolate.ipynb", "", trials=3, compare_methods="deconvnet", compare_trials=2,
+def test_isolate_notebook_on_embedded_data(empty_root, tmp_path):
+    nb = run_notebook("02_isolate.ipynb", "_embedded", picked_bank=str(tmp_path / "picked.safetensors"), **SMALL_02)
+    text = text_of(nb)
+    assert "sections 2 and 4 read 60 phantom validation eyes" in text
+    assert "components and" in text and "the boxes found" in text and "to pick from" in text
+    assert "phantom validation eyes of grade 3 or 4" in text and "Eyes of grade 0 yield" in text
+    assert "puts the most evidence on the phantoms' true lesions" in text and "sanity lines" in text
+    assert images_in(nb) >= 7  # steps x3, severe eyes, lesions per grade, pixel AUC bars, methods side by side
+
+
+@pytest.mark.slow
+def test_isolate_notebook_on_real_data_when_present(tmp_path):
+    needs_real("EyePACS", "IDRiD_lesions")
+    nb = run_notebook("02_isolate.ipynb", "_real", picked_bank=str(tmp_path / "picked.safetensors"), **SMALL_02)
+    text = text_of(nb)
+    assert "EyePACS validation eyes of grade 3 or 4" in text and "Eyes of grade 0 yield" in text
+    assert "the IDRiD experts' lesions" in text and "sanity lines" in text
+    assert images_in(nb) >= 7
+
+
+@pytest.mark.slow
+def test_culture_notebook_on_embedded_data(empty_root, tmp_path):
+    nb = run_notebook("03_culture.ipynb", "_embedded", n_eyes=4, bank_file=str(tmp_path / "bank.safetensors"),
+                      picked_bank=str(tmp_path / "picked.safetensors"))
+    text = text_of(nb)
+    assert "descriptors from 4 phantoms" in text and "types:" in text and "Half of the descriptors cover fewer than" in text
+    assert "select kept" in text and "relocate moved #0 by" in text and "count(12) added 9 copies" in text
+    assert "saved and reloaded" in text and "(identical Gram matrices)" in text
+    assert (tmp_path / "bank.safetensors").exists() and images_in(nb) == 3  # gallery, histograms, operations
+
+
+@pytest.mark.slow
+def test_culture_notebook_on_real_data_when_present(tmp_path):
+    needs_real("EyePACS")
+    nb = run_notebook("03_culture.ipynb", "_real", n_eyes=4, bank_file=str(tmp_path / "bank.safetensors"),
+                      picked_bank=str(tmp_path / "picked.safetensors"))
+    text = text_of(nb)
+    assert "descriptors from 4 EyePACS grade >= 2 validation eyes (guided-gradcam from conv8)" in text
+    assert "select kept" in text and "saved and reloaded" in text and images_in(nb) == 3
+
+
+@pytest.mark.slow
+def test_reisolate_notebook_on_embedded_data(empty_root, tmp_path):
+    """05 without data: the whole Koch test on scikit-image's photo, a complete report."""
+    nb = run_notebook("05_reisolate.ipynb", "_embedded", trials=2, compare_methods="deconvnet", compare_trials=1,
                       report_dir=str(tmp_path / "report"))
     text = text_of(nb)
-    if has_real("DRIVE", "CHASE_DB1"):
-        assert "hit rate" in text and "severity~count" in text and (tmp_path / "report" / "index.html").exists()
-        assert "transplant ctl" in text and "(transplant control)" in text
-        assert images_in(nb) >= 5
-    else:
-        assert "this notebook needs real hosts" in text
+    assert "Hosts: scikit-image's healthy retina photo (no data found)" in text
+    assert "Koch test on embedded data, 2 trials" in text and "The placed lesions were re-found at" in text
+    assert "placed lesions were re-found and" in text and "The mean severity went from" in text
+    assert "synthesized lesions were re-found at" in text and "Re-isolated by deconvnet, the placed lesions were re-found at" in text
+    assert (tmp_path / "report" / "index.html").exists() and images_in(nb) >= 5
 
 
 @pytest.mark.slow
-def test_lesson_notebook():
-    nb = run_notebook("06_lesson_koch_for_cnns.ipynb", "", n=3, trials=2)
+def test_reisolate_notebook_on_real_data_when_present(tmp_path):
+    needs_real("DRIVE", "CHASE_DB1")
+    nb = run_notebook("05_reisolate.ipynb", "_real", trials=3, compare_methods="deconvnet", compare_trials=2,
+                      report_dir=str(tmp_path / "report"))
     text = text_of(nb)
-    assert "noise synthesizer" in text and "Spearman" in text and images_in(nb) >= 2
+    assert "Hosts: 68 healthy DRIVE + CHASE_DB1 hosts" in text and "Koch test on real data (trees hosts), 3 trials" in text
+    assert "The placed lesions were re-found at" in text and "transplanted real ones at" in text
+    assert (tmp_path / "report" / "index.html").exists() and images_in(nb) >= 5
 
 
 @pytest.mark.slow
-def test_isolate_notebook_phantom_section():
-    nb = run_notebook("02_isolate.ipynb", "_phantom", data="phantom", n_phantoms=4, n_show=3)
-    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    assert "4 phantoms" in text and "EyePACS not found: section skipped" in text
-    assert images_in(nb) >= 3  # the isolation steps of three phantoms
+def test_lesson_notebook_on_embedded_data(empty_root):
+    nb = run_notebook("06_lesson_koch_for_cnns.ipynb", "_embedded", n=3, trials=2)
+    text = text_of(nb)
+    assert "Healthy phantoms get severity" in text and "On 3 grade-4 phantoms, deconvnet gives" in text
+    assert "Trained against randomised network: Spearman" in text
+    assert "With the synthesizer: The placed lesions were re-found at" in text and "With the noise synthesizer:" in text
+    assert "Breaking the synthesizer moved the hit rate" in text
+    assert images_in(nb) == 7  # 4 exercise pictures, 3 answer pictures
+
+
+def widget_pictures(nb: dict) -> int:
+    """Static pictures that follow a widget's view in the same cell (what an HTML report shows of it)."""
+    return sum(1 for c in nb["cells"] for i, o in enumerate(c.get("outputs", []))
+               if "image/png" in o.get("data", {}) and any("application/vnd.jupyter.widget-view+json" in p.get("data", {})
+                                                          for p in c["outputs"][:i]))
 
 
 @pytest.mark.slow
-def test_isolate_notebook_on_real_data_when_present():
-    from koch_explore.data.roots import resolve_data_root
-
-    root = resolve_data_root()
-    if root is None or not (root / "EyePACS").is_dir() or not (root / "IDRiD_lesions").is_dir():
-        pytest.skip("no real data root (KOCH_DATA or ../shared/data) with EyePACS and IDRiD_lesions")
-    nb = run_notebook("02_isolate.ipynb", "_auto", data="auto", n_phantoms=4, n_show=3, n_per_grade=4, n_sanity=6,
-                      sanity_methods="deconvnet,gradient-x-input,gradient,random")
-    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    assert "mean lesions isolated" in text and "union" in text and "input dep" in text
-    assert images_in(nb) >= 6  # steps x3, EyePACS grid, lesions per grade, methods side by side
-
-
-@pytest.mark.slow
-def test_inoculate_notebook_on_phantoms(tmp_path):
-    nb = run_notebook("04_inoculate.ipynb", "_phantom", data="phantom", retrain_steps=3, n_hosts=1, n_lesions=2,
+def test_inoculate_notebook_on_embedded_data(tmp_path, monkeypatch):
+    """Default parameters (a few steps) under a data root that holds none of the datasets: the grid on
+    the embedded photo, then picking, placing and retraining on phantoms (the trainer has no embedded
+    training set), the clicks made through the widgets' own calls."""
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    monkeypatch.setenv("KOCH_DATA", str(empty))
+    nb = run_notebook("04_inoculate.ipynb", "_embedded", retrain_steps=4, preview_every=2, n_hosts=1,
                       run_dir=str(tmp_path / "retrain"))
     text = text_of(nb)
-    assert "phantom setup" in text and "picked:" in text and "retrained 3 steps" in text
-    assert (tmp_path / "retrain" / "run" / "generator.safetensors").exists()
-    assert images_in(nb) >= 2  # the grid and the before/after retraining row
+    assert "embedded setup: generator synth_cpu256" in text and "from the shipped bank" in text
+    assert "hands-on: phantom setup (not embedded" in text
+    assert "picked: 3 of" in text and "3 lesions placed on phantom_" in text
+    assert "retrained 4 steps on 3 placed lesions" in text and "The retrained generator changes its healthy drawing" in text
+    assert (tmp_path / "retrain" / "run_layout1" / "generator.safetensors").exists()
+    assert widget_pictures(nb) == 3  # picker, placer, trainer: each widget leaves its picture
+    assert images_in(nb) == 5  # + the grid and the before/after row
+
+
+@pytest.mark.slow
+def test_inoculate_notebook_on_real_data_with_03s_bank(tmp_path):
+    if not has_real("DRIVE", "CHASE_DB1", "EyePACS"):
+        pytest.skip("no real data root (KOCH_DATA or ../shared/data) with DRIVE, CHASE_DB1 and EyePACS")
+    import koch_explore as ke
+
+    bank_file = tmp_path / "culture_bank.safetensors"
+    ke.load_bank("real").select(indices=list(range(6))).save(bank_file)  # what 03_culture saves: a bank of this detector
+    nb = run_notebook("04_inoculate.ipynb", "_real", retrain_steps=4, preview_every=2, n_hosts=1, bank_file=str(bank_file),
+                      run_dir=str(tmp_path / "retrain"))
+    text = text_of(nb)
+    assert "real setup: generator synth_cpu256" in text and f"6 descriptors from 03's bank {bank_file}" in text
+    assert "hands-on: real setup (as above)" in text and "you pick on EyePACS" in text
+    assert "retrained 4 steps on 3 placed lesions" in text
+    assert widget_pictures(nb) == 3 and images_in(nb) == 5
+
+
+@pytest.mark.slow
+def test_audit_notebook_builds_trains_and_audits_its_own_model(tmp_path, monkeypatch):
+    """07 with default parameters but fewer trials, under a data root that holds none of the datasets:
+    it builds a small ResNet, trains it on phantoms, adapts it and runs every postulate on it."""
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    monkeypatch.setenv("KOCH_DATA", str(empty))
+    nb = run_notebook("07_audit_your_model.ipynb", "_embedded", trials=2, train_steps=60, report_dir=str(tmp_path / "report"))
+    text = text_of(nb)
+    assert "The adapter reads the output as 'softmax'; Grad-CAM uses 'stage4' (32 px per cell" in text
+    assert "phantom validation eyes the model grades at QWK" in text
+    assert "methods ran on this model" in text and "deconvnet-excess refused" in text
+    assert "2 phantom hosts. The placed lesions were re-found at" in text
+    assert images_in(nb) >= 4  # grading bars, evidence row, Koch cases, severity curve
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "data:image/png;base64," in page and "your model on phantom hosts" in page

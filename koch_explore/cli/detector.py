@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import add_config_arguments, config_from_args
+from .grader import load_model_from_args, model_options
 
 
 def add_cli(sub) -> None:
@@ -21,10 +22,10 @@ def add_cli(sub) -> None:
     t.add_argument("--export", default=None, help="copy the best weights here when done (safetensors)")
     t.set_defaults(func=_train)
 
-    e = dsub.add_parser("eval", help="grade a folder of images against a label CSV; prints JSON with --json")
+    e = dsub.add_parser("eval", parents=[model_options()], help="grade a folder of images against a label CSV; prints JSON with --json")
     e.add_argument("--images", required=True, help="folder of images (matched to labels by file stem)")
     e.add_argument("--labels", required=True, help="CSV with image,level (EyePACS) or id_code,diagnosis (APTOS)")
-    e.add_argument("--weights", default=None, help="detector safetensors (default: shipped EyePACS weights)")
+    e.add_argument("--weights", default=None, help="detector safetensors (default: shipped EyePACS weights); with --model, your model's")
     e.add_argument("--tta", action="store_true", help="average the 8 flips/90-degree rotations")
     e.add_argument("--pair-blend", type=float, default=0.0,
                    help="blend each eye's severity with its fellow eye's (<id>_left/_right in the folder): "
@@ -33,7 +34,7 @@ def add_cli(sub) -> None:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
 
-    pr = dsub.add_parser("predict", help="print severity and grade per image")
+    pr = dsub.add_parser("predict", parents=[model_options()], help="print severity and grade per image")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--weights", default=None)
     pr.add_argument("--device", default="auto")
@@ -64,12 +65,11 @@ def _train(args) -> int:
     return 0
 
 
-def _load(weights, device):
+def _load(args):
     from ..core.runtime import resolve_device
-    from ..detect import load_detector
 
-    dev = resolve_device(device)
-    return load_detector(weights, dev), dev
+    dev = resolve_device(args.device)
+    return load_model_from_args(args, args.weights, dev), dev
 
 
 def _eval(args) -> int:
@@ -77,7 +77,7 @@ def _eval(args) -> int:
     from ..detect.predict import evaluate_folder
 
     try:
-        model, dev = _load(args.weights, args.device)
+        model, dev = _load(args)
         rep = evaluate_folder(model, args.images, args.labels, dev, tta=args.tta, pair_blend=args.pair_blend)
     except (FileNotFoundError, ValueError, FundusReadError) as exc:
         print(f"detector eval: {exc}", file=sys.stderr)
@@ -97,7 +97,7 @@ def _predict(args) -> int:
     from ..detect.predict import predict_files
 
     try:
-        model, dev = _load(args.weights, args.device)
+        model, dev = _load(args)
         rows = predict_files(model, args.images, dev)
     except (FileNotFoundError, ValueError, FundusReadError) as exc:
         print(f"detector predict: {exc}", file=sys.stderr)

@@ -9,15 +9,17 @@ import sys
 from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
 from ..culture.isolation import DEFAULT_MIN_SHARE
 from ..evidence.base import DEFAULT_METHOD, METHODS
+from .grader import load_model_from_args, model_options
 
 
 def _evidence_options(method_default: str | None, method_help: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--weights", default=None, help="detector: a shipped name (eyepacs, phantom) or safetensors (default eyepacs)")
+    p = argparse.ArgumentParser(add_help=False, parents=[model_options()])
+    p.add_argument("--weights", default=None, help="detector: a shipped name (eyepacs, phantom) or safetensors (default eyepacs); "
+                                                   "with --model, your model's safetensors")
     p.add_argument("--method", choices=list(METHODS), default=method_default, help=method_help)
-    p.add_argument("--start", default="dense2",
-                   help="layer the evidence starts from: the deconvnet's start layer (default dense2), Grad-CAM's conv "
-                        "when it names one (else the last conv with cells of at most 32 px)")
+    p.add_argument("--start", default=None,
+                   help="layer the evidence starts from: the deconvnet's start layer (default: the model's, dense2 of the "
+                        "detector), Grad-CAM's conv when it names one (else the last conv with cells of at most 32 px)")
     p.add_argument("--channels", type=int, default=None, help="deconvnet: project only the top-k channels of the start layer")
     p.add_argument("--batch-size", type=int, default=8)
     return p
@@ -69,9 +71,9 @@ def add_cli(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_sanity)
 
-    h = isub.add_parser("baseline", help="the healthy population's activation at --start (for deconvnet-excess)")
-    h.add_argument("--weights", default=None, help="detector: a shipped name or safetensors (default eyepacs)")
-    h.add_argument("--start", default="dense2", help="layer (default dense2)")
+    h = isub.add_parser("baseline", parents=[model_options()], help="the healthy population's activation at --start (for deconvnet-excess)")
+    h.add_argument("--weights", default=None, help="detector: a shipped name or safetensors (default eyepacs); with --model, your model's")
+    h.add_argument("--start", default=None, help="layer (default: the model's deconvnet start, dense2 of the detector)")
     h.add_argument("--data", default="eyepacs", choices=["eyepacs", "phantom"], help="grade-0 EyePACS training eyes or phantoms")
     h.add_argument("--count", type=int, default=400, help="healthy eyes (default %(default)s)")
     h.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
@@ -87,10 +89,8 @@ def _fail(what: str, exc: Exception) -> int:
 def _bank(args) -> int:
     from ..culture.isolation import isolate_files
     from ..data.io import FundusReadError
-    from ..detect import load_detector
-
     try:
-        detector = load_detector(args.weights)
+        detector = load_model_from_args(args, args.weights)
         bank = isolate_files(detector, args.images, args.method, args.start, args.channels, args.threshold, args.blur_sigma,
                              args.min_area, args.min_share, args.require_disease, args.batch_size, args.weights or "default",
                              rule=args.rule)
@@ -107,11 +107,9 @@ def _eval(args) -> int:
         isolation_samples,
         isolation_table,
     )
-    from ..detect import load_detector
-
     try:
-        detector = load_detector(args.weights)
-        samples, types = isolation_samples(args.data, detector.cfg.input_size, args.count, args.size, args.seed)
+        detector = load_model_from_args(args, args.weights)
+        samples, types = isolation_samples(args.data, detector.input_size, args.count, args.size, args.seed)
         report = evaluate_isolation(detector, samples, types, args.method, args.start, args.channels, args.threshold,
                                     args.blur_sigma, args.min_area, args.batch_size, args.min_share, args.require_disease,
                                     rule=args.rule)
@@ -123,11 +121,10 @@ def _eval(args) -> int:
 
 
 def _sanity(args) -> int:
-    from ..detect import load_detector
     from ..evidence.sanity import run_sanity, sanity_table
 
     try:
-        detector = load_detector(args.weights)
+        detector = load_model_from_args(args, args.weights)
         rep = run_sanity(detector, args.root, args.count, args.data, None if args.method is None else [args.method], args.start,
                          args.batch_size, progress=not args.json, cascade=args.cascade)
     except (FileNotFoundError, ValueError) as exc:
@@ -140,8 +137,9 @@ def _baseline(args) -> int:
     from ..evidence.baseline import build_healthy_baseline
 
     try:
-        base, path = build_healthy_baseline(args.weights, args.start, args.data, args.count, args.root)
+        grader = load_model_from_args(args, args.weights)
+        base, path = build_healthy_baseline(grader, args.start, args.data, args.count, args.root)
     except (FileNotFoundError, ValueError) as exc:
         return _fail("baseline", exc)
-    print(f"isolate baseline: mean {args.start} activation over {base.n_images} healthy {args.data} eyes -> {path}")
+    print(f"isolate baseline: mean {base.layer} activation over {base.n_images} healthy {args.data} eyes -> {path}")
     return 0

@@ -8,6 +8,7 @@ import sys
 from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
 from ..koch.hosts import HOSTS
 from ..koch.test import KochConfig
+from .grader import load_model_from_args, model_options
 
 
 def _common(p) -> None:
@@ -23,13 +24,16 @@ def _common(p) -> None:
     p.add_argument("--host-count", type=int, default=68, help="photos drawn for --hosts eyepacs-val/aptos-val (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="evidence method used to re-isolate (default: the bank's own)")
-    p.add_argument("--detector", default=None, help="detector: a shipped name or safetensors (default: the shipped one for --data)")
-    p.add_argument("--weights", default=None, help="synthesizer: a shipped name (real, deconvnet, phantom) or safetensors (default: the shipped one for --data)")
+    p.add_argument("--weights", "--detector", dest="weights", default=None,
+                   help="the audited model's weights, as in every command: the detector's (a shipped name or safetensors; "
+                        "default: the shipped one for --data) or, with --model, your model's safetensors")
+    p.add_argument("--synthesizer", default=None,
+                   help="synthesizer: a shipped name (real, deconvnet, phantom) or safetensors (default: the shipped one for --data)")
     p.add_argument("--bank", default=None, help="descriptor bank: a shipped name or safetensors (default: the one shipped with the synthesizer)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--start", default=None,
                    help="layer the evidence starts from: the deconvnet's start, Grad-CAM's conv "
-                        "(default: the bank's own when --method is the bank's, else dense2)")
+                        "(default: the bank's own when --method is the bank's and the model has that layer, else the model's default)")
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own, else "
                         f"{DEFAULT_THRESHOLD})")
@@ -43,11 +47,12 @@ def _common(p) -> None:
 
 
 def add_cli(sub) -> None:
-    k = sub.add_parser("koch-test", help="postulate 4: re-isolate inoculated lesions; hit rate and severity vs count")
+    k = sub.add_parser("koch-test", parents=[model_options()],
+                       help="postulate 4: re-isolate inoculated lesions; hit rate and severity vs count")
     _common(k)
     k.add_argument("--json", action="store_true", help="print one JSON object")
     k.set_defaults(func=_koch_test)
-    r = sub.add_parser("report", help="run the Koch test and write an offline HTML report")
+    r = sub.add_parser("report", parents=[model_options()], help="run the Koch test and write an offline HTML report")
     _common(r)
     r.add_argument("--out", required=True, help="folder for index.html and report.json")
     r.set_defaults(func=_report)
@@ -59,8 +64,10 @@ def _run(args):
     from ..koch import default_setup, koch_test
 
     try:
-        det, synth, bank, hosts, data = default_setup(args.data, args.root, args.detector, args.weights, args.bank,
-                                                      resolve_device(args.device), args.hosts, args.host_count)
+        device = resolve_device(args.device)
+        audited = load_model_from_args(args, args.weights, device) if args.model else args.weights
+        det, synth, bank, hosts, data = default_setup(args.data, args.root, audited, args.synthesizer, args.bank,
+                                                      device, args.hosts, args.host_count)
         cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start, rule=args.rule,
                          nested=not args.independent_layouts, control=not args.no_control)
         return koch_test(det, synth, bank, hosts, config=cfg), data

@@ -245,7 +245,7 @@ def evaluate_isolation(
     samples: Iterable[LesionSample],
     types: Sequence[str],
     method: str = DEFAULT_METHOD,
-    start: str = "dense2",
+    start: str | None = None,
     channels=None,
     threshold: str | float = DEFAULT_THRESHOLD,
     blur_sigma: float | None = None,

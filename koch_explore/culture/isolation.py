@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..core.images import as_image_batch, model_device
-from ..detect.model import conv_strides
+from ..detect.model import DetectorConfig, FundusNorm
 from ..evidence.base import Evidence
 from ..evidence.methods import projection_map
 from .cut import DEFAULT_THRESHOLD, Segmentation, segment
@@ -22,13 +22,11 @@ DEFAULT_MIN_SHARE = 0.0
 severity is not evidence of disease."""
 
 
-def default_feature_layers(detector) -> tuple[str, str]:
-    """The last conv on the 1/2 grid and the last on the 1/8 grid (``conv2``, ``conv5`` in both
-    presets), found from the detector's strides, so another layer plan gets the right ones."""
-    last = {stride: name for name, stride in conv_strides(detector).items()}  # the last conv wins
-    if 2 not in last or 8 not in last:
-        raise ValueError(f"detector has no conv on the 1/2 and 1/8 grids (grids: {sorted(last)})")
-    return last[2], last[8]
+def default_feature_layers(detector) -> tuple[str, ...]:
+    """The grader's own early and mid feature layers (``conv2``, ``conv5`` of the o_O detector, the
+    last blocks on the 1/4 and 1/8 grids of an adapted ResNet), found from its strides, so another
+    layer plan gets the right ones."""
+    return tuple(detector.feature_layers)
 
 
 def _layers_from_maps(maps: Mapping[str, Any], image_hw: tuple[int, int]) -> tuple[str, ...]:
@@ -121,6 +119,11 @@ def isolate(
         if missing:
             raise ValueError(f"feature layers {missing} are not detector layers; choose from {detector.layer_names}")
         features = {n: acts[n].float().cpu().numpy() for n in layers}
+        # norm_patch lives in the o_O detector's normalised space whatever model cultured the bank: the
+        # transplant control pastes it back through that normalisation (koch.transplant)
+        if not isinstance(detector.norm, FundusNorm):
+            with torch.no_grad():
+                acts["norm"] = FundusNorm(DetectorConfig.norm_sigma)(x)
         normed = acts["norm"].float().cpu().numpy() if "norm" in acts else None
         severity = sev.float().cpu().numpy()
         if activation_layers is None:
@@ -216,7 +219,7 @@ def _severity_shares(detector, image, seg: Segmentation, severity: float, chunk:
     return (severity - sev.float().cpu().numpy()).tolist()
 
 
-def isolate_files(detector, paths: Sequence, method: str | None = None, start: str | None = "dense2", channels=None,
+def isolate_files(detector, paths: Sequence, method: str | None = None, start: str | None = None, channels=None,
                   threshold: str | float = DEFAULT_THRESHOLD, blur_sigma: float | None = None, min_area: int | None = None,
                   min_share: float | None = DEFAULT_MIN_SHARE, require_disease: bool = True, batch_size: int = 8,
                   weights_label: str = "default", rule: str = "global"):
@@ -231,7 +234,7 @@ def isolate_files(detector, paths: Sequence, method: str | None = None, start: s
     from .bank import DescriptorBank
 
     method = method or DEFAULT_METHOD
-    size = detector.cfg.input_size
+    size = detector.input_size
     bank = DescriptorBank(detector_hash=detector.weights_hash(), info={
         "method": method, "start": used_start(detector, method, start), "channels": channels,
         "threshold": threshold, "blur_sigma": blur_sigma, "min_area": min_area, "weights": weights_label,

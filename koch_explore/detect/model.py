@@ -36,6 +36,7 @@ Deviations from o_O, each for a reason measured here:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -185,6 +186,38 @@ class FundusNorm(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class RectifiedLeakyReLU(torch.autograd.Function):
+    """Leaky ReLU forward; backward passes ``relu(grad_output)`` (the deconvnet rule)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return grad_output.clamp_min(0), None
+
+
+class GuidedLeakyReLU(torch.autograd.Function):
+    """Leaky ReLU forward; backward passes ``relu(grad_output)`` where the forward input was
+    positive (guided backpropagation, Springenberg et al. 2015: the gradient rule and the
+    deconvnet rule at once)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_output.clamp_min(0) * (x > 0).to(grad_output.dtype), None
+
+
+RECTIFIERS = {"guided": GuidedLeakyReLU, "deconvnet": RectifiedLeakyReLU}
+"""Backward rules a leaky ReLU can be given for one call (see :meth:`Detector.rectified`)."""
+
+
 def leaky_rectify(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The leaky ReLU of a :class:`ConvBlock` or :class:`DenseMaxout`. An explanation may set the
     module's ``rectifier`` (an autograd Function ``f.apply(x, slope)`` with the same forward and
@@ -316,9 +349,81 @@ class Detector(nn.Module):
         s = (s + 2 - 3) // 2 + 1
         return s * s
 
+    # -- the grader protocol (koch_explore.detect.adapter): what every postulate asks of a model --
+
+    default_start = "dense2"
+    """Where the deconvnet starts by default: the paper's (the last hidden layer)."""
+    embedding_layer = "dense1"
+    """The features the Fréchet distance compares (512 values per image)."""
+
+    @property
+    def input_size(self) -> int:
+        return self.cfg.input_size
+
     @property
     def layer_names(self) -> list[str]:
         return ["norm", *self.layers.keys()]
+
+    def layer(self, name: str) -> nn.Module:
+        """The layer called ``name`` (one of :attr:`layer_names`)."""
+        if name == "norm":
+            return self.norm
+        if name not in self.layers:
+            raise ValueError(f"unknown layer {name!r}; choose one of {self.layer_names}")
+        return self.layers[name]
+
+    def conv_strides(self) -> dict[str, int]:
+        """conv name -> image pixels per cell of its output grid (strided convs and max-pools
+        multiply), in forward order."""
+        stride, out = 1, {}
+        for name, layer in self.layers.items():
+            if isinstance(layer, ConvBlock):
+                stride *= layer.stride
+                out[name] = stride
+            elif isinstance(layer, nn.MaxPool2d):
+                stride *= layer.stride if isinstance(layer.stride, int) else layer.stride[0]
+        return out
+
+    @property
+    def cam_layer(self) -> str:
+        """Grad-CAM's layer: the last conv on a grid of at most 32 px per cell (``conv11`` in both
+        presets: 8x8 cells at 256 px). o_O's last conv sits on a 4x4 grid at 256 px, where one cell
+        spans a sixteenth of the image and no single lesion can be pointed at."""
+        return [n for n, s in self.conv_strides().items() if s <= 32][-1]
+
+    @property
+    def feature_layers(self) -> tuple[str, str]:
+        """The descriptors' feature layers: the last conv on the 1/2 grid and the last on the 1/8
+        grid (``conv2``, ``conv5`` in both presets)."""
+        last = {stride: name for name, stride in self.conv_strides().items()}  # the last conv wins
+        if 2 not in last or 8 not in last:
+            raise ValueError(f"detector has no conv on the 1/2 and 1/8 grids (grids: {sorted(last)})")
+        return last[2], last[8]
+
+    @contextlib.contextmanager
+    def rectified(self, rule: str, method: str = "guided-backprop"):
+        """Every leaky ReLU passes its gradient back by ``rule`` (:data:`RECTIFIERS`) for the block
+        only; the forward values never change and nothing is left on the layers afterwards."""
+        rectifier = RECTIFIERS[rule]
+        layers = [m for m in self.modules() if isinstance(m, (ConvBlock, DenseMaxout))]
+        for m in layers:
+            m.rectifier = rectifier
+        try:
+            yield
+        finally:
+            for m in layers:
+                del m.rectifier  # back to the class default: the plain leaky ReLU
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.cfg.blocks)
+
+    def randomization_targets(self, blocks: int) -> list[nn.Module]:
+        """The dense head and the top ``blocks`` conv blocks: what the randomisation check re-initialises."""
+        counts = [c for c, _ in self.cfg.blocks]
+        first_random_conv = sum(counts[: len(counts) - blocks]) + 1
+        return [m for n, m in self.layers.items()
+                if (n.startswith("conv") and int(n[4:]) >= first_random_conv) or n.startswith("dense") or n == "out"]
 
     def forward_features(self, x: torch.Tensor, keep: set[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the stack; return severity and the outputs of the layers named in ``keep``.
@@ -404,17 +509,11 @@ class Detector(nn.Module):
         load_state_strict(self, tensors, source, "detector")
 
 
-def conv_strides(detector) -> dict[str, int]:
-    """conv name -> image pixels per cell of its output grid (strided convs and max-pools multiply),
-    in forward order. Layers are chosen by grid, not by name, so another layer plan gets the right ones."""
-    stride, out = 1, {}
-    for name, layer in detector.layers.items():
-        if isinstance(layer, ConvBlock):
-            stride *= layer.stride
-            out[name] = stride
-        elif isinstance(layer, nn.MaxPool2d):
-            stride *= layer.stride if isinstance(layer.stride, int) else layer.stride[0]
-    return out
+def conv_strides(model) -> dict[str, int]:
+    """conv name -> image pixels per cell of its output grid, in forward order, of any grader
+    (a :class:`Detector` or an adapted model). Layers are chosen by grid, not by name, so another
+    layer plan gets the right ones."""
+    return model.conv_strides()
 
 
 def load_detector(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Detector:

@@ -50,6 +50,18 @@ def evaluate_split(model: Detector, arr: GradedArrays, device, tta: bool, amp: b
     return rep, sev
 
 
+def grading_figures(model, data: str = "eyepacs", split: str = "val", root: str | None = None, tta: bool = False) -> dict:
+    """How well any grader grades a split of :func:`~koch_explore.data.graded.graded_eyes` ("eyepacs":
+    the patient-disjoint EyePACS validation eyes the shipped detector was validated on; "phantom"):
+    n, QWK with cuts fit on the split and split-half (cuts fit on half the patients, scored on the
+    other), accuracy, referable AUC, confusion, mean severity by grade."""
+    from ..data.graded import graded_eyes
+
+    arr = graded_eyes(split, model.input_size, data=data, root=root, aptos=False)
+    rep, _ = evaluate_split(model, arr, model_device(model), tta, amp=False)
+    return rep
+
+
 @torch.no_grad()
 def predict_severity(detector, images, tta: bool = False) -> np.ndarray:
     """Severity (0-4 ICDR scale) of ``images`` (one image or a batch, numpy or tensor, see
@@ -82,7 +94,7 @@ def evaluate_folder(model: Detector, images, labels, device="cpu", tta: bool = F
     from ..data.datasets import index_graded_images
 
     items = index_graded_images(images, labels)
-    sev = predict_arrays(model, load_for_detector([it.path for it in items], model.cfg.input_size), device, tta=tta)
+    sev = predict_arrays(model, load_for_detector([it.path for it in items], model.input_size), device, tta=tta)
     if pair_blend:
         sev = stats.paired_eye_blend(sev, [it.name for it in items], pair_blend)
     grades = np.array([it.grade for it in items])
@@ -93,6 +105,6 @@ def predict_files(model: Detector, paths, device="cpu") -> list[dict]:
     """Severity and grade of each photo: ``[{"image", "severity", "grade", "grade_name"}]``."""
     from .model import GRADE_NAMES
 
-    sev = predict_arrays(model, load_for_detector(paths, model.cfg.input_size), device)
+    sev = predict_arrays(model, load_for_detector(paths, model.input_size), device)
     grades = model.grade(torch.from_numpy(sev)).tolist()
     return [{"image": str(p), "severity": float(s), "grade": int(g), "grade_name": GRADE_NAMES[g]} for p, s, g in zip(paths, sev, grades)]

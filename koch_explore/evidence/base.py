@@ -61,13 +61,11 @@ def get_method(name: str) -> type["EvidenceMethod"]:
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name``: a detector's stable layer name (``conv8``, ``dense2``) or any
-    dotted module path of another ``nn.Module``."""
-    layers = getattr(model, "layers", None)
-    if isinstance(layers, nn.ModuleDict) and name in layers:
-        return layers[name]
-    if name == "norm" and hasattr(model, "norm"):
-        return model.norm
+    """The submodule called ``name``: a grader's layer name (``conv8``, ``dense2`` of the detector;
+    the wrapped model's dotted module path for an adapted one) or any dotted module path of a bare
+    ``nn.Module``."""
+    if hasattr(model, "layer_names") and callable(getattr(model, "layer", None)):
+        return model.layer(name)  # a grader: its own names, and its own error for a wrong one
     try:
         return model.get_submodule(name)
     except AttributeError:
@@ -139,19 +137,20 @@ class EvidenceMethod:
         return f"{type(self).__name__}(layer={self.used_layer!r})"
 
 
-def explain(model, images, method: str = DEFAULT_METHOD, start: str | None = "dense2", channels=None, seed: int = 0) -> Evidence:
+def explain(model, images, method: str = DEFAULT_METHOD, start: str | None = None, channels=None, seed: int = 0) -> Evidence:
     """Evidence maps of ``images`` (one image or a batch, tensor or numpy, in [0, 1] or uint8) by
     ``method`` (a name in :data:`METHODS`).
 
-    ``start`` is the deconvnet's start layer (and Grad-CAM's layer when it names a conv; otherwise
-    Grad-CAM takes :func:`~koch_explore.evidence.methods.cam_layer`); ``channels`` the deconvnet's
+    ``start`` is the deconvnet's start layer (None: the model's ``default_start``, ``dense2`` of
+    the detector) and Grad-CAM's layer when it names a conv (otherwise Grad-CAM takes
+    :func:`~koch_explore.evidence.methods.cam_layer`); ``channels`` the deconvnet's
     channel selection (see :meth:`~koch_explore.evidence.deconvnet.Deconvnet.project`); ``seed``
     only affects ``random``.
     """
     return get_method(method)(model, start)(images, channels, seed)
 
 
-def evidence_maps(model, images, method: str = DEFAULT_METHOD, start: str | None = "dense2", channels=None, seed: int = 0) -> np.ndarray:
+def evidence_maps(model, images, method: str = DEFAULT_METHOD, start: str | None = None, channels=None, seed: int = 0) -> np.ndarray:
     """(B, H, W) evidence maps: :func:`explain` without the projection."""
     return explain(model, images, method, start, channels, seed).maps
 

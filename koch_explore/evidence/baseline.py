@@ -86,8 +86,8 @@ class HealthyBaseline:
             return cache[layer]
         src = getattr(detector, "source_path", None)
         if src is None:
-            raise FileNotFoundError("deconvnet-excess needs a healthy baseline: load the detector from a file "
-                                    "(Detector.load) that has one beside it, or set detector._healthy_baselines[layer]")
+            raise FileNotFoundError("deconvnet-excess needs a healthy baseline: load the model from a file (load_detector, "
+                                    "load_model) and build one beside it with 'koch-explore isolate baseline'")
         path = cls.path_for(src, layer)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no healthy baseline for layer {layer!r} of {src}; create it with "
@@ -121,12 +121,17 @@ def healthy_images(data: str, size: int, count: int = 400, root=None) -> np.ndar
     raise ValueError(f"data {data!r}: the healthy population is 'eyepacs' (grade-0 training eyes) or 'phantom'")
 
 
-def build_healthy_baseline(weights=None, layer: str = "dense2", data: str = "eyepacs", count: int = 400, root=None) -> tuple[HealthyBaseline, Path]:
-    """Compute the baseline of ``layer`` for the detector ``weights`` (a shipped name or a file) over
-    :func:`healthy_images` and save it beside the weights; returns it and the path written."""
+def build_healthy_baseline(detector=None, layer: str | None = None, data: str = "eyepacs", count: int = 400, root=None) -> tuple[HealthyBaseline, Path]:
+    """Compute the baseline of ``layer`` (default: the model's deconvnet start) for ``detector`` (a
+    loaded grader, or detector weights: a shipped name or a file) over :func:`healthy_images` and save
+    it beside its weights; returns it and the path written."""
     from ..detect.model import load_detector
 
-    path = resolve_weights("detector", weights)
-    detector = load_detector(path)
-    base = HealthyBaseline.compute(detector, healthy_images(data, detector.cfg.input_size, count, root), layer)
+    if detector is None or isinstance(detector, (str, os.PathLike)):
+        detector = load_detector(resolve_weights("detector", detector))
+    path = getattr(detector, "source_path", None)
+    if path is None:
+        raise ValueError("the healthy baseline is saved beside the model's weights: load the model from a file")
+    layer = layer or detector.default_start
+    base = HealthyBaseline.compute(detector, healthy_images(data, detector.input_size, count, root), layer)
     return base, base.save(HealthyBaseline.path_for(path, layer))

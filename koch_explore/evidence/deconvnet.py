@@ -407,93 +407,76 @@ class ActivationNetwork(Deconvnet):
 # ---------------------------------------------------------------------------------------------
 
 
-class _RectifiedLeakyReLU(torch.autograd.Function):
-    """Leaky ReLU forward; backward passes ``relu(grad_output)`` (the deconvnet rule)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        return F.leaky_relu(x, slope)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        return grad_output.clamp_min(0), None
-
-
-class _GuidedLeakyReLU(torch.autograd.Function):
-    """Leaky ReLU forward; backward passes ``relu(grad_output)`` where the forward input was
-    positive (guided backpropagation, Springenberg et al. 2015: the gradient rule and the
-    deconvnet rule at once)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return F.leaky_relu(x, slope)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        return grad_output.clamp_min(0) * (x > 0).to(grad_output.dtype), None
-
-
-def _modified_forward(model: Detector, x: torch.Tensor, rectifier) -> dict[str, torch.Tensor]:
-    """The detector's own forward pass with every leaky ReLU's backward rule replaced by ``rectifier``
-    (an autograd Function that changes only the backward rule); returns every layer's output. The
-    rule is set on the layers for this call only (:func:`~koch_explore.detect.model.leaky_rectify`)."""
-    rectified = [m for m in model.modules() if isinstance(m, (ConvBlock, DenseMaxout))]
-    for m in rectified:
-        m.rectifier = rectifier
-    try:
+def _modified_forward(model, x: torch.Tensor, rule: str) -> dict[str, torch.Tensor]:
+    """The detector's own forward pass with every leaky ReLU passing its gradient back by ``rule``
+    (:meth:`~koch_explore.detect.model.Detector.rectified`, for this call only); returns every
+    layer's output."""
+    with model.rectified(rule):
         _, acts = model.forward_features(x, keep={"norm", *model.layers})
-    finally:
-        for m in rectified:
-            del m.rectifier  # back to the class default: the plain leaky ReLU
     return acts
 
 
 def rectified_gradient(
-    detector: Detector,
+    detector,
     images: torch.Tensor,
-    start: str = "dense2",
+    start: str | None = None,
     channels: Channels = None,
     layers: Sequence[str] = (),
+    signal: torch.Tensor | None = None,
 ) -> Projection:
-    """The deconvnet projection as a gradient: autograd through the folded detector with every
-    leaky ReLU rectifying its backward signal, max-pools and everything else by plain autograd.
+    """The deconvnet projection as a gradient: autograd through the grader with every rectifier
+    passing back ``relu`` of its backward signal (``rectified("deconvnet")``), max-pools and
+    everything else by plain autograd. Works on any grader (:mod:`koch_explore.detect.adapter`);
+    a :class:`Detector` is BatchNorm-folded first, as the hook-free walk is.
 
-    Independent of :class:`ActivationNetwork` but for :func:`select_channels`; used to verify it.
+    Independent of :class:`ActivationNetwork` but for :func:`select_channels`; used to verify it and
+    to project models whose layer plan the walk cannot follow (residual sums, any ``nn.Module``).
     Returns a :class:`Projection` whose ``maps`` hold only the start layer and ``layers`` (which
-    must lie below ``start``).
+    must lie below ``start``). ``signal`` replaces the start activation as what is walked back (as
+    in :meth:`ActivationNetwork.project`).
     """
     model = detector.fold_batchnorm()
+    start = start or model.default_start
+    if start not in model.layer_names:
+        raise ValueError(f"unknown start layer {start!r}; choose one of {model.layer_names}")
     x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        acts = _modified_forward(model, x, _RectifiedLeakyReLU)
-        order = list(acts)
-        if start not in order:
-            raise ValueError(f"unknown start layer {start!r}; choose one of {order}")
-        below = [n for n in layers if n != start]
-        wrong = [n for n in below if n not in order[: order.index(start)]]
+    below = [n for n in layers if n != start]
+    with torch.enable_grad(), model.rectified("deconvnet", "deconvnet"):
+        severity, acts = model.forward_features(x, keep={start, *below})
+        wrong = [n for n in below if n not in acts]
         if wrong:
-            raise ValueError(f"layers {wrong} are not below the start layer {start!r}")
+            raise ValueError(f"layers {wrong} are not layers of the model")
         activation = acts[start]
         mask = select_channels(activation, channels)
-        signal = activation.detach() * mask.view(*mask.shape, *([1] * (activation.dim() - 2))).to(activation.dtype)
-        grads = torch.autograd.grad(activation, [x] + [acts[n] for n in below], grad_outputs=signal)
+        if signal is None:
+            signal = activation.detach() * mask.view(*mask.shape, *([1] * (activation.dim() - 2))).to(activation.dtype)
+        grads = torch.autograd.grad(activation, [x] + [acts[n] for n in below], grad_outputs=signal.to(activation), allow_unused=True)
+    above = [n for n, g in zip(below, grads[1:]) if g is None]
+    if above:
+        raise ValueError(f"layers {above} are not below the start layer {start!r}")
     maps = {start: signal, **{n: g for n, g in zip(below, grads[1:])}}
-    return Projection(start, grads[0], maps, activation.detach(), signal, mask, acts["out"].detach().squeeze(1))
+    return Projection(start, grads[0], maps, activation.detach(), signal, mask, severity.detach())
 
 
-def _guided_input_gradient(model: Detector, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-    """Guided backpropagation of a folded detector's severity to ``x`` (which requires grad)."""
-    with torch.enable_grad():
-        acts = _modified_forward(model, x, _GuidedLeakyReLU)
-        (grad,) = torch.autograd.grad(acts["out"].sum(), x, create_graph=create_graph)
+def _guided_input_gradient(model, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """Guided backpropagation of a grader's severity to ``x`` (which requires grad)."""
+    with torch.enable_grad(), model.rectified("guided"):
+        (grad,) = torch.autograd.grad(model(x).sum(), x, create_graph=create_graph)
     return grad
 
 
-def guided_gradient(detector: Detector, images: torch.Tensor) -> torch.Tensor:
-    """Guided backpropagation of the severity output to the input pixels, (B, 3, H, W)."""
-    return _guided_input_gradient(detector.fold_batchnorm(), images.detach().clone().requires_grad_(True)).detach()
+def walkable(model) -> bool:
+    """Whether the hook-free walk (:class:`ActivationNetwork`) can follow ``model``'s layer plan: the
+    o_O stack can; residual sums and arbitrary modules are projected by :func:`rectified_gradient`."""
+    return isinstance(model, Detector)
+
+
+def guided_gradient(model, images: torch.Tensor) -> torch.Tensor:
+    """Guided backpropagation of the severity to the input pixels, (B, 3, H, W), for any grader
+    whose rectifiers can be given the guided rule (an adapted model with GELU/SiLU refuses by name).
+    It runs on the grader's ``fold_batchnorm()`` copy: the same function with plain convs."""
+    model = model.fold_batchnorm()
+    return _guided_input_gradient(model, images.detach().clone().requires_grad_(True)).detach()
 
 
 class DifferentiableEvidence:
@@ -521,6 +504,9 @@ class DifferentiableEvidence:
     def __init__(self, detector: Detector, method: str = "deconvnet", start: str = "dense2"):
         if method not in self.METHODS:
             raise ValueError(f"no differentiable form of evidence method {method!r}; choose one of {self.METHODS}")
+        if not walkable(detector):
+            raise ValueError(f"the evidence loss walks the o_O detector's layers, not a {type(detector).__name__}: "
+                             "train with --w-evidence 0")
         self.model = detector.fold_batchnorm()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -533,7 +519,7 @@ class DifferentiableEvidence:
         x = images if images.requires_grad else images.detach().requires_grad_(True)
         with torch.enable_grad():
             if self.method == "deconvnet":
-                acts = _modified_forward(self.model, x, _RectifiedLeakyReLU)
+                acts = _modified_forward(self.model, x, "deconvnet")
                 a = acts[self.start]
                 (g,) = torch.autograd.grad(a, x, grad_outputs=a, create_graph=True)
             else:

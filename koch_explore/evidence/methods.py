@@ -38,13 +38,15 @@ import torch
 import torch.nn.functional as F
 
 from ..core.geometry import masked_fill_blur
-from ..detect.model import conv_strides
 from .base import EvidenceMethod, LayerCapture, default_blur_sigma, register
 from .baseline import HealthyBaseline
-from .deconvnet import ActivationNetwork, guided_gradient, select_channels
-
-CAM_STRIDE = 32
-"""Grad-CAM's default layer is the last conv whose grid is at most this many pixels per cell."""
+from .deconvnet import (
+    ActivationNetwork,
+    guided_gradient,
+    rectified_gradient,
+    select_channels,
+    walkable,
+)
 
 PROJECTION_METHODS = ("deconvnet", "deconvnet-excess")
 """Methods that project from ``start`` (a layer above the convs, ``dense2`` by default)."""
@@ -54,29 +56,40 @@ OCCLUSION_PATCH = 1 / 10
 
 
 def cam_layer(model, start: str | None = None) -> str:
-    """Grad-CAM's layer: ``start`` when it names a conv, else the last conv on a grid of at most
-    :data:`CAM_STRIDE` px per cell (``conv11`` in both o_O presets: 8x8 cells at 256 px). Grad-CAM
-    usually takes the last conv, but o_O's last conv sits on a 4x4 grid at 256 px, where one cell
-    spans a sixteenth of the image and no single lesion can be pointed at."""
-    strides = conv_strides(model)
-    if start in strides:
+    """Grad-CAM's layer: ``start`` when it names a conv (or a block of convs), else the grader's own
+    ``cam_layer`` (the last conv on a grid of at most 32 px per cell: ``conv11`` of the o_O
+    detector, 8x8 cells at 256 px; see :mod:`koch_explore.detect.adapter`). Grad-CAM usually takes
+    the last conv, but o_O's last conv sits on a 4x4 grid at 256 px, where one cell spans a
+    sixteenth of the image and no single lesion can be pointed at."""
+    strides = model.conv_strides()
+    if start and start not in model.layer_names:
+        model.layer(start)  # the grader's own error naming the layers it has
+    if start and start != "norm" and start in model.layer_names and (start in strides or any(n.startswith(start + ".") for n in strides)):
         return start
-    return [n for n, s in strides.items() if s <= CAM_STRIDE][-1]
+    return model.cam_layer
 
 
 @register
 class Deconvnet(EvidenceMethod):
-    """The paper's: Zeiler-Fergus projection of the ``layer`` activation (default ``dense2``)."""
+    """The paper's: Zeiler-Fergus projection of the ``layer`` activation (default: the grader's
+    ``default_start``, ``dense2`` of the o_O detector). The o_O stack is walked hook-free
+    (:class:`ActivationNetwork`); any other grader by the same rules through autograd
+    (:func:`rectified_gradient`), where its activations are ReLU-like."""
 
     name = "deconvnet"
     uses_layer = True
 
-    def __init__(self, model, layer: str | None = "dense2"):
-        super().__init__(model, layer or "dense2")
+    def __init__(self, model, layer: str | None = None):
+        super().__init__(model, layer or (model.default_start if model is not None else None))
+
+    def project(self, x, channels=None, signal=None):
+        if walkable(self.model):
+            with ActivationNetwork(self.model) as net:
+                return net.project(x, start=self.layer, channels=channels, signal=signal)
+        return rectified_gradient(self.model, x, self.layer, channels, signal=signal)
 
     def attribute(self, x, channels=None, seed=0):
-        with ActivationNetwork(self.model) as net:
-            p = net.project(x, start=self.layer, channels=channels)
+        p = self.project(x, channels)
         return projection_map(p), p
 
 
@@ -97,14 +110,14 @@ class DeconvnetExcess(Deconvnet):
         a = acts[start].float()
         keep = select_channels(a, channels).view(*a.shape[:2], *([1] * (a.dim() - 2)))
         excess = (a - base.mean.to(a)).clamp_min(0) * keep
-        with ActivationNetwork(self.model) as net:
-            p = net.project(x, start=start, signal=excess)
+        p = self.project(x, signal=excess)
         return projection_map(p), p
 
 
 @register
 class GuidedBackprop(EvidenceMethod):
-    """Gradient of the severity, rectified at every leaky ReLU on both passes (Springenberg et al. 2015)."""
+    """Gradient of the severity, rectified at every ReLU on both passes (Springenberg et al. 2015);
+    a grader with GELU/SiLU/... activations refuses by name."""
 
     name = "guided-backprop"
 
@@ -137,7 +150,7 @@ class GradCam(EvidenceMethod):
 
     @property
     def used_layer(self) -> str:
-        if not hasattr(self.model, "layers"):  # any other nn.Module: the layer is named by its module path
+        if not hasattr(self.model, "conv_strides"):  # a bare nn.Module: the layer is named by its module path
             if self.layer is None:
                 raise ValueError(f"{self.name} needs a layer on a {type(self.model).__name__}: name a conv module")
             return self.layer

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.stats import pearson, roc_auc, spearman
+from ..detect.adapter import AdapterError
 from .base import DEFAULT_METHOD, METHODS, explain
 from .baseline import HealthyBaseline
 
@@ -43,20 +44,15 @@ def input_dependence(maps: np.ndarray, fovs: np.ndarray) -> float:
 
 
 def randomized_copy(detector, blocks: int = RANDOMIZED_BLOCKS, seed: int = 0):
-    """A copy of ``detector`` whose dense head and top ``blocks`` conv blocks are re-initialised
-    (their BatchNorm statistics reset too); everything below keeps its learned weights."""
+    """A copy of the grader ``detector`` whose head and top ``blocks`` conv blocks
+    (``randomization_targets``) are re-initialised, BatchNorm statistics reset too; everything
+    below keeps its learned weights."""
     det = copy.deepcopy(detector).eval()
     torch.manual_seed(seed)
-    counts = [c for c, _ in det.cfg.blocks]
-    first_random_conv = sum(counts[: len(counts) - blocks]) + 1
-    targets = [n for n in det.layers.keys()
-               if (n.startswith("conv") and int(n[4:]) >= first_random_conv) or n.startswith("dense") or n == "out"]
-    for n in targets:
-        for m in det.layers[n].modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_parameters()  # weight 1, bias 0, running mean 0 / var 1
-            elif hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+    for target in det.randomization_targets(blocks):
+        for m in target.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()  # BatchNorm: weight 1, bias 0, running mean 0 / var 1
     return det
 
 
@@ -81,7 +77,7 @@ def sanity_report(
     eyes: np.ndarray,
     lesion_samples: Sequence | None,
     methods: Sequence[str] | None = None,
-    start: str = "dense2",
+    start: str | None = None,
     n_random: int = 32,
     batch: int = 16,
     progress: bool = True,
@@ -91,10 +87,19 @@ def sanity_report(
     eyes; ``lesion_samples`` :class:`~koch_explore.data.samples.LesionSample` with IDRiD masks."""
     from tqdm.auto import tqdm
 
-    methods = list(METHODS) if methods is None else list(methods)
+    every = methods is None
+    methods = list(METHODS) if every else list(methods)
+    start = start or detector.default_start
     fovs = _fovs(eyes)
+    skipped = {}
     if "deconvnet-excess" in methods:
-        HealthyBaseline.for_detector(detector, start)
+        try:
+            HealthyBaseline.for_detector(detector, start)
+        except FileNotFoundError as exc:
+            if not every:  # asked for by name: the missing baseline is the answer
+                raise
+            methods.remove("deconvnet-excess")  # "all methods" means all that this model can run
+            skipped["deconvnet-excess"] = str(exc)
 
     def randomized(blocks: int):
         # The randomised copy subtracts the trained detector's healthy baseline: the method is applied
@@ -105,10 +110,16 @@ def sanity_report(
         return d
 
     rand_det = randomized(RANDOMIZED_BLOCKS)
-    cascade_dets = {k: randomized(k) for k in range(1, len(detector.cfg.blocks) + 1)} if cascade else {}
+    cascade_dets = {k: randomized(k) for k in range(1, detector.num_blocks + 1)} if cascade else {}
     out = {}
     for method in tqdm(methods, desc="methods", disable=not progress):
-        maps = _maps(detector, eyes, method, start, batch)
+        try:
+            maps = _maps(detector, eyes, method, start, batch)
+        except AdapterError as exc:  # e.g. guided backprop on a GELU network
+            if not every:
+                raise
+            skipped[method] = str(exc)
+            continue
         rec = {"input_dependence": input_dependence(maps, fovs)}
         if method == "random":
             rec["randomization_similarity"] = None  # no network to randomise
@@ -131,8 +142,11 @@ def sanity_report(
                         aucs.setdefault(t, []).append(roc_auc(mask[s.fov], m[s.fov]))
             rec["pixel_auc_lesions"] = {t: float(np.mean(v)) for t, v in aucs.items()}
         out[method] = rec
-    return {"default": DEFAULT_METHOD, "start": start, "n_eyes": int(len(eyes)), "n_randomized": int(min(n_random, len(eyes))),
-            "n_lesion_images": len(lesion_samples or []), "methods": out}
+    rep = {"default": DEFAULT_METHOD, "start": start, "n_eyes": int(len(eyes)), "n_randomized": int(min(n_random, len(eyes))),
+           "n_lesion_images": len(lesion_samples or []), "methods": out}
+    if skipped:
+        rep["skipped"] = skipped
+    return rep
 
 
 def validation_eyes(root: str | None, size: int, count: int, seed: int = 0) -> np.ndarray:
@@ -146,13 +160,13 @@ def validation_eyes(root: str | None, size: int, count: int, seed: int = 0) -> n
 
 
 def run_sanity(detector, root: str | None = None, count: int = 100, lesions: str | None = None, methods: Sequence[str] | None = None,
-               start: str = "dense2", batch: int = 16, progress: bool = True, cascade: bool = False) -> dict:
+               start: str | None = None, batch: int = 16, progress: bool = True, cascade: bool = False) -> dict:
     """:func:`sanity_report` on ``count`` EyePACS validation eyes and the lesion folder ``lesions``
     (None: IDRiD_lesions under the data root; "none": skip the localisation scores)."""
     from ..data.roots import dataset_dir
     from ..data.samples import folder_samples
 
-    size = detector.cfg.input_size
+    size = detector.input_size
     eyes = validation_eyes(root, size, count)
     samples = None
     if lesions != "none":
@@ -170,6 +184,8 @@ def sanity_table(rep: dict) -> str:
         a = r.get("pixel_auc_lesions", {})
         lines.append(f"{m:18s} {f(r['input_dependence']):>9s} {f(r['randomization_similarity']):>9s} {f(a.get('union')):>9s}  "
                      + "  ".join(f"{f(a.get(t)):>5s}" for t in ("MA", "HE", "EX", "SE")))
+    for m, why in rep.get("skipped", {}).items():
+        lines.append(f"{m:18s} skipped: {why}")
     if any("randomization_cascade" in r for r in rep["methods"].values()):
         lines.append("cascading randomisation (rank correlation with 1, 2, ... conv blocks + head re-initialised):")
         for m, r in rep["methods"].items():

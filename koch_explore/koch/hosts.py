@@ -7,6 +7,7 @@ hosts), or held-out grade-0 photos no shipped model trained on; "embedded": ``sk
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -91,10 +92,15 @@ def resolve_data(data: str, root=None) -> str:
 
 def shipped_models(data: str, detector=None, weights=None, bank=None, device="cpu"):
     """(detector, synthesizer, bank) shipped for ``data`` ("real", "embedded" or "phantom"); each of
-    ``detector`` / ``weights`` / ``bank`` (a shipped name or a user's file) overrides the shipped one."""
+    ``detector`` / ``weights`` / ``bank`` (a shipped name or a user's file) overrides the shipped one.
+    ``detector`` may also be a loaded model (any grader, e.g. :func:`~koch_explore.detect.adapter.adapt`
+    of the user's own): the lesions are still the bank's, cultured with the o_O detector, and the
+    audited model re-isolates and grades them."""
     d_name, s_name = SETUPS[data]
-    det = load_detector(detector or d_name, device)
     synth = load_synthesizer(weights or s_name, device)
+    if detector is not None and not isinstance(detector, (str, os.PathLike)):
+        return detector.to(device), synth, load_bank(bank or s_name)
+    det = load_detector(detector or d_name, device)
     return det, synth, load_bank(bank or s_name, detector=det)
 
 

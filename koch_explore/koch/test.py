@@ -47,6 +47,7 @@ from ..core.geometry import Box, box_contains, boxes_overlap
 from ..core.images import model_device
 from ..core.stats import roc_auc, spearman
 from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, segment
+from ..detect.model import DetectorConfig, FundusNorm
 from ..detect.predict import predict_severity
 from ..evidence.base import DEFAULT_METHOD, explain
 from ..synthesis.synthesizer import random_layout
@@ -70,7 +71,7 @@ class KochConfig:
     ``info["method"]``), else isolation's default."""
     start: str | None = None
     """Where the evidence starts (the deconvnet's start layer, Grad-CAM's conv); None: the bank's own
-    (its ``info["start"]``), else ``dense2``."""
+    (its ``info["start"]``) when the audited model has that layer, else the model's default."""
     threshold: float | str | None = None
     """Isolation threshold (fraction of the map's maximum, or "otsu"); None: the one the bank was
     isolated with (its ``info["threshold"]``), else isolation's default."""
@@ -177,6 +178,24 @@ class KochReport:
         keys = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
         return {**{k: out[k] for k in keys}, "data": data, "hosts": hosts,
                 **{k: v for k, v in out.items() if k not in keys and k not in ("severity", "components_per_image")}}
+
+    def reading(self) -> str:
+        """The figures read in one or two plain sentences (what a notebook prints under its figures)."""
+        above = self.hit_rate - self.chance_hit_rate
+        found = (f"The placed lesions were re-found at {self.hit_rate:.2f} against {self.chance_hit_rate:.2f} for random places "
+                 f"({'+' if above >= 0 else ''}{above:.2f}; placement AUC {self.placement_auc:.2f}, where 0.5 is chance)")
+        lo, hi = self.spearman_ci
+        if lo > 0:
+            trend = f"severity rose with the number of lesions (rho {self.spearman_severity_count:.2f}, 95% CI {lo:.2f} to {hi:.2f})"
+        elif hi < 0:
+            trend = f"severity fell as lesions were added (rho {self.spearman_severity_count:.2f})"
+        else:
+            trend = f"severity did not follow the number of lesions (rho {self.spearman_severity_count:.2f}, 95% CI {lo:.2f} to {hi:.2f})"
+        text = f"{found}; {trend}."
+        if self.control_hit_rate is not None:
+            text += (f" The real lesions transplanted to the same places were re-found at {self.control_hit_rate:.2f} "
+                     f"(chance {self.control_chance_hit_rate:.2f}).")
+        return text
 
     def summary(self, data: str | None = None, hosts: str | None = None) -> str:
         """The figures as a few lines a person reads (what ``koch-explore koch-test`` prints)."""
@@ -313,9 +332,12 @@ def transplant(detector, image: np.ndarray, layout) -> np.ndarray:
         raise ValueError(f"descriptors from {sorted(set(missing))} carry no norm_patch (isolated without the detector's "
                          "images, or a bank saved before norm patches existed): re-isolate them to transplant")
     img = np.ascontiguousarray(image, np.float32)
+    # The lesions' norm_patch live in the o_O detector's normalised space (they were cut with it), so
+    # they are pasted back in that space, whatever normalisation the audited model has.
+    norm = detector.norm if isinstance(detector.norm, FundusNorm) else FundusNorm(DetectorConfig.norm_sigma)
     dev = model_device(detector)
     with torch.no_grad():
-        hp, rms = detector.norm.highpass(torch.from_numpy(img).permute(2, 0, 1)[None].to(dev))
+        hp, rms = norm.highpass(torch.from_numpy(img).permute(2, 0, 1)[None].to(dev))
     hp, rms = hp[0].cpu().numpy(), rms[0].cpu().numpy()
     out = img.transpose(2, 0, 1).copy()
     h, w = img.shape[:2]
@@ -359,8 +381,13 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         cfg.threshold = info.get("threshold") or DEFAULT_THRESHOLD
     if cfg.rule is None:
         cfg.rule = str(info.get("rule") or DEFAULT_RULE)
-    if cfg.start is None:  # the bank's start layer belongs to the bank's method
-        cfg.start = str(info.get("start") or "dense2") if cfg.method == info.get("method") else "dense2"
+    if cfg.start is None:  # the bank's start layer belongs to the bank's method and the bank's detector
+        own = info.get("start")
+        cfg.start = own if cfg.method == info.get("method") and own in detector.layer_names else detector.default_start
+    size = int(synthesizer.cfg.size)
+    if detector.input_size != size:
+        raise ValueError(f"the model takes {detector.input_size} px images and the synthesizer serves {size} px: "
+                         f"adapt it with input_size={size} (a model with a global pool runs at any size)")
     if vessel_model is None:
         vessel_model = load_vessels()
     detector.eval()
@@ -486,10 +513,10 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
     rho_boot = rhos_ok[idx].mean(1)
     fd = fd_ci = None
     if len(real_images) >= 8 and len(real_images) == len(healthy_images):
-        from ..synthesis.evaluate import dense1_features, frechet_with_ci
+        from ..synthesis.evaluate import embedding_features, frechet_with_ci
 
-        fake_f, _ = dense1_features(detector, np.stack(healthy_images))
-        real_f, _ = dense1_features(detector, np.stack(real_images))
+        fake_f, _ = embedding_features(detector, np.stack(healthy_images))
+        real_f, _ = embedding_features(detector, np.stack(real_images))
         fd, ci = frechet_with_ci(fake_f, real_f, seed=cfg.seed)
         fd_ci = list(ci)
     control = {}

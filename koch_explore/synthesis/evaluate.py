@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["frechet_distance", "dense1_features", "evaluate_synthesizer", "paired_frechet_gap"]
+__all__ = ["frechet_distance", "embedding_features", "evaluate_synthesizer", "paired_frechet_gap"]
 
 COUNTS = (0, 1, 2, 4, 8, 16)
 
@@ -64,14 +64,18 @@ def frechet_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 200, seed: int =
 
 
 @torch.no_grad()
-def dense1_features(detector, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(dense1 features (N, 512), severity (N,)) of float images (N, S, S, 3) in [0, 1]."""
+def embedding_features(detector, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), severity (N,)) of float images (N, S, S, 3) in [0, 1]: the grader's
+    ``embedding_layer`` (``dense1`` of the o_O detector, 512 values; an adapted model's Grad-CAM
+    block averaged over positions), what the Fréchet distance compares."""
     feats, sev = [], []
     detector.eval()
+    layer = detector.embedding_layer
     for s in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch])).permute(0, 3, 1, 2).float()
-        out, acts = detector.forward_features(x.to(next(detector.parameters()).device), keep={"dense1"})
-        feats.append(acts["dense1"].float().cpu().numpy())
+        out, acts = detector.forward_features(x.to(next(detector.parameters()).device), keep={layer})
+        a = acts[layer].float()
+        feats.append((a.mean(dim=(2, 3)) if a.dim() == 4 else a.flatten(1)).cpu().numpy())
         sev.append(out.float().cpu().numpy())
     return np.concatenate(feats), np.concatenate(sev)
 
@@ -94,14 +98,14 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def _realism(extractor, real: np.ndarray, ours: np.ndarray, base: np.ndarray | None, seed: int, prefix: str) -> dict:
     """The Fréchet figures of ``ours`` (and ``base``) against ``real`` in ``extractor``'s dense1 space."""
-    rf, _ = dense1_features(extractor, real)
-    of, _ = dense1_features(extractor, ours)
+    rf, _ = embedding_features(extractor, real)
+    of, _ = embedding_features(extractor, ours)
     fd, ci = frechet_with_ci(of, rf, seed=seed)
     rep = {f"{prefix}_ours": fd, f"{prefix}_ours_ci": list(ci)}
     if base is None:
         return {**rep, f"{prefix}_baseline": None, f"{prefix}_baseline_ci": None, f"{prefix}_gap": None,
                 f"{prefix}_gap_ci": None, f"{prefix}_ours_closer": None}
-    bf, _ = dense1_features(extractor, base)
+    bf, _ = embedding_features(extractor, base)
     fdb, ci_b = frechet_with_ci(bf, rf, seed=seed)
     gap, gap_ci, wins = paired_frechet_gap(of, bf, rf, seed=seed)
     return {**rep, f"{prefix}_baseline": fdb, f"{prefix}_baseline_ci": list(ci_b), f"{prefix}_gap": gap,
@@ -152,7 +156,7 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
         for i, h in enumerate(hosts):
             lay = random_layout(bank, n, h["fov"], seed=seed * 1000 + i) if n else None
             imgs.append(synth.synthesize(h["vessels"], h["fov"], lay, seed=seed + i))
-        _, sev = dense1_features(detector, np.stack(imgs))
+        _, sev = embedding_features(detector, np.stack(imgs))
         sev_by[str(n)] = float(sev.mean())
     rep["severity_by_count"] = sev_by
     vals = [sev_by[str(n)] for n in counts]

@@ -106,7 +106,9 @@ class DetectorFeatures(nn.Module):
     def forward(self, images: torch.Tensor, severity: bool = False) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """(severity or None, {layer: features}); without ``severity`` the stack stops at the
         deepest requested layer (the rest of the detector costs time and gives nothing here)."""
-        if severity or any(n.startswith("dense") or n in ("rmspool", "out") for n in self.layers):
+        # The shortcut walks the o_O stack's layer dict; any other model runs its own forward pass.
+        if severity or not isinstance(getattr(self.detector, "layers", None), nn.ModuleDict) or any(
+                n.startswith("dense") or n in ("rmspool", "out") for n in self.layers):
             sev, acts = self.detector.forward_features(images, keep=set(self.layers))
             return (sev if severity else None), acts
         order = self.detector.layer_names
