@@ -46,9 +46,19 @@ def run_one(notebook: str, root: str) -> dict:
         t0 = time.perf_counter()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        slowest = slowest_cells(Path(cwd) / notebook)
     rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # kB on Linux
     error = None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1][:160]
-    return {"notebook": notebook, "wall_s": wall, "peak_gb": rss_gb, "error": error}
+    return {"notebook": notebook, "wall_s": wall, "peak_gb": rss_gb, "error": error, "slowest": slowest}
+
+
+def slowest_cells(executed: Path, n: int = 2) -> list[tuple[int, float]]:
+    """The ``n`` longest cells (index, seconds) of an executed notebook: where a budget goes."""
+    if not executed.is_file():
+        return []
+    cells = json.loads(executed.read_text())["cells"]
+    times = [(i, c["metadata"].get("papermill", {}).get("duration") or 0.0) for i, c in enumerate(cells)]
+    return sorted(times, key=lambda t: -t[1])[:n]
 
 
 def main() -> None:
@@ -77,7 +87,8 @@ def main() -> None:
                 row = {"mode": mode, **json.loads(child.stdout.strip().splitlines()[-1])}
                 rows.append(row)
                 print(f"  {mode:8s} {nb:32s} {row['wall_s']:7.1f} s {row['peak_gb']:6.2f} GB"
-                      + (f"  FAILED: {row['error']}" if row["error"] else ""), flush=True)
+                      + (f"  FAILED: {row['error']}" if row["error"] else "")
+                      + "  slowest cells: " + ", ".join(f"[{i}] {t:.0f} s" for i, t in row.get("slowest", [])), flush=True)
     print("\n| notebook | data | papermill wall time | peak RSS | budget |\n|---|---|---:|---:|---|")
     for r in rows:
         budget = ""

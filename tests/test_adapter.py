@@ -252,7 +252,7 @@ def test_the_synthesizer_trains_on_a_foreign_models_features(resnet, tmp_path):
                        % str(__import__("pathlib").Path(__file__).parent))
     weights = resnet.save(tmp_path / "tiny.safetensors")  # the adapter's options travel in the header
     cfg = SynthTrainConfig(data="phantom", model=f"{factory}:build", detector=str(weights), out=str(tmp_path / "run"),
-                           steps=2, bank_images=6, bank_method="gradcam", sample_every=1000, device="cpu")
+                           steps=2, bank_images=8, bank_method="guided-gradcam", sample_every=1000, device="cpu")
     train(cfg, progress=False)
     synth = ke.load_synthesizer(tmp_path / "run" / "generator.safetensors")
     assert synth.cfg.canvas_channels == {"stage1": 16, "stage2": 32}  # the canvases are the ResNet's features

@@ -221,7 +221,7 @@ def test_culture_notebook_on_embedded_data(empty_root, tmp_path):
     assert "descriptors from 4 phantoms" in text and "types:" in text and "Half of the descriptors cover fewer than" in text
     assert "select kept" in text and "relocate moved #0 by" in text and "count(12) added 9 copies" in text
     assert "saved and reloaded" in text and "(identical Gram matrices)" in text
-    assert (tmp_path / "bank.safetensors").exists() and images_in(nb) == 3  # gallery, histograms, operations
+    assert (tmp_path / "bank.safetensors").exists() and images_in(nb) == 4  # gallery, histograms, operations, the picker's picture
 
 
 @pytest.mark.slow
@@ -231,7 +231,7 @@ def test_culture_notebook_on_real_data_when_present(tmp_path):
                       picked_bank=str(tmp_path / "picked.safetensors"))
     text = text_of(nb)
     assert "descriptors from 4 EyePACS grade >= 2 validation eyes (guided-gradcam from conv8)" in text
-    assert "select kept" in text and "saved and reloaded" in text and images_in(nb) == 3
+    assert "select kept" in text and "saved and reloaded" in text and images_in(nb) == 4
 
 
 @pytest.mark.slow

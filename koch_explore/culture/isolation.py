@@ -121,7 +121,7 @@ def isolate(
         features = {n: acts[n].float().cpu().numpy() for n in layers}
         # norm_patch lives in the o_O detector's normalised space whatever model cultured the bank: the
         # transplant control pastes it back through that normalisation (koch.transplant)
-        if not isinstance(detector.norm, FundusNorm):
+        if not isinstance(getattr(detector, "norm", None), FundusNorm):
             with torch.no_grad():
                 acts["norm"] = FundusNorm(DetectorConfig.norm_sigma)(x)
         normed = acts["norm"].float().cpu().numpy() if "norm" in acts else None

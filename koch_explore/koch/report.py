@@ -86,7 +86,7 @@ def figure_severity(report, ax=None):
     ax.plot(x, sev.mean(0), color="tab:red", marker="o", lw=2, label="mean (95% CI)")
     ax.set_xticks(x, [str(c) for c in report.counts])
     ax.set_xlabel("placed lesions")
-    ax.set_ylabel("detector severity")
+    ax.set_ylabel("severity")
     ax.set_title(f"rho = {report.spearman_severity_count:.2f} [{report.spearman_ci[0]:.2f}, {report.spearman_ci[1]:.2f}]", fontsize=9)
     ax.legend(fontsize=7)
     return fig if fig is not None else ax.figure

@@ -108,6 +108,11 @@ class LesionSynthesizer:
         self.metadata = dict(metadata or {})
 
     @property
+    def size(self) -> int:
+        """The side of the square images it draws (hosts are prepared at it)."""
+        return int(self.cfg.size)
+
+    @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
