@@ -191,7 +191,7 @@ def test_bank_round_trip_is_lossless(cut, detector, tmp_path):
     back = DescriptorBank.load(path, detector=detector)
     assert len(back) == len(bank) and back.detector_hash == bank.detector_hash and back.info == bank.info
     for a, b in zip(bank, back):
-        for f in ("bbox", "centroid", "area", "image_size", "layer_sizes", "source", "type", "score", "severity_share"):
+        for f in ("bbox", "centroid", "area", "image_size", "layer_sizes", "source", "type", "score", "peak", "severity_share"):
             assert getattr(a, f) == getattr(b, f), f
         assert np.array_equal(a.mask, b.mask) and b.mask.dtype == bool and np.array_equal(a.evidence, b.evidence)
         assert a.norm_patch is not None and np.array_equal(a.norm_patch, b.norm_patch)
@@ -209,6 +209,22 @@ def test_bank_round_trip_is_lossless(cut, detector, tmp_path):
         del r["norm_patch"]
     side.write_text(json.dumps(meta))
     assert all(d.norm_patch is None for d in DescriptorBank.load(tmp_path / "old.safetensors"))
+
+
+def test_components_carry_their_peak_and_integrated_evidence_and_rank_by_them(cut, detector):
+    descs = [d for ds in cut for d in ds]
+    assert len(descs) >= 2
+    for d in descs:
+        assert 0 < d.score <= d.peak <= 1 and d.integrated == pytest.approx(d.score * d.area)
+    # the component holding the blurred map's maximum peaks at 1 in the image it was cut from
+    assert any(d.peak == pytest.approx(1.0) for d in descs)
+    assert descs[0].integrated != descs[1].integrated
+    bank = DescriptorBank(descs, detector_hash=detector.weights_hash())
+    for key in ("integrated", "peak", "score", "severity_share"):
+        values = [getattr(d, key) for d in bank.ranked(key)]
+        assert values == sorted(values, reverse=True) and len(values) == len(bank), key
+    with pytest.raises(ValueError, match="rank by 'area'"):
+        bank.ranked("area")
 
 
 def test_bank_load_errors_name_the_file(cut, detector, tmp_path):

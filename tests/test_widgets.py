@@ -69,6 +69,31 @@ def test_threshold_explorer_counts_change_and_nothing_grows(sick):
     assert live_widgets() == n0
 
 
+def test_threshold_explorer_shows_both_rules_side_by_side(sick):
+    """The peaks rule splits what the global cut joins: on a grade-3 phantom's lesion map both panels are
+    drawn, each with the components culture.cut.segment finds under its rule."""
+    from koch_explore.widgets import ThresholdExplorer
+
+    from koch_explore.culture.cut import segment
+
+    ev = sum(m.astype(np.float32) for m in sick.lesions.values())
+    n0 = live_widgets()
+    te = ThresholdExplorer(sick.image, ev, sick.fov, threshold=0.1, rule="both")
+    glob, peaks = len(segment(ev, sick.fov, 0.1).boxes), len(segment(ev, sick.fov, 0.1, rule="peaks").boxes)
+    assert peaks > glob > 0
+    assert [len(te.segmentations[r].boxes) for r in ("global", "peaks")] == [glob, peaks]
+    assert te.view.value.count('class="koch-box"') == glob and te.peaks_view.value.count('class="koch-box"') == peaks
+    assert f"global: {glob} · peaks: {peaks}" in te.count_label.value
+    fig = te.snapshot()
+    assert len([a for a in fig.axes if a.images]) == 2  # one picture per rule in the static report
+    te.set_rule("peaks")
+    assert te.count == peaks and te.peaks_view.value == ""
+    with pytest.raises(ValueError, match="rule 'blobs'"):
+        te.set_rule("blobs")
+    te.close()
+    assert live_widgets() == n0
+
+
 def test_layer_browser_projects_from_any_start(phantom_models, sick):
     from koch_explore.widgets import LayerBrowser
     from koch_explore.widgets.layers import parse_channels

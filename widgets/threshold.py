@@ -4,6 +4,11 @@ The evidence map is computed once; a slider move only re-thresholds the cached b
 re-labels its components (no network, no blur), then redraws an SVG: the fundus (encoded once), a
 transparent mask overlay, one ``rect.koch-box`` per component. That keeps a redraw at 512 px well
 under 30 ms (``benchmarks/bench_widgets.py``).
+
+The rule buttons switch between the paper's global cut (every pixel above the threshold, components as
+they connect), the peaks rule (one component per local maximum, grown to a fraction of its own height;
+docs/findings/evidence.md#peaks-rule) and both side by side, so a class sees why clustered lesions
+share a box under one rule and not under the other.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import cv2
 import numpy as np
 
 from koch_explore.culture.cut import (
+    DEFAULT_RULE,
     DEFAULT_THRESHOLD,
+    RULES,
     Segmentation,
     cut_components,
+    default_blur_sigma,
     default_min_area,
+    peak_components,
     segment,
 )
 
@@ -34,14 +43,17 @@ __all__ = ["ThresholdExplorer"]
 
 
 class ThresholdExplorer:
-    """Fundus + evidence map, a threshold slider, an Otsu button, the live mask, boxes and count.
+    """Fundus + evidence map, a threshold slider, an Otsu button, the rule (global, peaks or both side
+    by side), the live mask, boxes and count.
 
-    Plain-Python API: :meth:`set_threshold`, :meth:`otsu`, :attr:`segmentation`, :attr:`count`,
-    :attr:`last_redraw_ms`, :meth:`snapshot`; :meth:`close` releases the widgets and their observers.
+    Plain-Python API: :meth:`set_threshold`, :meth:`otsu`, :meth:`set_rule`, :attr:`segmentation` (the
+    shown rule's; the global one under "both"), :attr:`segmentations` (rule -> segmentation shown),
+    :attr:`count`, :attr:`last_redraw_ms`, :meth:`snapshot`; :meth:`close` releases the widgets and
+    their observers.
     """
 
     def __init__(self, image: np.ndarray, evidence: np.ndarray, fov: np.ndarray | None = None,
-                 threshold: float = DEFAULT_THRESHOLD,
+                 threshold: float = DEFAULT_THRESHOLD, rule: str = DEFAULT_RULE,
                  min_area: int | None = None, width: int = 512, title: str = ""):
         import ipywidgets as W
 
@@ -57,18 +69,29 @@ class ThresholdExplorer:
         self._background = data_url(img, "jpeg")
         self.width = width
         self.segmentation: Segmentation = first
+        self.segmentations: dict[str, Segmentation] = {}
         self.last_redraw_ms = float("nan")
+        # the peaks rule keeps maxima one blur radius apart, as culture.cut.segment does
+        self._min_distance = max(2, int(round(default_blur_sigma(self.shape))))
+        if rule not in (*RULES, "both"):
+            raise ValueError(f"rule {rule!r}: one of {(*RULES, 'both')}")
 
         self.slider = W.FloatSlider(value=float(threshold), min=0.0, max=1.0, step=0.01, description="threshold",
                                     continuous_update=True, readout_format=".2f", layout=W.Layout(width="420px"))
         self.otsu_button = W.Button(description="Otsu", tooltip="set the threshold by Otsu's method")
+        self.rule_buttons = W.ToggleButtons(options=[*RULES, "both"], value=rule, description="rule",
+                                            tooltips=["every pixel above the cut (the paper's)",
+                                                      "one component per local maximum", "both side by side"])
         self.count_label = W.HTML()
         self.view = W.HTML()
+        self.peaks_view = W.HTML()  # the second panel, shown under "both"
         self.slider.observe(self._on_slider, names="value")
+        self.rule_buttons.observe(self._on_slider, names="value")
         self.otsu_button.on_click(lambda _b: self.otsu())
         self._header = W.HTML(f"<b>{title}</b>") if title else W.HTML()
         self._row = W.HBox([self.slider, self.otsu_button, self.count_label])
-        self.widget = W.VBox([self._header, self._row, self.view])
+        self._views = W.HBox([self.view, self.peaks_view])
+        self.widget = W.VBox([self._header, self._row, self.rule_buttons, self._views])
         self.redraw()
 
     # -- API -----------------------------------------------------------------------------------
@@ -78,8 +101,18 @@ class ThresholdExplorer:
         return float(self.slider.value)
 
     @property
+    def rule(self) -> str:
+        return str(self.rule_buttons.value)
+
+    @property
     def count(self) -> int:
         return len(self.segmentation.boxes)
+
+    def set_rule(self, rule: str) -> None:
+        """"global", "peaks" or "both" (side by side); the observer redraws."""
+        if rule not in (*RULES, "both"):
+            raise ValueError(f"rule {rule!r}: one of {(*RULES, 'both')}")
+        self.rule_buttons.value = rule
 
     def set_threshold(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
@@ -95,27 +128,40 @@ class ThresholdExplorer:
 
     def redraw(self) -> None:
         t0 = time.perf_counter()
-        self.segmentation = self._segment(self.threshold)
-        seg = self.segmentation
-        overlay = np.zeros((*self.shape, 4), np.uint8)
-        overlay[seg.mask] = (255, 220, 0, 110)
-        self.view.value = svg_view(self._background, self.shape, data_url(overlay), seg.boxes, width=self.width)
-        self.count_label.value = f'<span class="koch-count">{self.count} lesion{"s" if self.count != 1 else ""}</span>'
+        shown = list(RULES) if self.rule == "both" else [self.rule]
+        self.segmentations = {r: self._segment(self.threshold, r) for r in shown}
+        self.segmentation = self.segmentations[shown[0]]
+        width = self.width // 2 if len(shown) > 1 else self.width
+        for view, r in zip((self.view, self.peaks_view), shown):
+            seg = self.segmentations[r]
+            overlay = np.zeros((*self.shape, 4), np.uint8)
+            overlay[seg.mask] = (255, 220, 0, 110)
+            view.value = (f"<div style='font-size:11px'>{r}</div>" if len(shown) > 1 else "") + \
+                svg_view(self._background, self.shape, data_url(overlay), seg.boxes, width=width)
+        if len(shown) == 1:
+            self.peaks_view.value = ""
+        counts = [len(self.segmentations[r].boxes) for r in shown]
+        text = " · ".join(f"{r}: {n}" if len(shown) > 1 else f"{n}" for r, n in zip(shown, counts))
+        self.count_label.value = f'<span class="koch-count">{text} lesion{"s" if counts[-1] != 1 else ""}</span>'
         self.last_redraw_ms = (time.perf_counter() - t0) * 1000
 
     def snapshot(self):
         """The widget's current state as a matplotlib ``Figure``: the fundus with the mask and boxes."""
         from koch_explore.plotting import overlay_mask
 
-        seg = self.segmentation
-        shown = overlay_mask(self._image.astype(np.float32) / 255, seg.mask, alpha=0.45)
-        return snapshot_panels([{"image": shown, "boxes": seg.boxes, "colours": ["#00ff66"] * len(seg.boxes),
-                                 "title": f"threshold {self.threshold:.2f}"}], plain_text(self.count_label.value), panel_size=4.2)
+        panels = []
+        for r, seg in self.segmentations.items():
+            shown = overlay_mask(self._image.astype(np.float32) / 255, seg.mask, alpha=0.45)
+            panels.append({"image": shown, "boxes": seg.boxes, "colours": ["#00ff66"] * len(seg.boxes),
+                           "title": f"{r} rule, threshold {self.threshold:.2f}"})
+        return snapshot_panels(panels, plain_text(self.count_label.value), panel_size=4.2)
 
     def close(self) -> None:
         self.slider.unobserve(self._on_slider, names="value")
+        self.rule_buttons.unobserve(self._on_slider, names="value")
         self.otsu_button._click_handlers.callbacks.clear()
-        close_widgets(self.widget, self._header, self._row, self.slider, self.otsu_button, self.count_label, self.view)
+        close_widgets(self.widget, self._header, self._row, self._views, self.slider, self.otsu_button, self.rule_buttons,
+                      self.count_label, self.view, self.peaks_view)
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -127,5 +173,8 @@ class ThresholdExplorer:
     def _on_slider(self, _change) -> None:
         self.redraw()
 
-    def _segment(self, cut: float) -> Segmentation:
+    def _segment(self, cut: float, rule: str) -> Segmentation:
+        if rule == "peaks":
+            return peak_components(self._blurred, self._fov, cut, self.min_area, evidence=self._evidence,
+                                   min_distance=self._min_distance)
         return cut_components(self._blurred, self._fov, cut, self.min_area, evidence=self._evidence)

@@ -20,6 +20,8 @@ from .descriptor import Descriptor, grid_transform, shift_transform, snapped
 
 FORMAT = "koch-explore/descriptor-bank"
 SCHEMA_VERSION = 1
+RANK_KEYS = ("integrated", "peak", "score", "severity_share")
+"""What :meth:`DescriptorBank.ranked` orders by."""
 
 
 class BankMismatchError(ValueError):
@@ -155,6 +157,15 @@ class DescriptorBank:
         for j, d in zip(idx, new):
             out[j] = d
         return self._new(out)
+
+    def ranked(self, by: str = "integrated") -> "DescriptorBank":
+        """A new bank, strongest first by ``by``: "integrated" (the evidence a component holds),
+        "peak", "score" (mean evidence) or "severity_share"; nan (not recorded) sorts last."""
+        if by not in RANK_KEYS:
+            raise ValueError(f"rank by {by!r}: one of {RANK_KEYS}")
+        value = lambda d: float(getattr(d, by))  # noqa: E731
+        order = sorted(range(len(self)), key=lambda i: (np.isnan(value(self[i])), -np.nan_to_num(value(self[i]))))
+        return self._new([self[i] for i in order])
 
     def relocate(self, i=None, to=(0.0, 0.0), snap: int = 8) -> "DescriptorBank":
         """Move descriptor(s) ``i`` (int, indices, or None = all). ``to``: one (x, y) — for one
@@ -295,7 +306,8 @@ class DescriptorBank:
                 "bbox": list(d.bbox), "centroid": list(d.centroid), "area": d.area, "image_size": list(d.image_size),
                 "layer_sizes": {n: list(s) for n, s in d.layer_sizes.items()},
                 "features": sorted(d.features), "activations": sorted(d.activations), "grams": sorted(d.grams),
-                "source": d.source, "type": d.type, "score": _json_float(d.score), "severity_share": _json_float(d.severity_share),
+                "source": d.source, "type": d.type, "score": _json_float(d.score), "peak": _json_float(d.peak),
+                "severity_share": _json_float(d.severity_share),
                 "norm_patch": d.norm_patch is not None,
             })
         tmp = p.with_name(p.name + ".tmp")
@@ -364,6 +376,7 @@ class DescriptorBank:
                     layer_sizes={n: tuple(s) for n, s in r["layer_sizes"].items()},
                     source=r["source"], type=r["type"],
                     score=_float(r["score"]), severity_share=_float(r["severity_share"]),
+                    peak=_float(r.get("peak")),  # banks saved before peaks were recorded: nan
                     # banks saved before norm patches existed have no such field: None
                     norm_patch=get("norm_patch") if r.get("norm_patch") else None,
                 ))

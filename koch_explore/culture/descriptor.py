@@ -138,6 +138,8 @@ class Descriptor:
     type: str | None = None
     score: float = float("nan")
     """Mean of the normalised blurred evidence (in [0, 1]) inside the mask."""
+    peak: float = float("nan")
+    """Largest normalised blurred evidence inside the mask (1 for the component holding the map's maximum)."""
     severity_share: float = float("nan")
     """Severity drop when the lesion is replaced by its local background (see :func:`isolate`)."""
     norm_patch: np.ndarray | None = None
@@ -146,6 +148,12 @@ class Descriptor:
     isolated without the detector and images. It is the lesion as the detector saw it, free of the
     source camera's colours: the Koch test's transplant control pastes it into a host."""
 
+
+    @property
+    def integrated(self) -> float:
+        """The evidence the component holds: its normalised blurred evidence summed over the mask
+        (``score * area``); ranks a strong small lesion and a faint large one on one scale."""
+        return float(self.score * self.area)
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.bbox
         if x1 <= x0 or y1 <= y0:

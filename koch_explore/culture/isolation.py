@@ -170,6 +170,7 @@ def isolate(
                 layer_sizes=dict(layer_sizes),
                 source=ids[i],
                 score=float(seg.blurred[y0:y1, x0:x1][mask].mean()),
+                peak=float(seg.blurred[y0:y1, x0:x1][mask].max()),
                 severity_share=float(shares[k]),
                 norm_patch=None if normed is None else np.ascontiguousarray(normed[i, :, y0:y1, x0:x1]),
             )
