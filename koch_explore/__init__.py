@@ -57,6 +57,7 @@ _EXPORTS = {
     "isolate": "culture.isolation",  # evidence -> one list of Descriptors per image
     "segment": "culture.cut",  # one map -> blurred, cut, components (the widget's steps)
     "bank_from_images": "culture.build",  # images in memory -> explained, isolated, one DescriptorBank
+    "isolate_sharded": "culture.sharded",  # photo files -> a bank, in resumable shards split across torchrun ranks
     "Descriptor": "culture.descriptor",
     "DescriptorBank": "culture.bank",
     # postulate 3: inoculate
@@ -75,7 +76,7 @@ _EXPORTS = {
 __all__ = [
     "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
     "KochConfig", "KochReport", "LesionSynthesizer", "SHIPPED", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
-    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "isolate", "koch_test", "load_bank", "load_detector",
+    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
     "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_severity", "prepare_fundus", "random_layout", "read_image",
     "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
 ]

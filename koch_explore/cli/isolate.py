@@ -50,8 +50,13 @@ def add_cli(sub) -> None:
     b = isub.add_parser("bank", parents=[ev, cut], help="explain fundus photos and save every evidence component as a descriptor bank",
                         description=f"Explain the detector ({DEFAULT_METHOD} by default), threshold the evidence and save every "
                                     "component as a descriptor bank (safetensors + JSON sidecar).")
-    b.add_argument("images", nargs="+", metavar="IMAGE", help="fundus photos")
+    b.add_argument("images", nargs="+", metavar="IMAGE", help="fundus photos, or folders of them (searched recursively, sorted)")
     b.add_argument("--out", required=True, help="bank file to write (safetensors; the sidecar is BANK with .json)")
+    b.add_argument("--shard-size", type=int, default=0,
+                   help="photos per shard (a multiple of --batch-size): stream the photos, save each shard's bank under "
+                        "OUT.shards/ as it is done, resume from them when re-run with the same arguments, split them "
+                        "across torchrun ranks, then merge into OUT (default 0: one pass in memory)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_bank)
 
     e = isub.add_parser("eval", parents=[ev, cut], help="score isolation against lesion truth: pointing game, pixel AUC per type")
@@ -87,17 +92,41 @@ def _fail(what: str, exc: Exception) -> int:
 
 
 def _bank(args) -> int:
+    import os
+
+    from ..core.runtime import setup_distributed
     from ..culture.isolation import isolate_files
+    from ..culture.sharded import image_paths, isolate_sharded
     from ..data.io import FundusReadError
     try:
-        detector = load_model_from_args(args, args.weights)
-        bank = isolate_files(detector, args.images, args.method, args.start, args.channels, args.threshold, args.blur_sigma,
-                             args.min_area, args.min_share, args.require_disease, args.batch_size, args.weights or "default",
-                             rule=args.rule)
-        out = bank.save(args.out)
+        paths = image_paths(args.images)
+        world, rank, device = setup_distributed("cpu")
+        if world > 1 and args.shard_size < 1:
+            raise ValueError("under torchrun, give --shard-size: the ranks split the photos by shards")
+        detector = load_model_from_args(args, args.weights, device)
+        options = dict(method=args.method, start=args.start, channels=args.channels, threshold=args.threshold,
+                       blur_sigma=args.blur_sigma, min_area=args.min_area, min_share=args.min_share,
+                       require_disease=args.require_disease, weights_label=args.weights or "default", rule=args.rule)
+        if args.shard_size:
+            bank = isolate_sharded(detector, paths, args.out, args.shard_size, args.batch_size,
+                                   progress=not args.no_progress, **options)
+            if bank is None:  # another rank than 0: rank 0 reports
+                return 0
+        else:
+            bank = isolate_files(detector, paths, batch_size=args.batch_size, **options)
+            bank.save(args.out)
     except (FileNotFoundError, ValueError, FundusReadError) as exc:
         return _fail("bank", exc)
-    print(f"isolate: {len(bank)} descriptors from {len(args.images)} images -> {out} (+ {out.with_suffix('.json').name})")
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    from ..culture.bank import bank_paths
+
+    out, side = bank_paths(args.out)
+    print(f"isolate: {len(bank)} descriptors from {len(paths)} images -> {out} (+ {side.name})")
     return 0
 
 

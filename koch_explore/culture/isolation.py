@@ -223,10 +223,11 @@ def _severity_shares(detector, image, seg: Segmentation, severity: float, chunk:
 def isolate_files(detector, paths: Sequence, method: str | None = None, start: str | None = None, channels=None,
                   threshold: str | float = DEFAULT_THRESHOLD, blur_sigma: float | None = None, min_area: int | None = None,
                   min_share: float | None = DEFAULT_MIN_SHARE, require_disease: bool = True, batch_size: int = 8,
-                  weights_label: str = "default", rule: str = "global"):
+                  weights_label: str = "default", rule: str = "global", seed_offset: int = 0):
     """Read fundus photos, explain and isolate them in batches: a :class:`~.bank.DescriptorBank` whose
     ``info`` records how it was cultured (method, layer, cut, filters). A bad file raises
-    :class:`~koch_explore.data.io.FundusReadError` naming it."""
+    :class:`~koch_explore.data.io.FundusReadError` naming it. ``seed_offset``: the index of
+    ``paths[0]`` in a longer list this call is one shard of (the random method's seeds follow it)."""
     from pathlib import Path
 
     from ..data.io import read_image
@@ -246,7 +247,7 @@ def isolate_files(detector, paths: Sequence, method: str | None = None, start: s
         chunk = paths[s : s + batch_size]
         prepared = [prepare_fundus(read_image(q), size, path=q) for q in chunk]
         x = torch.from_numpy(np.stack([im for im, _ in prepared])).permute(0, 3, 1, 2).contiguous()
-        ev = explain(detector, x, method, start, channels, seed=s)
+        ev = explain(detector, x, method, start, channels, seed=seed_offset + s)  # by photo index: shards agree
         bank.extend(isolate(ev, images=x, detector=detector, threshold=threshold, blur_sigma=blur_sigma,
                             min_area=min_area, fov=np.stack([f for _, f in prepared]), image_ids=[q.stem for q in chunk],
                             min_share=min_share, require_disease=require_disease, rule=rule))
