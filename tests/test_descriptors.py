@@ -227,6 +227,24 @@ def test_components_carry_their_peak_and_integrated_evidence_and_rank_by_them(cu
         bank.ranked("area")
 
 
+def test_merging_bank_files_streams_them_into_one_bank_in_order(cut, detector, tmp_path):
+    from koch_explore.culture.bank import merge_bank_files
+
+    a = DescriptorBank(cut[0], detector_hash=detector.weights_hash(), info={"method": "deconvnet"})
+    b = DescriptorBank(cut[1], detector_hash=detector.weights_hash(), info={"method": "deconvnet"})
+    empty = DescriptorBank(detector_hash=detector.weights_hash(), info={"method": "deconvnet"})
+    files = [x.save(tmp_path / f"{name}.safetensors") for name, x in (("a", a), ("empty", empty), ("b", b))]
+    assert merge_bank_files(files, tmp_path / "all.safetensors", {"shards": 3}) == len(a) + len(b)
+    merged = DescriptorBank.load(tmp_path / "all.safetensors", detector=detector)
+    assert merged.info == {"method": "deconvnet", "shards": 3}
+    for x, y in zip([*a, *b], merged, strict=True):
+        assert (x.source, x.bbox, x.score) == (y.source, y.bbox, y.score) and np.array_equal(x.evidence, y.evidence)
+        assert all(np.array_equal(x.features[k], y.features[k]) for k in x.features)
+    other = DescriptorBank(cut[0], detector_hash="another", info={}).save(tmp_path / "other.safetensors")
+    with pytest.raises(BankMismatchError, match="cut with another detector"):
+        merge_bank_files([files[0], other], tmp_path / "bad.safetensors")
+
+
 def test_bank_load_errors_name_the_file(cut, detector, tmp_path):
     path = DescriptorBank(cut, detector_hash=detector.weights_hash()).save(tmp_path / "bank.safetensors")
     torch.manual_seed(1)

@@ -108,13 +108,15 @@ def _bank(args) -> int:
                        blur_sigma=args.blur_sigma, min_area=args.min_area, min_share=args.min_share,
                        require_disease=args.require_disease, weights_label=args.weights or "default", rule=args.rule)
         if args.shard_size:
-            bank = isolate_sharded(detector, paths, args.out, args.shard_size, args.batch_size,
+            done = isolate_sharded(detector, paths, args.out, args.shard_size, args.batch_size,
                                    progress=not args.no_progress, **options)
-            if bank is None:  # another rank than 0: rank 0 reports
+            if done is None:  # another rank than 0: rank 0 reports
                 return 0
+            count = done[1]
         else:
             bank = isolate_files(detector, paths, batch_size=args.batch_size, **options)
             bank.save(args.out)
+            count = len(bank)
     except (FileNotFoundError, ValueError, FundusReadError) as exc:
         return _fail("bank", exc)
     finally:
@@ -126,7 +128,7 @@ def _bank(args) -> int:
     from ..culture.bank import bank_paths
 
     out, side = bank_paths(args.out)
-    print(f"isolate: {len(bank)} descriptors from {len(paths)} images -> {out} (+ {side.name})")
+    print(f"isolate: {count} descriptors from {len(paths)} images -> {out} (+ {side.name})")
     return 0
 
 

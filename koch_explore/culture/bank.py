@@ -412,6 +412,60 @@ def _float(v) -> float:
 
 
 
+def merge_bank_files(parts: Sequence[str | os.PathLike], out: str | os.PathLike, info: dict | None = None) -> int:
+    """Concatenate saved banks (same detector) into ``out`` in the given order, streaming: tensors are
+    copied file to file, so memory holds one tensor at a time whatever the banks' size. ``info``
+    updates the first bank's. Loading ``out`` gives the descriptors of ``parts``, in order; written
+    atomically like :meth:`DescriptorBank.save`. Returns the number of descriptors."""
+    import struct
+
+    p, side = bank_paths(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    layout, records, metas = [], [], []  # layout: (part file, data start, new name, dtype, shape, begin, end)
+    for part in parts:
+        pp, ps = bank_paths(part)
+        meta = json.loads(ps.read_text())
+        if metas and meta["detector_hash"] != metas[0]["detector_hash"]:
+            raise BankMismatchError(f"{pp}: cut with another detector ({meta['detector_hash']}) than {parts[0]}")
+        with open(pp, "rb") as fh:
+            (hlen,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(hlen))
+        header.pop("__metadata__", None)
+        base = len(records)
+        for name, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            i, rest = name[1:].split("/", 1)
+            layout.append((pp, 8 + hlen, f"d{base + int(i)}/{rest}", t["dtype"], t["shape"], *t["data_offsets"]))
+        records += meta["descriptors"]
+        metas.append(meta)
+    offset, entries = 0, {"__metadata__": {"format": FORMAT, "schema_version": str(SCHEMA_VERSION)}}
+    for _, _, name, dtype, shape, begin, end in layout:
+        entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + end - begin]}
+        offset += end - begin
+    head = json.dumps(entries, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # safetensors aligns the data to 8 bytes
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "wb") as fo:
+        fo.write(struct.pack("<Q", len(head)) + head)
+        for src, data_start, _, _, _, begin, end in layout:
+            with open(src, "rb") as fi:
+                fi.seek(data_start + begin)
+                fo.write(fi.read(end - begin))
+    first = metas[0] if metas else {"detector_hash": None, "info": {}}
+    sidecar = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "detector_hash": first["detector_hash"],
+        "feature_layers": sorted({n for m in metas for n in m.get("feature_layers", [])}),
+        "activation_layers": sorted({n for m in metas for n in m.get("activation_layers", [])}),
+        "tensors_file": p.name, "tensors_sha256": _sha256(tmp), "info": {**first["info"], **(info or {})},
+        "descriptors": records,
+    }
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(sidecar, indent=1))
+    os.chmod(tmp, side_tmp.stat().st_mode & 0o777)
+    os.replace(tmp, p)
+    os.replace(side_tmp, side)
+    return len(records)
+
+
 def load_bank(name_or_path: str | os.PathLike | None = None, detector=None) -> "DescriptorBank":
     """A descriptor bank by shipped name ("real", the default; "deconvnet"; "phantom": each the bank its
     synthesizer was trained with) or from a user's file. With ``detector`` the bank must have been cut

@@ -5,8 +5,9 @@
 is read, explained, isolated and saved as its own bank under ``OUT.shards/`` (atomically, like every
 bank), so memory holds one shard's photos at a time and a killed run loses at most the shard it was
 on: re-run with the same arguments and it skips the shards on disk. Under ``torchrun`` rank r takes
-shards r, r + N, ...; when all are written, rank 0 merges them in shard order into ``OUT``, which is
-therefore the bank a single process writes: same descriptors, same order.
+shards r, r + N, ...; when all are written, rank 0 merges them in shard order into ``OUT``, file to
+file (:func:`~.bank.merge_bank_files`), so the bank is the one a single process writes (same
+descriptors, same order) and memory stays that of one shard however many photos there are.
 
 A run's arguments (photo list, evidence and cut options, model hash) are fingerprinted in
 ``OUT.shards/run.json``; a folder written with other arguments is refused rather than mixed in.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bank import DescriptorBank, bank_paths
+from .bank import bank_paths, merge_bank_files
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 """What counts as a photo when a folder is given."""
@@ -51,11 +52,11 @@ def shard_dir(out: str | os.PathLike) -> Path:
 
 
 def isolate_sharded(detector, paths: Sequence, out: str | os.PathLike, shard_size: int = 64, batch_size: int = 8,
-                    progress: bool = True, **options) -> DescriptorBank | None:
+                    progress: bool = True, **options) -> tuple[Path, int] | None:
     """Isolate ``paths`` shard by shard into ``out`` (see the module docstring); ``options`` are
     :func:`~.isolation.isolate_files`'s (method, start, channels, threshold, blur_sigma, min_area,
-    min_share, require_disease, weights_label, rule). Returns the merged bank on rank 0 (None on
-    other ranks). The shard folder is kept: it is what a later run resumes from."""
+    min_share, require_disease, weights_label, rule). Returns (the bank's path, its number of
+    descriptors) on rank 0, None on other ranks. The shard folder is kept: a later run resumes from it."""
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
@@ -92,16 +93,9 @@ def isolate_sharded(detector, paths: Sequence, out: str | os.PathLike, shard_siz
         dist.barrier()
     if rank != 0:
         return None
-    merged = None
-    for k in range(n_shards):
-        part = DescriptorBank.load(_shard_path(folder, k), detector=detector)
-        if merged is None:
-            merged = part
-        else:
-            merged.extend(part)
-    merged.info = {**merged.info, "images": len(paths), "shards": n_shards}
-    merged.save(out)
-    return merged
+    # streamed file to file: the merge holds one tensor at a time, not the whole bank
+    n = merge_bank_files([_shard_path(folder, k) for k in range(n_shards)], out, {"images": len(paths), "shards": n_shards})
+    return bank_paths(out)[0], n
 
 
 def _shard_path(folder: Path, k: int) -> Path:
