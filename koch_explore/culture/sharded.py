@@ -71,12 +71,18 @@ def isolate_sharded(detector, paths: Sequence, out: str | os.PathLike, shard_siz
     world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
     folder = shard_dir(out)
     fingerprint = _fingerprint(detector, paths, shard_size, batch_size, options)
+    problem = None
     if rank == 0:
-        _claim(folder, fingerprint)
-    if distributed:
-        dist.barrier()  # the folder is checked (or refused) before any rank writes into it
-    elif not (folder / "run.json").is_file():
-        _claim(folder, fingerprint)
+        try:
+            _claim(folder, fingerprint)
+        except ValueError as exc:
+            problem = str(exc)
+    if distributed:  # every rank learns rank 0's verdict on the folder before any writes into it
+        verdict = [problem]
+        dist.broadcast_object_list(verdict, src=0)
+        problem = verdict[0]
+    if problem:
+        raise ValueError(problem)
 
     n_shards = (len(paths) + shard_size - 1) // shard_size
     mine = [k for k in range(n_shards) if k % world == rank]
