@@ -2,7 +2,7 @@
 resident memory must stay within 15% of the 200-photo run's), and the 2,000-photo run killed (SIGKILL)
 half way and resumed (total CPU work within 10% of the uninterrupted run's, the same bank).
 
-Run: ``.venv/bin/python benchmarks/bench_isolate_scale.py [--small 200] [--large 2000] [--shard-size 64]``
+Run: ``.venv/bin/python benchmarks/bench_isolate_scale.py [--small 200] [--large 2000] [--shard-size 16] [--no-resume]``
 
 Each run is the CLI in its own child process; the child reports the CPU time and the largest
 resident set of its descendants (``RUSAGE_CHILDREN``). Needs the EyePACS data under the data root.
@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=200)
     ap.add_argument("--large", type=int, default=2000)
-    ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--shard-size", type=int, default=16)
     ap.add_argument("--no-resume", action="store_true", help="only the memory comparison, not the kill-and-resume runs")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # the child's job
     args = ap.parse_args()
