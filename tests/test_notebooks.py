@@ -52,12 +52,9 @@ def has_real(*datasets: str) -> bool:
 
 
 @pytest.mark.slow
-def test_quickstart_on_embedded_data_only(tmp_path, monkeypatch):
+def test_quickstart_on_embedded_data_only(empty_root, tmp_path):
     """Default parameters (fewer trials) under a data root that holds none of the datasets: one chain
     from phantom eyes to the skimage retina host, the lesions cultured being the ones placed."""
-    empty = tmp_path / "empty_root"
-    empty.mkdir()
-    monkeypatch.setenv("KOCH_DATA", str(empty))
     nb = run_notebook("00_quickstart.ipynb", "_embedded", n_eyes=4, koch_trials=2, report_dir=str(tmp_path / "koch"))
     text = text_of(nb)
     assert "Data: embedded. Diseased eyes: 4 phantoms; healthy hosts: the skimage retina photo" in text
@@ -277,13 +274,10 @@ def widget_pictures(nb: dict) -> int:
 
 
 @pytest.mark.slow
-def test_inoculate_notebook_on_embedded_data(tmp_path, monkeypatch):
+def test_inoculate_notebook_on_embedded_data(empty_root, tmp_path):
     """Default parameters (a few steps) under a data root that holds none of the datasets: the grid on
     the embedded photo, then picking, placing and retraining on phantoms (the trainer has no embedded
     training set), the clicks made through the widgets' own calls."""
-    empty = tmp_path / "empty_root"
-    empty.mkdir()
-    monkeypatch.setenv("KOCH_DATA", str(empty))
     nb = run_notebook("04_inoculate.ipynb", "_embedded", retrain_steps=4, preview_every=2, n_hosts=1,
                       run_dir=str(tmp_path / "retrain"))
     text = text_of(nb)
@@ -314,12 +308,9 @@ def test_inoculate_notebook_on_real_data_with_03s_bank(tmp_path):
 
 
 @pytest.mark.slow
-def test_audit_notebook_builds_trains_and_audits_its_own_model(tmp_path, monkeypatch):
+def test_audit_notebook_builds_trains_and_audits_its_own_model(empty_root, tmp_path):
     """07 with default parameters but fewer trials, under a data root that holds none of the datasets:
     it builds a small ResNet, trains it on phantoms, adapts it and runs every postulate on it."""
-    empty = tmp_path / "empty_root"
-    empty.mkdir()
-    monkeypatch.setenv("KOCH_DATA", str(empty))
     nb = run_notebook("07_audit_your_model.ipynb", "_embedded", trials=2, train_steps=60, report_dir=str(tmp_path / "report"))
     text = text_of(nb)
     assert "The adapter reads the output as 'softmax'; Grad-CAM uses 'stage4' (32 px per cell" in text

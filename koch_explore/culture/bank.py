@@ -323,11 +323,7 @@ class DescriptorBank:
             "info": self.info,
             "descriptors": records,
         }
-        side_tmp = side.with_name(side.name + ".tmp")
-        side_tmp.write_text(json.dumps(sidecar, indent=1))
-        os.chmod(tmp, side_tmp.stat().st_mode & 0o777)  # safetensors writes 0600; follow the umask like the sidecar
-        os.replace(tmp, p)
-        os.replace(side_tmp, side)
+        _commit(tmp, p, side, sidecar)
         return p
 
     @classmethod
@@ -402,6 +398,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _commit(tmp: Path, p: Path, side: Path, sidecar: dict) -> None:
+    """Put a bank's written tensors file ``tmp`` and its ``sidecar`` in place, each atomically, the
+    sidecar last: it names the tensors' checksum, so an interrupted write is detected on load."""
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(sidecar, indent=1))
+    os.chmod(tmp, side_tmp.stat().st_mode & 0o777)  # safetensors writes 0600; follow the umask like the sidecar
+    os.replace(tmp, p)
+    os.replace(side_tmp, side)
+
+
 def _json_float(v: float):
     return None if v is None or not math.isfinite(v) else float(v)
 
@@ -458,11 +464,7 @@ def merge_bank_files(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
         "tensors_file": p.name, "tensors_sha256": _sha256(tmp), "info": {**first["info"], **(info or {})},
         "descriptors": records,
     }
-    side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(json.dumps(sidecar, indent=1))
-    os.chmod(tmp, side_tmp.stat().st_mode & 0o777)
-    os.replace(tmp, p)
-    os.replace(side_tmp, side)
+    _commit(tmp, p, side, sidecar)
     return len(records)
 
 
