@@ -47,6 +47,9 @@ _EXPORTS = {
     "fine_tune": "detect.adapter",  # a brief training of an adapted model on graded images (phantoms)
     "grading_figures": "detect.predict",  # QWK, referable AUC, severity by grade of any model on a split
     "predict_severity": "detect.predict",  # severity on the 0-4 scale, optional 8x test-time augmentation
+    "predict_files": "detect.predict",  # photo files -> severity and grade rows, streamed batch by batch
+    "predict_sharded": "detect.predict",  # the same into a CSV/JSON file, in resumable shards split across torchrun ranks
+    "image_paths": "core.shards",  # files and folders (recursive, sorted) -> one ordered list of photos
     "explain": "evidence.base",  # evidence maps by method name -> Evidence
     "Evidence": "evidence.base",
     "EvidenceMethod": "evidence.base",  # the base class of every method (model, layer) -> call -> Evidence
@@ -76,8 +79,8 @@ _EXPORTS = {
 __all__ = [
     "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
     "KochConfig", "KochReport", "LesionSynthesizer", "SHIPPED", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
-    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
-    "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_severity", "prepare_fundus", "random_layout", "read_image",
+    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
+    "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_files", "predict_sharded", "predict_severity", "prepare_fundus", "random_layout", "read_image",
     "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
 ]
 

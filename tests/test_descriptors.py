@@ -205,6 +205,7 @@ def test_bank_round_trip_is_lossless(cut, detector, tmp_path):
     old = DescriptorBank([replace(d, norm_patch=None) for d in bank], detector_hash=bank.detector_hash)
     side = old.save(tmp_path / "old.safetensors").with_suffix(".json")
     meta = json.loads(side.read_text())
+    del meta["descriptors_sha256"]  # nor a checksum of their records
     for r in meta["descriptors"]:
         del r["norm_patch"]
     side.write_text(json.dumps(meta))

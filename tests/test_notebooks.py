@@ -15,18 +15,43 @@ REPO = Path(__file__).resolve().parents[1]
 EXECUTED = REPO / "reports" / "executed"
 
 
-def run_notebook(name: str, tag: str, **parameters) -> dict:
+def run_notebook(name: str, tag: str, twice: bool = False, **parameters) -> dict:
     """Execute a notebook from a fresh folder outside the checkout: a notebook must not depend on
-    the working directory (users open them from anywhere, papermill reports run elsewhere)."""
+    the working directory (users open them from anywhere, papermill reports run elsewhere). With
+    ``twice`` it runs again in another fresh folder and every figure it printed or drew must be the
+    same, byte for byte (same seed, same inputs, same report)."""
     papermill = pytest.importorskip("papermill")
     EXECUTED.mkdir(parents=True, exist_ok=True)
-    out = EXECUTED / f"{Path(name).stem}{tag}.ipynb"
-    with tempfile.TemporaryDirectory(prefix="koch-nb-") as cwd:
-        papermill.execute_notebook(
-            str(REPO / "notebooks" / name), str(out), parameters=parameters, cwd=cwd,
-            kernel_name="python3", progress_bar=False,
-        )
-    return json.loads(out.read_text())
+    runs = []
+    for k in range(2 if twice else 1):
+        out = EXECUTED / f"{Path(name).stem}{tag}{'_again' if k else ''}.ipynb"
+        with tempfile.TemporaryDirectory(prefix="koch-nb-") as cwd:
+            papermill.execute_notebook(
+                str(REPO / "notebooks" / name), str(out), parameters=parameters, cwd=cwd,
+                kernel_name="python3", progress_bar=False,
+            )
+        runs.append(json.loads(out.read_text()))
+    if twice:
+        first, again = (results_of(nb) for nb in runs)
+        assert len(first) == len(again), f"{name}: another number of outputs on the second run"
+        for a, b in zip(first, again):
+            assert a == b, f"{name}: cell {a[0]} gave another {a[1]} on the second run"
+    return runs[0]
+
+
+def results_of(nb: dict) -> list[tuple[int, str, str]]:
+    """(cell, kind, content) of what a reader sees: printed text, values and pictures. Progress bars
+    (stderr), widget views (a fresh model id each run) and how long a step took are not results."""
+    out = []
+    for i, c in enumerate(nb["cells"]):
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stdout":
+                out.append((i, "printed text", re.sub(r"\bin \d+(\.\d+)? ?(s|min)\b", "in <time>", "".join(o["text"]))))
+            for kind in ("text/plain", "text/html", "image/png"):
+                if kind in o.get("data", {}) and "application/vnd.jupyter.widget-view+json" not in o["data"]:
+                    v = o["data"][kind]
+                    out.append((i, kind, "".join(v) if isinstance(v, list) else v))
+    return out
 
 
 def images_in(nb: dict) -> int:
@@ -55,7 +80,7 @@ def has_real(*datasets: str) -> bool:
 def test_quickstart_on_embedded_data_only(empty_root, tmp_path):
     """Default parameters (fewer trials) under a data root that holds none of the datasets: one chain
     from phantom eyes to the skimage retina host, the lesions cultured being the ones placed."""
-    nb = run_notebook("00_quickstart.ipynb", "_embedded", n_eyes=4, koch_trials=2, report_dir=str(tmp_path / "koch"))
+    nb = run_notebook("00_quickstart.ipynb", "_embedded", twice=True, n_eyes=4, koch_trials=2, report_dir=str(tmp_path / "koch"))
     text = text_of(nb)
     assert "Data: embedded. Diseased eyes: 4 phantoms; healthy hosts: the skimage retina photo" in text
     assert "of them lie on a drawn lesion" in text  # isolation checked against the exact masks
@@ -169,7 +194,7 @@ def test_lesson_answers_are_folded_after_a_picture_and_still_run():
 
 @pytest.mark.slow
 def test_detector_notebook_on_embedded_data(empty_root):
-    nb = run_notebook("01_detector.ipynb", "_embedded")
+    nb = run_notebook("01_detector.ipynb", "_embedded", twice=True)
     text = text_of(nb)
     assert "Between the photo and the severity lie" in text
     assert "phantom validation eyes the detector's grades agree with the graders' at QWK" in text
@@ -191,7 +216,7 @@ SMALL_02 = dict(n_phantoms=4, n_show=3, n_per_grade=4, n_sanity=6, sanity_method
 
 @pytest.mark.slow
 def test_isolate_notebook_on_embedded_data(empty_root, tmp_path):
-    nb = run_notebook("02_isolate.ipynb", "_embedded", picked_bank=str(tmp_path / "picked.safetensors"), **SMALL_02)
+    nb = run_notebook("02_isolate.ipynb", "_embedded", twice=True, picked_bank=str(tmp_path / "picked.safetensors"), **SMALL_02)
     text = text_of(nb)
     assert "sections 2 and 4 read 60 phantom validation eyes" in text
     assert "components and" in text and "the boxes found" in text and "to pick from" in text
@@ -212,7 +237,7 @@ def test_isolate_notebook_on_real_data_when_present(tmp_path):
 
 @pytest.mark.slow
 def test_culture_notebook_on_embedded_data(empty_root, tmp_path):
-    nb = run_notebook("03_culture.ipynb", "_embedded", n_eyes=4, bank_file=str(tmp_path / "bank.safetensors"),
+    nb = run_notebook("03_culture.ipynb", "_embedded", twice=True, n_eyes=4, bank_file=str(tmp_path / "bank.safetensors"),
                       picked_bank=str(tmp_path / "picked.safetensors"))
     text = text_of(nb)
     assert "descriptors from 4 phantoms" in text and "types:" in text and "Half of the descriptors cover fewer than" in text
@@ -234,7 +259,7 @@ def test_culture_notebook_on_real_data_when_present(tmp_path):
 @pytest.mark.slow
 def test_reisolate_notebook_on_embedded_data(empty_root, tmp_path):
     """05 without data: the whole Koch test on scikit-image's photo, a complete report."""
-    nb = run_notebook("05_reisolate.ipynb", "_embedded", trials=2, compare_methods="deconvnet", compare_trials=1,
+    nb = run_notebook("05_reisolate.ipynb", "_embedded", twice=True, trials=2, compare_methods="deconvnet", compare_trials=1,
                       report_dir=str(tmp_path / "report"))
     text = text_of(nb)
     assert "Hosts: scikit-image's healthy retina photo (no data found)" in text
@@ -257,7 +282,7 @@ def test_reisolate_notebook_on_real_data_when_present(tmp_path):
 
 @pytest.mark.slow
 def test_lesson_notebook_on_embedded_data(empty_root):
-    nb = run_notebook("06_lesson_koch_for_cnns.ipynb", "_embedded", n=3, trials=2)
+    nb = run_notebook("06_lesson_koch_for_cnns.ipynb", "_embedded", twice=True, n=3, trials=2)
     text = text_of(nb)
     assert "Healthy phantoms get severity" in text and "On 3 grade-4 phantoms, deconvnet gives" in text
     assert "Trained against randomised network: Spearman" in text
@@ -278,7 +303,7 @@ def test_inoculate_notebook_on_embedded_data(empty_root, tmp_path):
     """Default parameters (a few steps) under a data root that holds none of the datasets: the grid on
     the embedded photo, then picking, placing and retraining on phantoms (the trainer has no embedded
     training set), the clicks made through the widgets' own calls."""
-    nb = run_notebook("04_inoculate.ipynb", "_embedded", retrain_steps=4, preview_every=2, n_hosts=1,
+    nb = run_notebook("04_inoculate.ipynb", "_embedded", twice=True, retrain_steps=4, preview_every=2, n_hosts=1,
                       run_dir=str(tmp_path / "retrain"))
     text = text_of(nb)
     assert "embedded setup: generator synth_cpu256" in text and "from the shipped bank" in text
@@ -311,7 +336,7 @@ def test_inoculate_notebook_on_real_data_with_03s_bank(tmp_path):
 def test_audit_notebook_builds_trains_and_audits_its_own_model(empty_root, tmp_path):
     """07 with default parameters but fewer trials, under a data root that holds none of the datasets:
     it builds a small ResNet, trains it on phantoms, adapts it and runs every postulate on it."""
-    nb = run_notebook("07_audit_your_model.ipynb", "_embedded", trials=2, train_steps=60, report_dir=str(tmp_path / "report"))
+    nb = run_notebook("07_audit_your_model.ipynb", "_embedded", twice=True, trials=2, train_steps=60, report_dir=str(tmp_path / "report"))
     text = text_of(nb)
     assert "The adapter reads the output as 'softmax'; Grad-CAM uses 'stage4' (32 px per cell" in text
     assert "phantom validation eyes the model grades at QWK" in text

@@ -3,6 +3,7 @@ shards, and split across two torchrun ranks (gloo) into the same bank."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 import koch_explore as ke
-from koch_explore.culture.sharded import image_paths, isolate_sharded, shard_dir
+from koch_explore.core.shards import image_paths
+from koch_explore.culture.sharded import isolate_sharded, shard_dir
 from koch_explore.data.io import write_image
 
 N, SHARD, BATCH = 16, 4, 2
@@ -109,4 +111,58 @@ def test_a_folder_without_photos_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["isolate", "bank", str(tmp_path / "empty"), "--out", str(tmp_path / "b.safetensors"), "--weights", "phantom"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"isolate bank: {tmp_path / 'empty'}: no photos (.jpg, .jpeg, .png, .tif, .tiff, .bmp) in this folder"
+    assert err.strip() == f"koch-explore isolate bank: {tmp_path / 'empty'}: no photos (.jpg, .jpeg, .png, .tif, .tiff, .bmp) in this folder"
+
+
+# -- prediction over large folders: the same machinery ------------------------------------------------
+
+PREDICT = [sys.executable, "-m", "koch_explore", "detector", "predict"]
+
+
+def test_sharded_predictions_are_the_one_pass_predictions_and_resume(photos, tmp_path):
+    det = ke.load_detector("phantom")
+    paths = ke.image_paths([photos])
+    one = ke.predict_files(det, paths, batch_size=BATCH)
+    out = tmp_path / "pred.csv"
+    rows = ke.predict_sharded(det, paths, out, shard_size=SHARD, batch_size=BATCH, progress=False)
+    assert rows == one and len(rows) == N
+    lines = out.read_text().splitlines()
+    assert lines[0] == "image,severity,grade,grade_name" and len(lines) == N + 1 and lines[1].startswith(str(paths[0]))
+    # a lost shard is redone, the others are read back untouched
+    folder = out.with_name(out.name + ".shards")
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.json") if p.name != "shard_00002.json"}
+    (folder / "shard_00002.json").unlink()
+    assert ke.predict_sharded(det, paths, out, shard_size=SHARD, batch_size=BATCH, progress=False) == one
+    assert all((folder / n).stat().st_mtime_ns == t for n, t in kept.items())
+    with pytest.raises(ValueError, match="shards of another run .*tta"):
+        ke.predict_sharded(det, paths, out, shard_size=SHARD, batch_size=BATCH, tta=True, progress=False)
+
+
+def test_two_torchrun_ranks_predict_what_one_process_predicts(photos, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ["--weights", "phantom", "--shard-size", str(SHARD), "--batch-size", str(BATCH), "--no-progress", "--device", "cpu"]
+    one = subprocess.run([*PREDICT, str(photos), "--out", str(tmp_path / "one.json"), *common], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "koch_explore", "detector", "predict",
+                          str(photos), "--out", str(tmp_path / "two.json"), *common], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert a == b and len(a) == N
+
+
+def test_eval_streams_a_folder_in_shards_into_the_one_pass_report(photos, tmp_path, capsys):
+    from koch_explore.cli import main
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,level\n" + "\n".join(f"eye_{k:02d},{2 + k % 3}" for k in range(N)) + "\n")
+    base = ["detector", "eval", "--images", str(photos), "--labels", str(labels), "--weights", "phantom",
+            "--batch-size", str(BATCH), "--no-progress", "--json"]
+    assert main(base) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main([*base, "--out", str(tmp_path / "pred.csv"), "--shard-size", str(SHARD)]) == 0
+    assert json.loads(capsys.readouterr().out) == one and one["n"] == N
+    assert main([*base, "--shard-size", str(SHARD)]) == 2
+    assert capsys.readouterr().err.strip() == "koch-explore detector eval: --shard-size needs --out: the shards are kept beside the predictions file"

@@ -2,7 +2,8 @@
 
 Each module here only wires argparse to library calls: it exposes ``add_cli(subparsers)``, which
 declares its subcommand and sets ``func`` to a handler that calls the library, prints, and returns an
-exit code (bad input: one line naming the file and the problem, exit 2, no traceback).
+exit code. Bad input is raised by the library and reported by :func:`.errors.run_command` as one line
+naming the file and the problem, exit 2, no traceback.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ STAGE_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong flag or value is one line too (``koch-explore detector predict: the following arguments are
+    required: IMAGE (see --help)``), not argparse's usage block; its exit status stays 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="koch-explore",
         description="Ask a diabetic-retinopathy CNN why it diagnoses (isolate, culture, inoculate, re-isolate).",
     )
@@ -47,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from .errors import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

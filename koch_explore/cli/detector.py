@@ -30,21 +30,26 @@ def add_cli(sub) -> None:
     e.add_argument("--pair-blend", type=float, default=0.0,
                    help="blend each eye's severity with its fellow eye's (<id>_left/_right in the folder): "
                         "(1-W)*s + W*s_fellow, W in [0, 0.5]; default 0 (off)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--out", default=None, help="also write each photo's severity and grade here (.csv, else JSON)")
+    _add_stream_options(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
 
-    pr = dsub.add_parser("predict", parents=[model_options()], help="print severity and grade per image")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--weights", default=None)
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--json", action="store_true")
+    pr = dsub.add_parser("predict", parents=[model_options()], help="severity and grade per photo (files or folders, streamed)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="fundus photos, or folders of them (searched recursively, sorted)")
+    pr.add_argument("--weights", default=None, help="detector safetensors (default: shipped EyePACS weights); with --model, your model's")
+    pr.add_argument("--tta", action="store_true", help="average the 8 flips/90-degree rotations")
+    pr.add_argument("--out", default=None, help="write the rows here (.csv: image,severity,grade,grade_name; else a JSON list) "
+                                                "instead of printing them")
+    _add_stream_options(pr)
+    pr.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     pr.set_defaults(func=_predict)
     c = dsub.add_parser("card", help="measure weights on the validation splits and write their model card")
     c.add_argument("--weights", required=True)
     c.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
     c.add_argument("--out", default=None, help="card path (default: the weights path with .md)")
-    c.add_argument("--command", default="koch-explore detector train --data eyepacs", help="training command for the card")
+    c.add_argument("--command", dest="train_command", default="koch-explore detector train --data eyepacs",
+                   help="training command for the card")
     c.add_argument("--hardware", default=None, help="hardware the weights were trained on (default: this machine)")
     c.add_argument("--no-tta", action="store_true")
     c.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -65,23 +70,49 @@ def _train(args) -> int:
     return 0
 
 
-def _load(args):
-    from ..core.runtime import resolve_device
+def _add_stream_options(p) -> None:
+    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=0,
+                   help="photos per shard (a multiple of --batch-size; needs --out): each shard's rows are saved under "
+                        "OUT.shards/ as it is done, a re-run with the same arguments resumes from them, torchrun ranks "
+                        "split the shards (default 0: one streamed pass)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    dev = resolve_device(args.device)
-    return load_model_from_args(args, args.weights, dev), dev
+
+def _grader(args):
+    """The model on this process's device (its rank's GPU under torchrun)."""
+    from ..core.runtime import determinism_note, setup_distributed
+
+    if args.shard_size and not args.out:
+        raise ValueError("--shard-size needs --out: the shards are kept beside the predictions file")
+    world, rank, dev = setup_distributed(args.device)
+    if determinism_note(dev) and rank == 0:
+        print(determinism_note(dev), file=sys.stderr)
+    if world > 1 and args.shard_size < 1:
+        raise ValueError("under torchrun, give --shard-size: the ranks split the photos by shards")
+    return load_model_from_args(args, args.weights, dev)
+
+
+def _end_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _eval(args) -> int:
-    from ..data.io import FundusReadError
     from ..detect.predict import evaluate_folder
 
     try:
-        model, dev = _load(args)
-        rep = evaluate_folder(model, args.images, args.labels, dev, tta=args.tta, pair_blend=args.pair_blend)
-    except (FileNotFoundError, ValueError, FundusReadError) as exc:
-        print(f"detector eval: {exc}", file=sys.stderr)
-        return 2
+        model = _grader(args)
+        rep = evaluate_folder(model, args.images, args.labels, tta=args.tta, pair_blend=args.pair_blend,
+                              batch_size=args.batch_size, out=args.out, shard_size=args.shard_size,
+                              progress=not args.no_progress)
+    finally:
+        _end_distributed()
+    if rep is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(rep))
     else:
@@ -93,17 +124,26 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from ..data.io import FundusReadError
-    from ..detect.predict import predict_files
+    from ..core.shards import image_paths
+    from ..detect.predict import predict_files, predict_sharded, write_predictions
 
     try:
-        model, dev = _load(args)
-        rows = predict_files(model, args.images, dev)
-    except (FileNotFoundError, ValueError, FundusReadError) as exc:
-        print(f"detector predict: {exc}", file=sys.stderr)
-        return 2
+        paths = image_paths(args.images)
+        model = _grader(args)
+        if args.shard_size:
+            rows = predict_sharded(model, paths, args.out, args.shard_size, args.batch_size, args.tta, not args.no_progress)
+        else:
+            rows = predict_files(model, paths, args.batch_size, args.tta, progress=not args.no_progress)
+            if args.out:
+                write_predictions(rows, args.out)
+    finally:
+        _end_distributed()
+    if rows is None:  # a torchrun rank other than 0
+        return 0
     if args.json:
         print(json.dumps(rows))
+    elif args.out:
+        print(f"detector predict: {len(rows)} photos -> {args.out}")
     else:
         for r in rows:
             print(f"{r['image']}\tseverity {r['severity']:.2f}\tgrade {r['grade']} ({r['grade_name']})")
@@ -116,7 +156,7 @@ def _card(args) -> int:
     fig = evaluate_weights(args.weights, args.root, tta=not args.no_tta)
     out = Path(args.out) if args.out else Path(args.weights).with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)  # minutes of measuring must not die on a missing folder
-    out.write_text(model_card(fig, args.command, args.hardware or hardware_string()))
+    out.write_text(model_card(fig, args.train_command, args.hardware or hardware_string()))
     (out.with_suffix(".json")).write_text(json.dumps(fig, indent=1, default=float))
     if args.json:
         print(json.dumps(fig, default=float))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
 from ..culture.isolation import DEFAULT_MIN_SHARE
@@ -86,18 +85,13 @@ def add_cli(sub) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
-def _fail(what: str, exc: Exception) -> int:
-    print(f"isolate {what}: {exc}", file=sys.stderr)
-    return 2
-
-
 def _bank(args) -> int:
     import os
 
     from ..core.runtime import setup_distributed
+    from ..core.shards import image_paths
     from ..culture.isolation import isolate_files
-    from ..culture.sharded import image_paths, isolate_sharded
-    from ..data.io import FundusReadError
+    from ..culture.sharded import isolate_sharded
     try:
         paths = image_paths(args.images)
         world, rank, device = setup_distributed("cpu")
@@ -117,8 +111,6 @@ def _bank(args) -> int:
             bank = isolate_files(detector, paths, batch_size=args.batch_size, **options)
             bank.save(args.out)
             count = len(bank)
-    except (FileNotFoundError, ValueError, FundusReadError) as exc:
-        return _fail("bank", exc)
     finally:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch.distributed as dist
@@ -138,14 +130,11 @@ def _eval(args) -> int:
         isolation_samples,
         isolation_table,
     )
-    try:
-        detector = load_model_from_args(args, args.weights)
-        samples, types = isolation_samples(args.data, detector.input_size, args.count, args.size, args.seed)
-        report = evaluate_isolation(detector, samples, types, args.method, args.start, args.channels, args.threshold,
-                                    args.blur_sigma, args.min_area, args.batch_size, args.min_share, args.require_disease,
-                                    rule=args.rule)
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail("eval", exc)
+    detector = load_model_from_args(args, args.weights)
+    samples, types = isolation_samples(args.data, detector.input_size, args.count, args.size, args.seed)
+    report = evaluate_isolation(detector, samples, types, args.method, args.start, args.channels, args.threshold,
+                                args.blur_sigma, args.min_area, args.batch_size, args.min_share, args.require_disease,
+                                rule=args.rule)
     report.update(data=str(args.data), weights=args.weights or "default", detector_hash=detector.weights_hash())
     print(json.dumps(report) if args.json else isolation_table(report))
     return 0
@@ -154,12 +143,9 @@ def _eval(args) -> int:
 def _sanity(args) -> int:
     from ..evidence.sanity import run_sanity, sanity_table
 
-    try:
-        detector = load_model_from_args(args, args.weights)
-        rep = run_sanity(detector, args.root, args.count, args.data, None if args.method is None else [args.method], args.start,
-                         args.batch_size, progress=not args.json, cascade=args.cascade)
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail("sanity", exc)
+    detector = load_model_from_args(args, args.weights)
+    rep = run_sanity(detector, args.root, args.count, args.data, None if args.method is None else [args.method], args.start,
+                     args.batch_size, progress=not args.json, cascade=args.cascade)
     print(json.dumps(rep) if args.json else sanity_table(rep))
     return 0
 
@@ -167,10 +153,7 @@ def _sanity(args) -> int:
 def _baseline(args) -> int:
     from ..evidence.baseline import build_healthy_baseline
 
-    try:
-        grader = load_model_from_args(args, args.weights)
-        base, path = build_healthy_baseline(grader, args.start, args.data, args.count, args.root)
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail("baseline", exc)
+    grader = load_model_from_args(args, args.weights)
+    base, path = build_healthy_baseline(grader, args.start, args.data, args.count, args.root)
     print(f"isolate baseline: mean {base.layer} activation over {base.n_images} healthy {args.data} eyes -> {path}")
     return 0

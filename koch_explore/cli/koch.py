@@ -59,27 +59,23 @@ def add_cli(sub) -> None:
 
 
 def _run(args):
-    """(report, data) for a CLI call; (None, None) after printing a clear error."""
-    from ..core.runtime import resolve_device
+    """(report, data) for a CLI call."""
+    from ..core.runtime import determinism_note, resolve_device
     from ..koch import default_setup, koch_test
 
-    try:
-        device = resolve_device(args.device)
-        audited = load_model_from_args(args, args.weights, device) if args.model else args.weights
-        det, synth, bank, hosts, data = default_setup(args.data, args.root, audited, args.synthesizer, args.bank,
-                                                      device, args.hosts, args.host_count)
-        cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start, rule=args.rule,
-                         nested=not args.independent_layouts, control=not args.no_control)
-        return koch_test(det, synth, bank, hosts, config=cfg), data
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"{args.command}: {exc}", file=sys.stderr)
-        return None, None
+    device = resolve_device(args.device)
+    if determinism_note(device):
+        print(determinism_note(device), file=sys.stderr)
+    audited = load_model_from_args(args, args.weights, device) if args.model else args.weights
+    det, synth, bank, hosts, data = default_setup(args.data, args.root, audited, args.synthesizer, args.bank,
+                                                  device, args.hosts, args.host_count)
+    cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start, rule=args.rule,
+                     nested=not args.independent_layouts, control=not args.no_control)
+    return koch_test(det, synth, bank, hosts, config=cfg), data
 
 
 def _koch_test(args) -> int:
     rep, data = _run(args)
-    if rep is None:
-        return 2
     hosts = args.hosts if data == "real" else None
     print(json.dumps(rep.cli_json(data, hosts)) if args.json else rep.summary(data, hosts))
     return 0
@@ -89,8 +85,6 @@ def _report(args) -> int:
     from ..koch.report import write_report
 
     rep, data = _run(args)
-    if rep is None:
-        return 2
     hosts = f", {args.hosts} hosts" if data == "real" and args.hosts != "trees" else ""
     path = write_report(rep, args.out, title=f"Koch report — {data} data{hosts}")
     print(f"report written to {path}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,8 +28,8 @@ def add_cli(sub) -> None:
 
 def _cli_phantom(args: argparse.Namespace) -> int:
     if args.count < 0 or args.seed < 0 or args.size < 64:
-        print("phantom: --count and --seed must be >= 0 and --size >= 64", file=sys.stderr)
-        return 2
+        raise ValueError(f"--count {args.count}, --seed {args.seed}, --size {args.size}: "
+                         "--count and --seed must be >= 0 and --size >= 64")
     start = time.perf_counter()
     out = write_phantom_dataset(args.out, args.count, args.seed, size=args.size, grades=args.grade)
     elapsed = time.perf_counter() - start

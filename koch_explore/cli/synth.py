@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from .config import add_config_arguments, config_from_args
 
@@ -58,51 +57,36 @@ def _cli_train(args) -> int:
     from ..synthesis.trainer import SynthTrainConfig, train
 
     cfg = config_from_args(SynthTrainConfig, args, weights=config_from_args(LossWeights, args, prefix="w_"))
-    try:
-        res = train(cfg, resume=args.resume)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"synth train: {exc}", file=sys.stderr)
-        return 2
+    res = train(cfg, resume=args.resume)
     print(json.dumps(res))
     return 0
 
 
 def _cli_generate(args) -> int:
-    from ..core.weights import WeightsMismatchError
-    from ..culture.bank import BankFormatError, BankMismatchError
-    from ..data.io import FundusReadError, write_image
+    from ..data.io import write_image
     from ..synthesis.synthesizer import synthesize_files
 
-    try:
-        image, placed = synthesize_files(args.weights, args.vessels, args.fov, args.bank, args.layout, args.count, args.seed,
-                                         args.colour_reference)
-        out = write_image(args.out, image)
-    except (FileNotFoundError, FundusReadError, ValueError, WeightsMismatchError, BankMismatchError, BankFormatError) as exc:
-        print(f"synth generate: {exc}", file=sys.stderr)
-        return 2
+    image, placed = synthesize_files(args.weights, args.vessels, args.fov, args.bank, args.layout, args.count, args.seed,
+                                     args.colour_reference)
+    out = write_image(args.out, image)
     print(f"synth generate: {placed} lesions placed -> {out}")
     return 0
 
 
 def _cli_eval(args) -> int:
-    from ..core.weights import WeightsMismatchError
-    from ..culture.bank import BankFormatError, BankMismatchError, DescriptorBank
+    from ..culture.bank import DescriptorBank
     from ..synthesis.evaluate import evaluate_synthesizer
     from ..synthesis.synthesizer import LesionSynthesizer, load_synthesizer
     from ..synthesis.trainer import SynthTrainConfig, healthy_set, load_detector
 
-    try:
-        synth = load_synthesizer(args.weights)
-        detector = load_detector(args.data, args.detector)
-        bank = DescriptorBank.load(args.bank, detector=detector)
-        hosts = healthy_set(SynthTrainConfig(data=args.data, root=args.root), synth.cfg.size)[: args.max_hosts]
-        baseline = LesionSynthesizer.load(args.baseline) if args.baseline else None
-        check = load_detector(args.data, args.check_detector) if args.check_detector else None
-        rep = evaluate_synthesizer(synth, detector, hosts, bank, baseline, seed=args.seed, progress=not args.json,
-                                   check_detector=check)
-    except (FileNotFoundError, ValueError, WeightsMismatchError, BankMismatchError, BankFormatError) as exc:
-        print(f"synth eval: {exc}", file=sys.stderr)
-        return 2
+    synth = load_synthesizer(args.weights)
+    detector = load_detector(args.data, args.detector)
+    bank = DescriptorBank.load(args.bank, detector=detector)
+    hosts = healthy_set(SynthTrainConfig(data=args.data, root=args.root), synth.cfg.size)[: args.max_hosts]
+    baseline = LesionSynthesizer.load(args.baseline) if args.baseline else None
+    check = load_detector(args.data, args.check_detector) if args.check_detector else None
+    rep = evaluate_synthesizer(synth, detector, hosts, bank, baseline, seed=args.seed, progress=not args.json,
+                               check_detector=check)
     if args.json:
         print(json.dumps(rep))
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from .config import add_config_arguments, config_from_args
 
@@ -60,21 +59,17 @@ def _train(args) -> int:
 
 
 def _segment(args) -> int:
-    from ..core.weights import WeightsMismatchError
     from ..data.io import FundusReadError
     from ..vessels.model import load_vessels, segment_file
+    from .errors import report
 
-    try:
-        model = load_vessels(args.weights, args.device)
-    except (FileNotFoundError, WeightsMismatchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = load_vessels(args.weights, args.device)
     failed = 0
-    for name in args.images:
+    for name in args.images:  # one bad photo is reported and skipped; the others are still segmented
         try:
             binary_path, prob_path = segment_file(model, name, args.out, tta=args.tta)
         except FundusReadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            report(args, exc)
             failed += 1
             continue
         print(f"{name}\t{binary_path}\t{prob_path}")
@@ -82,16 +77,10 @@ def _segment(args) -> int:
 
 
 def _eval(args) -> int:
-    from ..core.weights import WeightsMismatchError
-    from ..data.io import FundusReadError
     from ..vessels.evaluate import evaluate_dataset
 
-    try:
-        rep = evaluate_dataset(args.weights, args.dataset, args.split, args.root, device=args.device,
-                               tta=args.tta, progress=not args.json)
-    except (FileNotFoundError, WeightsMismatchError, FundusReadError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rep = evaluate_dataset(args.weights, args.dataset, args.split, args.root, device=args.device,
+                           tta=args.tta, progress=not args.json)
     if args.json:
         print(json.dumps(rep))
     else:

@@ -48,6 +48,42 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "max_minutes", "checkpoint_minutes", "device", "num_threads", "out",
+                               "root", "packed", "eval_every", "sample_every", "eval_tta"})
+"""Config fields a resumed run may change: how long it runs, where, and how often it reports or saves.
+Everything else (data, architecture, optimiser, losses, seeds) shapes the run, so a change is refused."""
+
+
+def check_resume_config(ckpt_path, saved, current: dict, may_change=RESUMABLE_CHANGES) -> None:
+    """Refuse to resume ``ckpt_path`` under another configuration: every field of the checkpoint's
+    ``saved`` config (a dict or its JSON) but ``may_change`` must equal ``current`` (compared as JSON).
+    Raises ValueError naming each differing field with both values. Checkpoints written before configs
+    were stored (``saved`` None) pass."""
+    import json
+
+    if saved is None:
+        return
+    before = json.loads(saved) if isinstance(saved, str) else saved
+    now = json.loads(json.dumps(current, default=str))
+    before = json.loads(json.dumps(before, default=str))
+    changed = [k for k in sorted(set(before) | set(now)) if k not in may_change and before.get(k) != now.get(k)]
+    if changed:
+        diffs = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(f"{ckpt_path}: checkpoint of another configuration ({diffs}{more}); "
+                         f"resume with its settings, or train into another --out")
+
+
+def determinism_note(device) -> str | None:
+    """One line to print beside figures computed on ``device``, or None where they are bit-reproducible
+    (CPU: the same seed and inputs give byte-identical JSON, tests/test_determinism.py)."""
+    if torch.device(device).type != "cuda":
+        return None
+    return ("note: on CUDA the same seed can give figures that differ in the last digits from run to run (cuDNN picks "
+            "convolution algorithms per run; grid_sample/interpolate backward and scatter add with atomics); "
+            "on CPU they are byte-identical (docs/gpu.md#determinism)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

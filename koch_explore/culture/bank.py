@@ -321,6 +321,7 @@ class DescriptorBank:
             "tensors_file": p.name,
             "tensors_sha256": _sha256(tmp),
             "info": self.info,
+            "descriptors_sha256": _records_digest(records),
             "descriptors": records,
         }
         _commit(tmp, p, side, sidecar)
@@ -359,10 +360,20 @@ class DescriptorBank:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for a bad file
             raise BankFormatError(f"{p}: not a readable safetensors file ({exc})") from exc
+        records = meta.get("descriptors")
+        if not isinstance(records, list):
+            raise BankFormatError(f"{side}: 'descriptors' is not a list (sidecar edited by hand?)")
+        if "descriptors_sha256" in meta and _records_digest(records) != meta["descriptors_sha256"]:
+            raise BankFormatError(f"{side}: descriptor records do not match their checksum (sidecar edited by hand?); "
+                                  f"restore it or re-isolate the bank")
+        in_tensors = len({k.split("/", 1)[0] for k in tensors})
+        if in_tensors != len(records):
+            raise BankFormatError(f"{side}: lists {len(records)} descriptors, {p.name} holds {in_tensors} (sidecar edited by hand?)")
         descs = []
         try:
-            for i, r in enumerate(meta["descriptors"]):
+            for i, r in enumerate(records):
                 get = lambda k: tensors[f"d{i}/{k}"]  # noqa: E731
+                _check_record(side, i, r, get("mask"))
                 descs.append(Descriptor(
                     bbox=tuple(int(v) for v in r["bbox"]), centroid=tuple(float(v) for v in r["centroid"]), area=int(r["area"]),
                     mask=get("mask").astype(bool), evidence=get("evidence"), image_size=tuple(r["image_size"]),
@@ -378,6 +389,8 @@ class DescriptorBank:
                 ))
         except KeyError as exc:
             raise BankFormatError(f"{p}: descriptor {len(descs)} lacks {exc} (tensor or sidecar field)") from exc
+        except BankFormatError:
+            raise
         except (TypeError, ValueError) as exc:
             raise BankFormatError(f"{p}: descriptor {len(descs)} is inconsistent ({exc})") from exc
         return cls(descs, meta.get("detector_hash"), meta.get("info"))
@@ -396,6 +409,29 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _records_digest(records: list) -> str:
+    """sha256 of the descriptor records as JSON: the sidecar names it, so a hand edit is caught on load."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_record(side: Path, i: int, r: dict, mask: np.ndarray) -> None:
+    """A record must agree with its mask tensor (banks saved before records had a checksum are read
+    through this check alone): box size, area, box inside the image, centroid inside the box."""
+    x0, y0, x1, y1 = (int(v) for v in r["bbox"])
+    h, w = (int(v) for v in r["image_size"])
+    problem = None
+    if mask.shape != (y1 - y0, x1 - x0):
+        problem = f"bbox {[x0, y0, x1, y1]} is {x1 - x0}x{y1 - y0} px but its mask is {mask.shape[1]}x{mask.shape[0]}"
+    elif int(r["area"]) != int(mask.astype(bool).sum()):
+        problem = f"area {r['area']} but its mask has {int(mask.astype(bool).sum())} pixels"
+    elif not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        problem = f"bbox {[x0, y0, x1, y1]} lies outside its {w}x{h} image"
+    elif not (x0 <= float(r["centroid"][0]) <= x1 and y0 <= float(r["centroid"][1]) <= y1):
+        problem = f"centroid {r['centroid']} lies outside its bbox {[x0, y0, x1, y1]}"
+    if problem:
+        raise BankFormatError(f"{side}: descriptor {i}: {problem} (sidecar edited by hand?)")
 
 
 def _commit(tmp: Path, p: Path, side: Path, sidecar: dict) -> None:
@@ -462,7 +498,7 @@ def merge_bank_files(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
         "feature_layers": sorted({n for m in metas for n in m.get("feature_layers", [])}),
         "activation_layers": sorted({n for m in metas for n in m.get("activation_layers", [])}),
         "tensors_file": p.name, "tensors_sha256": _sha256(tmp), "info": {**first["info"], **(info or {})},
-        "descriptors": records,
+        "descriptors_sha256": _records_digest(records), "descriptors": records,
     }
     _commit(tmp, p, side, sidecar)
     return len(records)

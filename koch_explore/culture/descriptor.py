@@ -266,20 +266,28 @@ class Descriptor:
 
     def relocated(self, to: tuple[float, float], snap: int = 8) -> "Descriptor":
         """Move the centroid to ``to``, the displacement rounded to a multiple of ``snap``
-        (the centroid lands within snap/2 of ``to``; layer patches move by whole cells)."""
+        (the centroid lands within snap/2 of ``to``; layer patches move by whole cells). A target
+        outside the image is an error (a box near the edge is shifted back inside, a centroid off the
+        image has nowhere to go)."""
+        h, w = self.image_size
+        if not (all(map(math.isfinite, to)) and 0 <= to[0] < w and 0 <= to[1] < h):
+            raise ValueError(f"relocate to ({to[0]}, {to[1]}): outside the {w}x{h} px image")
         dx, dy = snapped(to[0] - self.centroid[0], snap), snapped(to[1] - self.centroid[1], snap)
         return self.warped(shift_transform(dx, dy), snap=snap)
 
     def rotated(self, degrees: float) -> "Descriptor":
-        """Rotate about the centroid; positive = counter-clockwise on screen (cv2's convention)."""
-        a = math.radians(degrees)
+        """Rotate about the centroid; positive = counter-clockwise on screen (cv2's convention). Any angle
+        is taken modulo one turn (3,600,045 degrees is 45), so a widget's spun dial gives the same lesion."""
+        if not math.isfinite(degrees):
+            raise ValueError(f"rotation must be a finite number of degrees, got {degrees}")
+        a = math.radians(math.fmod(degrees, 360.0))
         lin = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
         return self.warped(self._about_centroid(lin))
 
     def scaled(self, factor: float) -> "Descriptor":
         """Scale about the centroid by a *linear* ``factor`` (area x factor**2, scale x factor)."""
-        if factor <= 0:
-            raise ValueError(f"scale factor must be positive, got {factor}")
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"scale factor must be a positive number, got {factor}")
         return self.warped(self._about_centroid(np.eye(2) * factor))
 
     def _about_centroid(self, lin: np.ndarray) -> np.ndarray:

@@ -24,12 +24,15 @@ class GradedData:
     val_fraction: float = 0.15
     """Share of *patients* held out for validation."""
     split_seed: int = 0
+    """Seed of the patient split (the same seed gives the same validation patients)."""
     aptos: bool = True
     """Add APTOS 2019 (train part) to the training split; its validation part is always there."""
     seed: int = 0
     """Phantom seeds start from this."""
     phantom_count: int = 400
+    """Images generated for data="phantom" (the first val_fraction of them are the validation split)."""
     phantom_size: int = 256
+    """Side the phantoms are drawn at (resized to the requested size when it differs)."""
 
 
 @dataclass

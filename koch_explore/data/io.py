@@ -13,8 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Decoding a 4k x 3k photo is normal; refuse only absurd sizes (decompression bombs).
+# Decoding a 4k x 3k photo is normal; refuse only absurd sizes (decompression bombs): fundus cameras
+# take at most ~24 MP, and 80 MP as float32 RGB is already ~1 GB.
 MAX_PIXELS = 80_000_000
+MIN_PHOTO_SIDE = 16
+"""The smallest photo side :func:`read_image` accepts: below it no lesion or vessel can be seen."""
 
 
 class FundusReadError(ValueError):
@@ -50,6 +53,7 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
     size = p.stat().st_size
     if size == 0:
         raise FundusReadError(p, "file is empty (0 bytes)")
+    _refuse_huge_before_decoding(p)
     data = np.fromfile(p, dtype=np.uint8)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if arr is not None:
@@ -61,13 +65,52 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
         arr = _decode_with_pillow_fallback(p)
     if arr is None:
         raise FundusReadError(p, f"not a readable image ({size} bytes; truncated or not an image format)")
-    if arr.ndim not in (2, 3) or arr.shape[0] < 2 or arr.shape[1] < 2:
+    if arr.ndim not in (2, 3):
         raise FundusReadError(p, f"unexpected image shape {arr.shape}")
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise FundusReadError(p, _too_small(arr.shape[1], arr.shape[0]))
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
-        raise FundusReadError(p, f"image of {arr.shape[1]}x{arr.shape[0]} px exceeds {MAX_PIXELS} pixels")
+        raise FundusReadError(p, _too_large(arr.shape[1], arr.shape[0]))
     if _looks_truncated(p, data):
         raise FundusReadError(p, "file is truncated (JPEG end-of-image marker missing)")
     return arr
+
+
+def _too_small(w: int, h: int) -> str:
+    return f"image of {w}x{h} px is too small for a fundus photo (at least {MIN_PHOTO_SIDE} px a side)"
+
+
+def _too_large(w: int, h: int) -> str:
+    return (f"image of {w}x{h} px ({w * h / 1e6:.0f} MP) is larger than the {MAX_PIXELS / 1e6:.0f} MP this kit decodes "
+            f"(a guard against decompression bombs; fundus cameras take at most ~24 MP): downscale it first")
+
+
+def _refuse_huge_before_decoding(path: Path) -> None:
+    """Read (width, height) from the file's header, without decoding the pixels (Pillow reads it
+    lazily), and refuse an image over :data:`MAX_PIXELS`. Files Pillow cannot open pass: cv2 or the
+    fallback decides about them."""
+    import warnings
+
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - scikit-image always brings Pillow
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the check here is ours
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as exc:  # over Pillow's hard limit (~179 MP), far over ours
+        import re
+
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(n.group(1)) / 1e6:.0f} MP" if n else "over 179 MP"
+        raise FundusReadError(path, f"image of {size} is larger than the {MAX_PIXELS / 1e6:.0f} MP this kit decodes "
+                                    f"(a guard against decompression bombs; fundus cameras take at most ~24 MP): downscale it first")
+    except Exception:
+        return
+    if w * h > MAX_PIXELS:
+        raise FundusReadError(path, _too_large(w, h))
 
 
 def _looks_truncated(path: Path, data: np.ndarray) -> bool:
@@ -106,6 +149,8 @@ def read_image(path: str | os.PathLike, *, allow_black: bool = False) -> np.ndar
     """
     p = Path(path)
     arr = read_raw(p)
+    if min(arr.shape[:2]) < MIN_PHOTO_SIDE:
+        raise FundusReadError(p, _too_small(arr.shape[1], arr.shape[0]))
     img = _to_float(arr, p)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)

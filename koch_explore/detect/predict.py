@@ -3,6 +3,9 @@ split's grading figures."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -87,24 +90,130 @@ def load_for_detector(paths, size: int) -> np.ndarray:
     return out
 
 
-def evaluate_folder(model: Detector, images, labels, device="cpu", tta: bool = False, pair_blend: float = 0.0) -> dict:
+def iter_file_severities(model, paths, batch_size: int = 32, tta: bool = False, progress: bool = False, desc: str = "predict"):
+    """Severities of the photo files ``paths``, one batch at a time (yields float32 arrays): memory holds
+    one batch of photos whatever the number of files, so a whole screening archive streams through."""
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    with tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress, mininterval=2) as bar:
+        for s in range(0, len(paths), batch_size):
+            chunk = paths[s:s + batch_size]
+            yield predict_arrays(model, load_for_detector(chunk, model.input_size), device, batch_size=batch_size, tta=tta)
+            bar.update(len(chunk))
+
+
+def prediction_rows(model, paths, severities: np.ndarray) -> list[dict]:
+    """``[{"image", "severity", "grade", "grade_name"}]`` with the model's stored grade cuts."""
+    from .model import GRADE_NAMES
+
+    grades = model.grade(torch.from_numpy(np.asarray(severities, dtype=np.float32))).tolist()
+    return [{"image": str(p), "severity": float(s), "grade": int(g), "grade_name": GRADE_NAMES[g]}
+            for p, s, g in zip(paths, severities, grades)]
+
+
+def predict_files(model, paths, batch_size: int = 32, tta: bool = False, progress: bool = False) -> list[dict]:
+    """Severity and grade of each photo file, streamed batch by batch: ``[{"image", "severity", "grade",
+    "grade_name"}]``; a bad file raises :class:`~koch_explore.data.io.FundusReadError` naming it."""
+    paths = [str(p) for p in paths]
+    sev = np.concatenate(list(iter_file_severities(model, paths, batch_size, tta, progress)) or [np.zeros(0, np.float32)])
+    return prediction_rows(model, paths, sev)
+
+
+def predictions_shard_dir(out) -> Path:
+    """Where the shards of the predictions file ``out`` live: ``OUT.shards/`` beside it."""
+    p = Path(out)
+    return p.with_name(p.name + ".shards")
+
+
+def predict_sharded(model, paths, out, shard_size: int = 512, batch_size: int = 32, tta: bool = False,
+                    progress: bool = True) -> list[dict] | None:
+    """Predict ``paths`` shard by shard into the file ``out`` (``.csv``: image,severity,grade,grade_name;
+    otherwise a JSON list of rows), resumable and split across torchrun ranks like isolation (see
+    :mod:`koch_explore.core.shards`): each shard's rows are written atomically under ``OUT.shards/``, a
+    re-run with the same arguments skips them, rank 0 merges them in order. Returns the rows on rank 0,
+    None on the others. ``shard_size`` must be a multiple of ``batch_size`` so every batch holds the same
+    photos as in one pass, and the severities are the one-pass severities."""
+    from ..core.shards import atomic_write_text, path_list_digest, run_in_shards
+
+    if batch_size < 1 or shard_size % batch_size:
+        raise ValueError(f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("no photos to predict")
+    out = Path(out)
+    folder = predictions_shard_dir(out)
+    fingerprint = {"photos": len(paths), "photo_list_sha256": path_list_digest(paths), "shard_size": shard_size,
+                   "batch_size": batch_size, "model": model.weights_hash(), "tta": tta}
+    shard = lambda k: folder / f"shard_{k:05d}.json"
+
+    def work(k: int, items: slice) -> None:
+        # severities only: the rows are named from this run's paths (a resumed run may reach the same
+        # photos through another folder of links; the fingerprint compares the files they resolve to)
+        sev = np.concatenate(list(iter_file_severities(model, paths[items], batch_size, tta)))
+        atomic_write_text(shard(k), json.dumps({"severity": sev.tolist()}))
+
+    n_shards = run_in_shards(len(paths), shard_size, folder, fingerprint, work, lambda k: shard(k).is_file(), "predict", progress)
+    if n_shards is None:
+        return None
+    sev = []
+    for k in range(n_shards):
+        try:
+            part = json.loads(shard(k).read_text())["severity"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{shard(k)}: not a readable shard (edited or truncated); delete it and run again to redo it")
+        if len(part) != len(paths[k * shard_size:(k + 1) * shard_size]):
+            raise ValueError(f"{shard(k)}: holds {len(part)} severities for {len(paths[k * shard_size:(k + 1) * shard_size])} "
+                             f"photos (edited?); delete it and run again to redo it")
+        sev += part
+    rows = prediction_rows(model, paths, np.asarray(sev, dtype=np.float32))
+    write_predictions(rows, out)
+    return rows
+
+
+def write_predictions(rows: list[dict], out) -> Path:
+    """Write prediction rows atomically: CSV when ``out`` ends in .csv, else a JSON list."""
+    import csv
+    import io
+
+    from ..core.shards import atomic_write_text
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["image", "severity", "grade", "grade_name"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(out, buf.getvalue())
+    else:
+        atomic_write_text(out, json.dumps(rows))
+    return out
+
+
+def evaluate_folder(model, images, labels, tta: bool = False, pair_blend: float = 0.0, batch_size: int = 32,
+                    out=None, shard_size: int = 0, progress: bool = False) -> dict | None:
     """Grade a folder of photos against a label CSV (EyePACS ``image,level`` or APTOS
     ``id_code,diagnosis``) with the model's stored cuts: QWK, accuracy, referable AUC, confusion.
+    Photos stream batch by batch; with ``out`` the per-photo predictions are written there too, and with
+    ``shard_size`` they go through :func:`predict_sharded` (resumable, torchrun ranks; None on ranks > 0).
     ``pair_blend`` W mixes each eye's severity with its fellow eye's (:func:`~koch_explore.core.stats.paired_eye_blend`)."""
     from ..data.datasets import index_graded_images
 
     items = index_graded_images(images, labels)
-    sev = predict_arrays(model, load_for_detector([it.path for it in items], model.input_size), device, tta=tta)
+    paths = [str(it.path) for it in items]
+    if shard_size:
+        if out is None:
+            raise ValueError("sharded evaluation needs out= (the predictions file; its shards live beside it)")
+        rows = predict_sharded(model, paths, out, shard_size, batch_size, tta, progress)
+        if rows is None:
+            return None
+    else:
+        rows = predict_files(model, paths, batch_size, tta, progress)
+        if out is not None:
+            write_predictions(rows, out)
+    sev = np.array([r["severity"] for r in rows], dtype=np.float32)
     if pair_blend:
         sev = stats.paired_eye_blend(sev, [it.name for it in items], pair_blend)
     grades = np.array([it.grade for it in items])
     return stats.grading_report(sev, grades, model.thresholds.cpu().numpy())
-
-
-def predict_files(model: Detector, paths, device="cpu") -> list[dict]:
-    """Severity and grade of each photo: ``[{"image", "severity", "grade", "grade_name"}]``."""
-    from .model import GRADE_NAMES
-
-    sev = predict_arrays(model, load_for_detector(paths, model.input_size), device)
-    grades = model.grade(torch.from_numpy(sev)).tolist()
-    return [{"image": str(p), "severity": float(s), "grade": int(g), "grade_name": GRADE_NAMES[g]} for p, s, g in zip(paths, sev, grades)]

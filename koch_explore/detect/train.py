@@ -28,8 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.runtime import EMA, atomic_torch_save, resolve_amp, setup_distributed
-from ..data.graded import GradedArrays, load_graded
+from ..core.runtime import (
+    EMA,
+    atomic_torch_save,
+    check_resume_config,
+    resolve_amp,
+    setup_distributed,
+)
+from ..data.graded import GradedArrays, GradedData, load_graded
+from ..data.packed import load_packed, read_pack_index
 from .model import Detector
 from .predict import evaluate_split, to_tensor
 
@@ -40,6 +47,11 @@ class TrainConfig:
     """"eyepacs" (real photos under the data root) or "phantom" (generated, for tests/quickstart)."""
     root: str | None = None
     """Data root (default: KOCH_DATA, ../shared/data, ./data)."""
+    packed: str | None = None
+    """Folder written by ``koch-explore data pack``: its uint8 shards are read (sha256-checked) instead
+    of decoding photos, and its recorded data settings (data, root, split fractions and seeds, aptos)
+    replace this config's, so the run, its checkpoint and its card describe the eyes it trained on.
+    It must have been packed at the preset's input size."""
     preset: str = "o_O-256"
     """Detector preset (see detector.PRESETS)."""
     out: str = "runs/detector"
@@ -169,6 +181,18 @@ def severity_loss(pred: torch.Tensor, grades: torch.Tensor, referable_weight: fl
     return loss
 
 
+def packed_config(cfg: TrainConfig, size: int) -> TrainConfig:
+    """``cfg`` with the data settings recorded in the pack ``cfg.packed`` (the pack decides which eyes
+    are in which split; the card rebuilds the validation split from the settings the weights carry,
+    so they must be the pack's). A pack at another side than ``size`` is refused: resizing uint8
+    shards on the fly would train on other pixels than the photos decoded at that size."""
+    index = read_pack_index(cfg.packed)
+    if int(index["size"]) != size:
+        raise ValueError(f"{cfg.packed}: packed at {index['size']} px, but preset {cfg.preset} trains at {size} px "
+                         f"(pack again with `koch-explore data pack --size {size}`)")
+    return replace(cfg, **asdict(GradedData(**index["graded_data"])))
+
+
 def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False) -> dict:
     """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
     the best validation figures. DDP-aware."""
@@ -196,7 +220,13 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
             print(f"initialised from {cfg.init}", flush=True)
     model = model.to(device).to(memory_format=torch.channels_last)
     size = model.cfg.input_size
-    if data is None:
+    if data is None and cfg.packed:
+        cfg = packed_config(cfg, size)
+        data = load_packed(cfg.packed, size=size)
+        if main:
+            counts = ", ".join(f"{k} {len(v.grades)}" for k, v in data.items())
+            print(f"packed {cfg.data} data from {cfg.packed}: {counts}", flush=True)
+    elif data is None:
         data = load_graded(cfg, size)
     train_arr = data["train"]
     ema = EMA(model, cfg.ema_decay)
@@ -209,8 +239,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
     ckpt_path = out / "last.pt"
     if ckpt_path.exists() and resume:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck["config"]["preset"] != cfg.preset:
-            raise ValueError(f"{ckpt_path}: checkpoint was trained with preset {ck['config']['preset']}, not {cfg.preset}")
+        check_resume_config(ckpt_path, ck.get("config"), asdict(cfg))
         model.load_state_dict(ck["model"])
         ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
         opt.load_state_dict(ck["opt"])

@@ -182,22 +182,45 @@ def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu"
     return LesionSynthesizer.load(resolve_weights("synthesizer", name_or_path), map_location=device)
 
 
-def placed_from_json(bank, layout: list[dict]):
-    """A placed :class:`DescriptorBank` from ``[{"index", "to", "rotate", "scale"}]``."""
+def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):
+    """A placed :class:`DescriptorBank` from ``[{"index", "to", "rotate", "scale"}]`` (``to`` in generator
+    pixels; ``rotate`` in degrees, any value, wrapped to one turn; ``scale`` a positive linear factor).
+    With ``fov`` a placement whose centroid lands outside the field of view is refused. Errors name the entry."""
+    import math
+
     from ..culture.bank import DescriptorBank
 
+    if not isinstance(layout, list):
+        raise ValueError(f"a layout is a JSON list of placements, not {type(layout).__name__}")
     out = []
     for k, item in enumerate(layout):
         try:
             d = bank[int(item["index"])]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"layout entry {k}: needs an 'index' into the bank of {len(bank)} ({exc})") from exc
-        if item.get("scale", 1.0) != 1.0:
-            d = d.scaled(float(item["scale"]))
-        if item.get("rotate", 0.0):
-            d = d.rotated(float(item["rotate"]))
+        scale, rotate = float(item.get("scale", 1.0)), float(item.get("rotate", 0.0))
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"layout entry {k}: scale {item.get('scale')!r} must be a positive number")
+        if not math.isfinite(rotate):
+            raise ValueError(f"layout entry {k}: rotate {item.get('rotate')!r} must be a finite number of degrees")
+        if scale != 1.0:
+            d = d.scaled(scale)
+        if rotate:
+            d = d.rotated(rotate)
         if "to" in item:
-            d = d.relocated(tuple(float(v) for v in item["to"]))
+            try:
+                to = tuple(float(v) for v in item["to"])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"layout entry {k}: 'to' must be [x, y] ({exc})") from exc
+            if len(to) != 2 or not all(map(math.isfinite, to)):
+                raise ValueError(f"layout entry {k}: 'to' must be [x, y], got {item['to']!r}")
+            if fov is not None:
+                h, w = fov.shape
+                x, y = int(round(to[0])), int(round(to[1]))
+                if not (0 <= x < w and 0 <= y < h and fov[y, x]):
+                    raise ValueError(f"layout entry {k}: 'to' {list(item['to'])} lies outside the field of view "
+                                     f"of the {w}x{h} px generator canvas")
+            d = d.relocated(to)
         out.append(d)
     return DescriptorBank(out, detector_hash=bank.detector_hash, info=dict(bank.info))
 
@@ -227,7 +250,10 @@ def synthesize_files(weights, vessels_path, fov_path, bank=None, layout=None, co
     if bank is not None:
         descriptors = load_bank(bank)
         if layout:
-            placed = placed_from_json(descriptors, json.loads(Path(layout).read_text()))
+            try:
+                placed = placed_from_json(descriptors, json.loads(Path(layout).read_text()), fov)
+            except ValueError as exc:  # the JSON's own errors and the entries' both name the file
+                raise ValueError(f"{layout}: {exc}") from exc
         else:
             placed = random_layout(descriptors, count, fov, seed=seed)
     image = synth.synthesize(ves.astype(np.float32), fov, placed, seed=seed)

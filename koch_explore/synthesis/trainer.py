@@ -331,7 +331,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm.auto import tqdm
 
-    from ..core.runtime import atomic_torch_save, setup_distributed
+    from ..core.runtime import atomic_torch_save, check_resume_config, setup_distributed
     from ..culture import DescriptorBank
 
     if cfg.mode not in ("inoculate", "reconstruct"):
@@ -431,6 +431,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         st = torch.load(ckpt, map_location="cpu", weights_only=True)
         if st["gcfg"] != json.loads(gcfg.to_json()):
             raise ValueError(f"{ckpt}: checkpoint networks {st['gcfg']} differ from this run's {gcfg.to_json()}")
+        check_resume_config(ckpt, st.get("config"), _jsonable(cfg))
         G.load_state_dict(st["G"]), D.load_state_dict(st["D"]), ema.load_state_dict(st["ema"])
         opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
         step, history = st["step"], json.loads(st["history"])

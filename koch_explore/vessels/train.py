@@ -18,7 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.runtime import EMA, atomic_torch_save, resolve_amp, resolve_device
+from ..core.runtime import (
+    EMA,
+    atomic_torch_save,
+    check_resume_config,
+    resolve_amp,
+    resolve_device,
+)
 from .evaluate import PixelScores, best_f1_threshold, dataset_root
 from .model import VesselConfig, VesselSegmenter, WorkingGeometry, as_rgb
 
@@ -259,6 +265,7 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck["model_config"] != cfg.model.to_json():
             raise ValueError(f"{ckpt_path}: checkpoint architecture {ck['model_config']} differs from {cfg.model.to_json()}")
+        check_resume_config(ckpt_path, ck.get("config"), _jsonable(cfg))
         model.load_state_dict(ck["model"])
         ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
         opt.load_state_dict(ck["opt"])
