@@ -147,10 +147,12 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path, capsys):
     assert main(args[:-1] + [str(tmp_path / "h.png")]) == 0  # healthy: no bank
     capsys.readouterr()
     assert main(["synth", "eval", "--weights", str(out / "generator.safetensors"), "--bank", str(out / "bank.safetensors"),
-                 "--data", "phantom", "--max-hosts", "4", "--json",
+                 "--data", "phantom", "--max-hosts", "4", "--json", "--lesion-eyes", "12",
                  "--check-detector", str(resolve_weights("detector", "eyepacs"))]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert {"vessel_dice", "fd_ours", "fd_ours_ci", "fd_baseline", "severity_by_count", "fdcheck_ours"} <= set(rep)
+    assert {"stripe_energy_ratio", "disc_contrast_ratio", "lesion_c2st_accuracy", "lesion_c2st_accuracy_transplant"} <= set(rep)
+    assert rep["lesion_c2st_n"] >= 10 and 0 <= rep["lesion_c2st_accuracy"] <= 1
     assert rep["fdcheck_ours"] != rep["fd_ours"] and rep["fdcheck_baseline"] is None  # another space; no baseline given
     assert list(rep["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"] and 0 <= rep["vessel_dice"] <= 1
     assert rep["fd_ours_ci"][0] <= rep["fd_ours_ci"][1]
@@ -325,3 +327,53 @@ def test_evidence_term_is_trained_when_weighted(tmp_path):
                                  sample_every=0, weights=LossWeights(evidence=1.0, vessel=0.0), num_threads=2, seed=1),
                 progress=False)
     assert "evidence" in res["losses"] and np.isfinite(res["losses"]["evidence"])
+
+
+def test_stripe_energy_sees_horizontal_stripes_and_the_disc_is_found_where_the_phantom_drew_it():
+    from koch_explore.data.phantom import generate_phantom
+    from koch_explore.synthesis.evaluate import (
+        anatomy_figures,
+        disc_contrast,
+        find_disc,
+        stripe_energy,
+    )
+
+    photos = [generate_phantom(seed, size=256, grade=0) for seed in (1, 2, 3)]
+    for ph in photos:
+        x, y, r = find_disc(ph.image, ph.fov)
+        assert np.hypot(x - ph.disc_center[0], y - ph.disc_center[1]) < ph.disc_radius, (x, y, ph.disc_center)
+        assert disc_contrast(ph.image, ph.fov, (x, y, r)) > 0.1
+    rows = (np.arange(256) % 4 < 2).astype(np.float32)[:, None, None] * 0.06  # 2 px bright, 2 px dark
+    striped = [np.clip(ph.image - rows * ph.fov[..., None], 0, 1) for ph in photos]
+    vertical = [np.clip(ph.image - rows.transpose(1, 0, 2) * ph.fov[..., None], 0, 1) for ph in photos]
+    plain = [ph.image for ph in photos]
+    assert all(stripe_energy(s, ph.fov) > 10 * stripe_energy(p, ph.fov) for s, p, ph in zip(striped, plain, photos))
+    assert all(stripe_energy(v, ph.fov) < 2 * stripe_energy(p, ph.fov) for v, p, ph in zip(vertical, plain, photos))
+    fovs = np.stack([ph.fov for ph in photos])
+    same = anatomy_figures(np.stack(plain), np.stack(plain), fovs)
+    assert same["stripe_energy_ratio"] == pytest.approx(1.0) and same["disc_contrast_ratio"] == pytest.approx(1.0)
+    flat = np.stack([np.where(ph.fov[..., None], ph.image[ph.fov].mean(0), 0) for ph in photos])  # no disc at all
+    assert anatomy_figures(np.stack(plain), flat, fovs)["disc_contrast_ratio"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_lesion_two_sample_test_is_at_chance_for_one_population_and_sees_a_difference():
+    from koch_explore.data.phantom import generate_phantom
+    from koch_explore.synthesis.c2st import c2st_accuracy, lesion_windows
+
+    photos = [generate_phantom(seed, size=256, grade=3) for seed in range(12)]
+    rng = np.random.default_rng(0)
+    points = []
+    for ph in photos:  # lesion centres of the phantom's own masks
+        ys, xs = np.nonzero(np.any(np.stack(list(ph.lesions.values())), axis=0) & ph.fov)
+        pick = rng.choice(len(xs), size=min(12, len(xs)), replace=False)
+        points.append([(float(xs[k]), float(ys[k])) for k in pick])
+    windows = lesion_windows(np.stack([ph.image for ph in photos]), points)
+    assert windows.shape[1:] == (32, 32, 3) and len(windows) >= 100
+    half = len(windows) // 2
+    order = rng.permutation(len(windows))
+    same = c2st_accuracy(windows[order[:half]], windows[order[half:]], epochs=15)
+    assert 0.3 <= same["accuracy"] <= 0.7 and same["ci"][0] < 0.5 < same["ci"][1], same
+    streaked = windows.copy()
+    streaked[:, ::3] *= 0.85  # every third row darker: what a striped generator draws
+    other = c2st_accuracy(windows[order[:half]], streaked[order[half:]], epochs=15)
+    assert other["accuracy"] > 0.9 and other["ci"][0] > 0.5, other

@@ -46,6 +46,9 @@ def add_cli(sub) -> None:
                    help="a second detector (e.g. koch_explore/weights/detector_phantom_256.safetensors) whose dense1 "
                         "space gives the Frechet figures again as fdcheck_*: one no training loss reads")
     e.add_argument("--max-hosts", type=int, default=None, help="use at most this many hosts (default all)")
+    e.add_argument("--lesion-eyes", type=int, default=48,
+                   help="diseased eyes (EyePACS validation grade >= 3 for --data real, phantoms otherwise) whose isolated "
+                        "lesions are the real side of the lesion two-sample test (default %(default)s; 0 leaves it out)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cli_eval)
@@ -85,8 +88,16 @@ def _cli_eval(args) -> int:
     hosts = healthy_set(SynthTrainConfig(data=args.data, root=args.root), synth.cfg.size)[: args.max_hosts]
     baseline = LesionSynthesizer.load(args.baseline) if args.baseline else None
     check = load_detector(args.data, args.check_detector) if args.check_detector else None
+    real_lesions = None
+    if args.lesion_eyes:
+        from ..data.diseased import diseased_eyes
+        from ..synthesis.c2st import isolated_lesion_windows
+
+        eyes = diseased_eyes(args.lesion_eyes, detector.input_size, "real" if args.data == "real" else "phantom", args.root,
+                             seed=args.seed)
+        real_lesions = isolated_lesion_windows(detector, eyes.images, eyes.names)
     rep = evaluate_synthesizer(synth, detector, hosts, bank, baseline, seed=args.seed, progress=not args.json,
-                               check_detector=check)
+                               check_detector=check, real_lesions=real_lesions)
     if args.json:
         print(json.dumps(rep))
     else:

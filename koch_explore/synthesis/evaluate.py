@@ -14,6 +14,15 @@
   (``--check-detector``, one no training loss reads) the same figures as ``fdcheck_*``.
 * ``severity_by_count`` — mean detector severity over the hosts when 0, 1, 2, 4, 8, 16 descriptors
   are placed (the paper's Fig. 8): it must rise with the count.
+* ``stripe_energy_ratio`` — the horizontal stripes a whole-fundus generator can draw, measured without
+  any network: :func:`stripe_energy` of each healthy synthesis over that of its host's real photo
+  (mean over hosts; 1 = as striped as a photo, i.e. not at all).
+* ``lesion_c2st_accuracy`` (with ``real_lesions``) — :mod:`.c2st`: a small CNN's held-out accuracy at
+  telling windows around real isolated lesions from windows around the lesions placed with 4
+  descriptors per host (0.5 = indistinguishable), with a 95% interval; the same for the baseline
+  generator and for the transplant control (the real lesions pasted at the same places).
+* ``disc_contrast_ratio`` — the optic disc: :func:`disc_contrast` of each healthy synthesis, at the
+  place where its host's photo has its disc, over the photo's (1 = as bright a disc as the photo's).
 """
 
 from __future__ import annotations
@@ -21,9 +30,89 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["frechet_distance", "embedding_features", "evaluate_synthesizer", "paired_frechet_gap"]
+__all__ = ["disc_contrast", "embedding_features", "evaluate_synthesizer", "find_disc", "frechet_distance",
+           "paired_frechet_gap", "stripe_energy"]
 
 COUNTS = (0, 1, 2, 4, 8, 16)
+STRIPE_PERIODS = (2.0, 8.0)
+"""Periods (px at 256 px) whose power counts as stripes: the shipped generator's streaks are 1-3 px
+thick rows a few px apart; the fundus's own shading varies over tens of px."""
+DISC_RADIUS = 0.14
+"""Optic disc radius as a share of the FOV radius (a 1.8 mm disc in a 45-degree, ~12 mm field)."""
+
+
+def _green_profiles(image: np.ndarray, fov: np.ndarray, min_run: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Mean green value of each row and of each column inside the FOV, over the rows (columns) where
+    the FOV spans at least ``min_run`` of its widest run (the rim rows average too few pixels)."""
+    g = image[..., 1].astype(np.float64)
+    fov = np.asarray(fov, bool)
+    out = []
+    for axis in (1, 0):  # rows: mean over x; columns: mean over y
+        n = fov.sum(axis=axis)
+        keep = n >= min_run * n.max()
+        out.append(((g * fov).sum(axis=axis) / np.maximum(n, 1))[keep])
+    return out[0], out[1]
+
+
+def _band_power(profile: np.ndarray, periods: tuple[float, float]) -> float:
+    """Mean power of ``profile`` (detrended, Hann-windowed) at periods in [lo, hi] px."""
+    if len(profile) < 4 * periods[1]:
+        return float("nan")
+    x = profile - np.convolve(profile, np.ones(9) / 9, mode="same")  # the slow shading is not stripes
+    x = x[4:-4] * np.hanning(len(x) - 8)
+    power = np.abs(np.fft.rfft(x)) ** 2 / len(x)
+    freq = np.fft.rfftfreq(len(x))
+    band = (freq >= 1 / periods[1]) & (freq <= 1 / periods[0])
+    return float(power[band].mean())
+
+
+def stripe_energy(image: np.ndarray, fov: np.ndarray, periods: tuple[float, float] = STRIPE_PERIODS) -> float:
+    """Horizontal-stripe energy of an RGB image in [0, 1]: the power, at periods of ``periods`` px, of
+    the green channel's row-mean profile inside the FOV (stripes are whole rows brighter or darker than
+    their neighbours, so they survive the mean over a row while texture and vessels average out)."""
+    rows, _ = _green_profiles(image, fov)
+    return _band_power(rows, periods)
+
+
+def find_disc(image: np.ndarray, fov: np.ndarray) -> tuple[float, float, float]:
+    """(x, y, radius) of the optic disc of a fundus photo: the brightest disc-sized spot of the blurred
+    luminance inside the eroded FOV (the disc is the brightest structure of a fundus)."""
+    import cv2
+
+    fov = np.asarray(fov, bool)
+    ys, xs = np.nonzero(fov)
+    r_fov = 0.5 * max(np.ptp(xs), np.ptp(ys)) + 0.5
+    radius = DISC_RADIUS * r_fov
+    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    blurred = cv2.GaussianBlur(lum * fov, (0, 0), radius / 2) / np.maximum(cv2.GaussianBlur(fov.astype(np.float32), (0, 0), radius / 2), 1e-3)
+    inner = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(2 * radius) | 1,) * 2)) > 0
+    y, x = np.unravel_index(np.argmax(np.where(inner, blurred, -np.inf)), blurred.shape)
+    return float(x), float(y), float(radius)
+
+
+def disc_contrast(image: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float]) -> float:
+    """Mean luminance inside the disc ``(x, y, radius)`` over the mean luminance of the FOV, minus 1:
+    0 = no disc, a real photo's disc ~0.3-1."""
+    fov = np.asarray(fov, bool)
+    lum = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    yy, xx = np.mgrid[: fov.shape[0], : fov.shape[1]]
+    inside = ((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2 <= disc[2] ** 2) & fov
+    return float(lum[inside].mean() / max(lum[fov].mean(), 1e-6) - 1.0)
+
+
+def anatomy_figures(real: np.ndarray, synthetic: np.ndarray, fovs: np.ndarray) -> dict:
+    """Stripe energy and disc contrast of ``synthetic`` images against the ``real`` photos they were
+    drawn for (same hosts, same order): per-image figures and their ratios (mean synthetic over mean
+    real), the disc measured in each synthesis where its host photo has its disc."""
+    s_real = np.array([stripe_energy(r, f) for r, f in zip(real, fovs)])
+    s_syn = np.array([stripe_energy(s, f) for s, f in zip(synthetic, fovs)])
+    discs = [find_disc(r, f) for r, f in zip(real, fovs)]
+    c_real = np.array([disc_contrast(r, f, d) for r, f, d in zip(real, fovs, discs)])
+    c_syn = np.array([disc_contrast(s, f, d) for s, f, d in zip(synthetic, fovs, discs)])
+    return {"stripe_energy": float(np.nanmean(s_syn)), "stripe_energy_real": float(np.nanmean(s_real)),
+            "stripe_energy_ratio": float(np.nanmean(s_syn) / np.nanmean(s_real)),
+            "disc_contrast": float(c_syn.mean()), "disc_contrast_real": float(c_real.mean()),
+            "disc_contrast_ratio": float(c_syn.mean() / c_real.mean())}
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -113,14 +202,18 @@ def _realism(extractor, real: np.ndarray, ours: np.ndarray, base: np.ndarray | N
 
 
 def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None, vessel_model=None,
-                         counts=COUNTS, seed: int = 0, progress: bool = True, check_detector=None) -> dict:
+                         counts=COUNTS, seed: int = 0, progress: bool = True, check_detector=None,
+                         real_lesions: np.ndarray | None = None) -> dict:
     """The ``synth eval --json`` object. ``hosts``: healthy {"image", "vessels", "fov"} at the
     synthesizer's size (the real side of the Fréchet distance and the trees to draw from).
 
     ``check_detector``: a second network of the detector's family whose ``dense1`` space gives the
     same Fréchet figures under ``fdcheck_*``. The generator's losses read ``detector`` (its severity
     term reads the very head ``dense1`` feeds), so a distance in a space no loss has seen — e.g. the
-    phantom-trained detector — checks that the gain is not only the generator learning that network."""
+    phantom-trained detector — checks that the gain is not only the generator learning that network.
+
+    ``real_lesions``: windows around real isolated lesions (:func:`.c2st.isolated_lesion_windows`) for
+    the lesion two-sample test; None leaves its figures out."""
     from tqdm.auto import tqdm
 
     from .synthesizer import random_layout
@@ -147,18 +240,61 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
         base = np.stack([baseline.synthesize(h["vessels"], h["fov"], None, seed=seed + i) for i, h in enumerate(hosts)])
     rep = {"vessel_dice": float(np.mean(dice)), "vessel_dice_frangi": float(np.mean(frangi_fake)),
            "vessel_dice_frangi_real": float(np.mean(frangi_real)), "n_hosts": len(hosts)}
+    fovs = np.stack([h["fov"] for h in hosts])
+    rep.update(anatomy_figures(real, healthy, fovs))
+    if base is not None:
+        rep.update({f"{k}_baseline": v for k, v in anatomy_figures(real, base, fovs).items() if not k.endswith("_real")})
     rep.update(_realism(detector, real, healthy, base, seed, "fd"))
     if check_detector is not None:
         rep.update(_realism(check_detector, real, healthy, base, seed, "fdcheck"))
-    sev_by = {}
+    sev_by, placed = {}, {}
     for n in tqdm(counts, desc="severity by count", disable=not progress, leave=False):
-        imgs = []
+        imgs, layouts = [], []
         for i, h in enumerate(hosts):
             lay = random_layout(bank, n, h["fov"], seed=seed * 1000 + i) if n else None
             imgs.append(synth.synthesize(h["vessels"], h["fov"], lay, seed=seed + i))
+            layouts.append(lay)
         _, sev = embedding_features(detector, np.stack(imgs))
         sev_by[str(n)] = float(sev.mean())
+        placed[n] = (np.stack(imgs), layouts)
     rep["severity_by_count"] = sev_by
     vals = [sev_by[str(n)] for n in counts]
     rep["severity_monotonic"] = bool(all(b > a for a, b in zip(vals, vals[1:])))
+    if real_lesions is not None:
+        rep.update(_lesion_realism(real_lesions, placed.get(C2ST_COUNT), healthy, hosts, detector, baseline, seed))
     return rep
+
+
+C2ST_COUNT = 4
+"""Descriptors placed per host for the lesion two-sample test (few enough that they rarely overlap)."""
+
+
+def _lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, seed: int) -> dict:
+    """``lesion_c2st_accuracy`` (+ ``_ci``, ``_n``) of the synthesizer, the baseline and the transplant control."""
+    from .c2st import c2st_accuracy, lesion_windows, placed_centroids
+    from .transplant import transplant
+
+    if placed is None:
+        raise ValueError(f"the lesion two-sample test places {C2ST_COUNT} descriptors per host: keep {C2ST_COUNT} in counts")
+    images, layouts = placed
+    centroids = [placed_centroids(lay) for lay in layouts]
+    sides = {"": lesion_windows(images, centroids)}
+    if baseline is not None:
+        base = np.stack([baseline.synthesize(h["vessels"], h["fov"], lay, seed=seed + i) for i, (h, lay) in enumerate(zip(hosts, layouts))])
+        sides["_baseline"] = lesion_windows(base, centroids)
+    if all(d.norm_patch is not None for lay in layouts if lay is not None for d in lay):
+        pasted = np.stack([transplant(detector, img, lay) if lay is not None and len(lay) else img
+                           for img, lay in zip(healthy, layouts)])
+        sides["_transplant"] = lesion_windows(pasted, centroids)
+    rep = {}
+    for suffix, windows in sides.items():
+        n = min(len(real_lesions), len(windows))
+        # too few windows for 5 folds (a handful of hosts or eyes): no figure rather than a noisy one
+        res = c2st_accuracy(real_lesions, windows, seed=seed) if n >= C2ST_MIN_WINDOWS else {"accuracy": None, "ci": None, "n": n}
+        rep.update({f"lesion_c2st_accuracy{suffix}": res["accuracy"], f"lesion_c2st_accuracy{suffix}_ci": res["ci"],
+                    f"lesion_c2st_n{suffix}": res["n"]})
+    return rep
+
+
+C2ST_MIN_WINDOWS = 10
+"""Fewest windows per side for which the two-sample accuracy is reported (2 per held-out fold)."""
