@@ -153,7 +153,7 @@ startup = 40.0                                  # interpreter, CUDA context, pac
 epoch = n_train / rate + n_val / (4 * rate) + 3  # steps, validation (inference ~4x a training step), checkpoint
 print(max(1, int((seconds - startup) / (1.15 * epoch))))  # 15% for the steps' variance
 EOF
-)
+) || { log "train: could not estimate the epochs (throughput or index unreadable): 1 epoch"; EPOCHS=1; }
   fi
   MAX_MIN=$(awk -v s="$TRAIN_S" 'BEGIN {printf "%.2f", (s - 60) / 60}')  # startup and the last checkpoint fit in the other 60 s
   log "train: $EPOCHS epoch(s), batch $BATCH, --max-minutes $MAX_MIN (${TRAIN_S}s left for training)"

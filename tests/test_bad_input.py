@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -22,9 +23,13 @@ import pytest
 
 import koch_explore as ke
 from koch_explore.cli import main
+from koch_explore.culture import BankFormatError
 from koch_explore.data.io import write_image
 
 WEIGHTS = Path(ke.__file__).parent / "weights"
+HUGE_TURN = 360 * 2**40 + 45
+"""45 degrees after 2**40 whole turns: exact in a float, but converted to radians as it stands its cosine
+is off by 4e-4, so without the reduction to one turn the warped lesion would differ from 45 degrees'."""
 DETECTOR = WEIGHTS / "detector_phantom_256.safetensors"
 SYNTH = WEIGHTS / "synth_phantom_256.safetensors"
 BANK = WEIGHTS / "synth_phantom_256.bank.safetensors"
@@ -63,7 +68,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
             (d / f"bank_{name}.json").write_text(json.dumps(s))
     layouts = {"outside": [{"index": 0, "to": [2, 2]}], "scale0": [{"index": 0, "to": [128, 128], "scale": 0}],
                "scale-1": [{"index": 0, "to": [128, 128], "scale": -1}], "rot45": [{"index": 0, "to": [128, 128], "rotate": 45}],
-               "rothuge": [{"index": 0, "to": [128, 128], "rotate": 3_600_045}]}
+               "rothuge": [{"index": 0, "to": [128, 128], "rotate": HUGE_TURN}]}
     for name, layout in layouts.items():
         (d / f"layout_{name}.json").write_text(json.dumps(layout))
     (d / "layout_broken.json").write_text("[{")
@@ -194,8 +199,10 @@ def test_a_huge_rotation_wraps_to_one_turn(files, capsys):
         assert main([*generate(files, "--bank", str(BANK), "--layout", str(files["dir"] / f"layout_{layout}.json")),
                      "--out", str(out)]) == 0  # the last --out wins
     assert np.array_equal(cv2.imread(str(out45)), cv2.imread(str(outhuge)))
-    d = ke.load_bank(BANK)[0]
-    assert np.array_equal(d.rotated(45).mask, d.rotated(3_600_045).mask)
+    assert math.cos(math.radians(HUGE_TURN)) != math.cos(math.radians(45))  # the test would be empty otherwise
+    d = ke.load_bank(BANK)[3]
+    a, b = d.rotated(45), d.rotated(HUGE_TURN)
+    assert a.bbox == b.bbox and np.array_equal(a.mask, b.mask) and np.array_equal(a.evidence, b.evidence)
     with pytest.raises(ValueError, match="finite number of degrees"):
         d.rotated(float("inf"))
     with pytest.raises(ValueError, match=r"relocate to \(300.0, 10.0\): outside the 256x256 px image"):
@@ -222,7 +229,7 @@ def test_shards_of_another_run_are_refused_not_mixed(files, capsys, tmp_path):
     assert main(base) == 0
     capsys.readouterr()
     assert main([*base, "--tta"]) == 2
-    assert one_error_line(capsys) == (f"koch-explore detector predict: {tmp_path / 'pred.csv.shards'}: shards of another run "
+    assert one_error_line(capsys) == (f"koch-explore detector predict: {tmp_path / 'pred.shards'}: shards of another run "
                                       "(different tta); use another --out or remove the folder to start over")
 
 
@@ -262,3 +269,14 @@ def test_a_wrong_flag_or_value_is_one_line(capsys):
         main(["detector", "predict", "eye.png", "--batch-size", "many"])
     assert exit_.value.code == 2
     assert one_error_line(capsys) == "koch-explore detector predict: argument --batch-size: invalid int value: 'many' (see --help)"
+
+
+def test_an_edited_record_is_caught_by_the_sidecar_checksum(tmp_path, capsys):
+    """A field no consistency check reads (the score) edited by hand: the records' checksum catches it."""
+    path = ke.load_bank(BANK).select(indices=[0, 1, 2]).save(tmp_path / "bank.safetensors")
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["descriptors"][1]["score"] = 0.99
+    side.write_text(json.dumps(meta))
+    with pytest.raises(BankFormatError, match="do not match their checksum"):
+        ke.load_bank(path)

@@ -117,3 +117,25 @@ def test_detector_trains_one_epoch_from_a_pack(pack, tmp_path):
             train(TrainConfig(packed=str(out), preset="o_O-256", epochs=1, out=str(tmp_path / "refused")))
     finally:
         PRESETS.pop("test-packed", None)
+
+
+def test_a_failed_repack_leaves_the_older_pack_whole(tmp_path, monkeypatch):
+    """A photo that does not decode half-way (after the training shards are written): the old pack
+    still loads, bit for bit, and the failed run's shards are gone."""
+    import koch_explore.data.packed as packed
+
+    pack_graded(PHANTOMS, SIZE, tmp_path, max_mib=MAX_MIB)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_split_arrays = packed._split_arrays
+
+    def failing(cfg, size, splits):
+        for k, item in enumerate(real_split_arrays(cfg, size, splits)):
+            if k == 1:
+                raise ValueError("val-00003.png: file is truncated")
+            yield item
+
+    monkeypatch.setattr(packed, "_split_arrays", failing)
+    with pytest.raises(ValueError, match="truncated"):
+        pack_graded(PHANTOMS, SIZE, tmp_path, max_mib=MAX_MIB)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert set(load_packed(tmp_path)) >= {"train", "val"}

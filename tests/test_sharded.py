@@ -72,7 +72,7 @@ def test_a_sharded_run_gives_the_one_pass_bank(photos, one_pass, tmp_path):
     with pytest.raises(ValueError, match="shards of another run .*options"):  # never mixed with other settings
         isolate_sharded(det, image_paths([photos]), tmp_path / "bank.safetensors", SHARD, BATCH, progress=False,
                         weights_label="phantom", threshold=0.3)
-    with pytest.raises(ValueError, match="multiple of batch_size"):
+    with pytest.raises(ValueError, match="multiple of --batch-size"):
         isolate_sharded(det, image_paths([photos]), tmp_path / "other.safetensors", 3, BATCH, progress=False)
 
 
@@ -129,7 +129,7 @@ def test_sharded_predictions_are_the_one_pass_predictions_and_resume(photos, tmp
     lines = out.read_text().splitlines()
     assert lines[0] == "image,severity,grade,grade_name" and len(lines) == N + 1 and lines[1].startswith(str(paths[0]))
     # a lost shard is redone, the others are read back untouched
-    folder = out.with_name(out.name + ".shards")
+    folder = out.with_name(out.stem + ".shards")
     kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.json") if p.name != "shard_00002.json"}
     (folder / "shard_00002.json").unlink()
     assert ke.predict_sharded(det, paths, out, shard_size=SHARD, batch_size=BATCH, progress=False) == one

@@ -73,9 +73,9 @@ def _train(args) -> int:
 def _add_stream_options(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default %(default)s)")
     p.add_argument("--shard-size", type=int, default=0,
-                   help="photos per shard (a multiple of --batch-size; needs --out): each shard's rows are saved under "
-                        "OUT.shards/ as it is done, a re-run with the same arguments resumes from them, torchrun ranks "
-                        "split the shards (default 0: one streamed pass)")
+                   help="photos per shard (a multiple of --batch-size; needs --out): each shard is saved as it is done "
+                        "(--out pred.csv: in pred.shards/), a re-run with the same arguments resumes from them, torchrun "
+                        "ranks split the shards (default 0: one streamed pass)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -84,8 +84,6 @@ def _grader(args):
     """The model on this process's device (its rank's GPU under torchrun)."""
     from ..core.runtime import determinism_note, setup_distributed
 
-    if args.shard_size and not args.out:
-        raise ValueError("--shard-size needs --out: the shards are kept beside the predictions file")
     world, rank, dev = setup_distributed(args.device)
     if determinism_note(dev) and rank == 0:
         print(determinism_note(dev), file=sys.stderr)
@@ -94,14 +92,8 @@ def _grader(args):
     return load_model_from_args(args, args.weights, dev)
 
 
-def _end_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _eval(args) -> int:
+    from ..core.runtime import end_distributed
     from ..detect.predict import evaluate_folder
 
     try:
@@ -110,7 +102,7 @@ def _eval(args) -> int:
                               batch_size=args.batch_size, out=args.out, shard_size=args.shard_size,
                               progress=not args.no_progress)
     finally:
-        _end_distributed()
+        end_distributed()
     if rep is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     if args.json:
@@ -124,20 +116,16 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
+    from ..core.runtime import end_distributed
     from ..core.shards import image_paths
-    from ..detect.predict import predict_files, predict_sharded, write_predictions
+    from ..detect.predict import predict_to_file
 
     try:
         paths = image_paths(args.images)
-        model = _grader(args)
-        if args.shard_size:
-            rows = predict_sharded(model, paths, args.out, args.shard_size, args.batch_size, args.tta, not args.no_progress)
-        else:
-            rows = predict_files(model, paths, args.batch_size, args.tta, progress=not args.no_progress)
-            if args.out:
-                write_predictions(rows, args.out)
+        rows = predict_to_file(_grader(args), paths, args.out, args.shard_size, args.batch_size, args.tta,
+                               progress=not args.no_progress)
     finally:
-        _end_distributed()
+        end_distributed()
     if rows is None:  # a torchrun rank other than 0
         return 0
     if args.json:
@@ -151,13 +139,14 @@ def _predict(args) -> int:
 
 
 def _card(args) -> int:
+    from ..core.runtime import atomic_write
     from ..detect.card import evaluate_weights, hardware_string, model_card
 
     fig = evaluate_weights(args.weights, args.root, tta=not args.no_tta)
     out = Path(args.out) if args.out else Path(args.weights).with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)  # minutes of measuring must not die on a missing folder
-    out.write_text(model_card(fig, args.train_command, args.hardware or hardware_string()))
-    (out.with_suffix(".json")).write_text(json.dumps(fig, indent=1, default=float))
+    atomic_write(out, model_card(fig, args.train_command, args.hardware or hardware_string()))
+    atomic_write(out.with_suffix(".json"), json.dumps(fig, indent=1, default=float))
     if args.json:
         print(json.dumps(fig, default=float))
     else:

@@ -1,5 +1,6 @@
 """How every ``koch-explore`` command reports bad input: one line, ``koch-explore <command>: <file>: <problem>``,
-exit status 2, no traceback; what was already saved stays (every writer of the kit writes atomically).
+exit status 2, no traceback; what was already saved stays (banks, checkpoints, shards, packs and
+cards are written through a temporary file and a rename).
 
 The library raises ``ValueError`` subclasses (``FundusReadError``, ``WeightsMismatchError``,
 ``BankFormatError``, ...) whose message starts with the file it is about, ``FileNotFoundError`` /

@@ -86,9 +86,8 @@ def add_cli(sub) -> None:
 
 
 def _bank(args) -> int:
-    import os
 
-    from ..core.runtime import setup_distributed
+    from ..core.runtime import end_distributed, setup_distributed
     from ..core.shards import image_paths
     from ..culture.isolation import isolate_files
     from ..culture.sharded import isolate_sharded
@@ -112,11 +111,7 @@ def _bank(args) -> int:
             bank.save(args.out)
             count = len(bank)
     finally:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        end_distributed()
     from ..culture.bank import bank_paths
 
     out, side = bank_paths(args.out)

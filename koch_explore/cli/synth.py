@@ -93,6 +93,9 @@ def _cli_eval(args) -> int:
         from ..data.diseased import diseased_eyes
         from ..synthesis.c2st import isolated_lesion_windows
 
+        if detector.input_size != synth.cfg.size:  # windows of two scales would test the scale, not the lesions
+            raise ValueError(f"{args.weights}: the synthesizer draws {synth.cfg.size} px, the detector isolates at "
+                             f"{detector.input_size} px; the lesion two-sample test needs one scale (--lesion-eyes 0 skips it)")
         eyes = diseased_eyes(args.lesion_eyes, detector.input_size, "real" if args.data == "real" else "phantom", args.root,
                              seed=args.seed)
         real_lesions = isolated_lesion_windows(detector, eyes.images, eyes.names)

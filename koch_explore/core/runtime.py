@@ -48,6 +48,27 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write(path, data: bytes | str) -> Path:
+    """Write ``data`` (text or bytes) to ``path`` through a temporary file and a rename: a reader, or a
+    run killed half-way, sees the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def end_distributed() -> None:
+    """Leave the torchrun process group if this process joined one (a no-op otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 RESUMABLE_CHANGES = frozenset({"epochs", "steps", "max_minutes", "checkpoint_minutes", "device", "num_threads", "out",
                                "root", "packed", "eval_every", "sample_every", "eval_tta"})
 """Config fields a resumed run may change: how long it runs, where, and how often it reports or saves.

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime import atomic_write
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 """What counts as a photo when a folder is given."""
 
@@ -39,6 +41,15 @@ def image_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def check_batch_size(batch_size: int, shard_size: int = 0) -> None:
+    """A batch of at least one photo; a shard a whole number of batches, so every batch holds the same
+    photos as in one pass and a sharded run's figures are the one-pass figures."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be at least 1")
+    if shard_size and (shard_size < 1 or shard_size % batch_size):
+        raise ValueError(f"--shard-size {shard_size}: must be a positive multiple of --batch-size ({batch_size})")
 
 
 def path_list_digest(paths: Sequence[Path]) -> str:
@@ -68,14 +79,7 @@ def claim_shard_folder(folder: Path, fingerprint: dict) -> None:
                              f"use another --out or remove the folder to start over")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run, json.dumps(fingerprint, indent=1))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(run, json.dumps(fingerprint, indent=1))
 
 
 def run_in_shards(n_items: int, shard_size: int, folder: Path, fingerprint: dict, work: Callable[[int, slice], None],
@@ -94,7 +98,9 @@ def run_in_shards(n_items: int, shard_size: int, folder: Path, fingerprint: dict
     if rank == 0:
         try:
             claim_shard_folder(folder, fingerprint)
-        except ValueError as exc:
+        except Exception as exc:  # any failure here must reach every rank, or they wait forever below
+            if not distributed:
+                raise
             problem = str(exc)
     if distributed:  # every rank learns rank 0's verdict on the folder before any writes into it
         verdict = [problem]
@@ -108,10 +114,23 @@ def run_in_shards(n_items: int, shard_size: int, folder: Path, fingerprint: dict
     todo = [k for k in mine if not done(k)]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{desc} (rank {rank})" if world > 1 else desc,
                unit="shard", disable=not progress)
-    for k in todo:
-        work(k, slice(k * shard_size, min(n_items, (k + 1) * shard_size)))
-        bar.update(1)
-    bar.close()
+    failure = None
+    try:
+        for k in todo:
+            work(k, slice(k * shard_size, min(n_items, (k + 1) * shard_size)))
+            bar.update(1)
+    except Exception as exc:  # one rank's bad photo stops every rank (finished shards stay for the re-run)
+        if not distributed:
+            raise
+        failure = exc
+    finally:
+        bar.close()
     if distributed:
-        dist.barrier()
+        failures = [None] * world
+        dist.all_gather_object(failures, None if failure is None else str(failure))  # the barrier before the merge
+        if failure is not None:
+            raise failure
+        first = next((f for f in failures if f is not None), None)
+        if first is not None:
+            raise ValueError(first)
     return n_shards if rank == 0 else None

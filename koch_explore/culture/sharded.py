@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core.shards import path_list_digest, plain, run_in_shards
+from ..core.shards import check_batch_size, path_list_digest, plain, run_in_shards
 from .bank import bank_paths, merge_bank_files
 
 
@@ -37,8 +37,7 @@ def isolate_sharded(detector, paths: Sequence, out: str | os.PathLike, shard_siz
     descriptors) on rank 0, None on other ranks. The shard folder is kept: a later run resumes from it."""
     from .isolation import isolate_files
 
-    if shard_size < 1 or batch_size < 1 or shard_size % batch_size:
-        raise ValueError(f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
+    check_batch_size(batch_size, shard_size or -1)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no photos to isolate")

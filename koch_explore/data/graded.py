@@ -47,11 +47,12 @@ class GradedArrays:
 def _load_uint8(paths, size: int, desc: str) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    from .io import read_raw
+    from .io import check_photo_size, read_raw
 
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in enumerate(tqdm(paths, desc=desc, leave=False, mininterval=2)):
         arr = read_raw(p)
+        check_photo_size(arr, p)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         arr = arr[:, :, :3]

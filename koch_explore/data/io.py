@@ -67,8 +67,6 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
         raise FundusReadError(p, f"not a readable image ({size} bytes; truncated or not an image format)")
     if arr.ndim not in (2, 3):
         raise FundusReadError(p, f"unexpected image shape {arr.shape}")
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise FundusReadError(p, _too_small(arr.shape[1], arr.shape[0]))
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
         raise FundusReadError(p, _too_large(arr.shape[1], arr.shape[0]))
     if _looks_truncated(p, data):
@@ -76,8 +74,11 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def _too_small(w: int, h: int) -> str:
-    return f"image of {w}x{h} px is too small for a fundus photo (at least {MIN_PHOTO_SIDE} px a side)"
+def check_photo_size(arr: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse a decoded photo under :data:`MIN_PHOTO_SIDE` px a side, naming ``path``."""
+    if min(arr.shape[:2]) < MIN_PHOTO_SIDE:
+        raise FundusReadError(path, f"image of {arr.shape[1]}x{arr.shape[0]} px is too small for a fundus photo "
+                                    f"(at least {MIN_PHOTO_SIDE} px a side)")
 
 
 def _too_large(w: int, h: int) -> str:
@@ -149,8 +150,7 @@ def read_image(path: str | os.PathLike, *, allow_black: bool = False) -> np.ndar
     """
     p = Path(path)
     arr = read_raw(p)
-    if min(arr.shape[:2]) < MIN_PHOTO_SIDE:
-        raise FundusReadError(p, _too_small(arr.shape[1], arr.shape[0]))
+    check_photo_size(arr, p)
     img = _to_float(arr, p)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)

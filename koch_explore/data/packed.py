@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.runtime import atomic_write
 from .graded import GradedArrays, GradedData, load_graded
 
 PACK_FORMAT = "koch-explore/packed-graded"
@@ -50,13 +51,6 @@ def graded_settings(cfg) -> GradedData:
     """The :class:`GradedData` fields of ``cfg`` (a ``GradedData`` or the detector's ``TrainConfig``,
     which carries the same fields): what decides which eyes land in which split."""
     return GradedData(**{f.name: getattr(cfg, f.name) for f in fields(GradedData)})
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _split_arrays(cfg: GradedData, size: int, splits: tuple[str, ...]):
@@ -103,8 +97,13 @@ def pack_graded(cfg: GradedData, size: int, out_dir: str | os.PathLike, max_mib:
     ``max_mib`` MiB (see the module docstring); returns the index written to ``out_dir/index.json``.
 
     ``cfg`` may be a ``GradedData`` or the detector's ``TrainConfig``. ``progress(message)`` is
-    called once per shard written (default: silent). An older pack in ``out_dir`` is replaced: its
-    index is removed first, so a run stopped half-way leaves a folder no reader takes for a pack."""
+    called once per shard written (default: silent). An older pack in ``out_dir`` is replaced, and
+    kept until the new one is complete: the new shards carry a run id in their names, so they never
+    overwrite the old ones; the index is switched atomically once every split is written, and only then
+    are the old shards removed. A run that fails (a photo that does not decode, a missing dataset)
+    removes its own shards and leaves the old pack as it was."""
+    import time
+
     from .roots import resolve_data_root
 
     cfg = graded_settings(cfg)
@@ -117,11 +116,29 @@ def pack_graded(cfg: GradedData, size: int, out_dir: str | os.PathLike, max_mib:
     root = None if cfg.data == "phantom" else resolve_data_root(cfg.root, must_exist=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_NAME).unlink(missing_ok=True)
+    run_id = hashlib.sha256(f"{time.time_ns()}-{os.getpid()}".encode()).hexdigest()[:8]
     index = {"format": PACK_FORMAT, "format_version": PACK_VERSION, "size": size, "max_mib": max_mib,
              "graded_data": asdict(cfg), "data_root": None if root is None else str(root), "splits": {}}
-    written = set()
-    for split, arr in _split_arrays(cfg, size, tuple(splits)):
+    written: set[str] = set()
+    try:
+        _write_splits(cfg, size, tuple(splits), out, run_id, max_bytes, index, written, progress)
+    except BaseException:
+        for name in written:  # this run's shards only: the old pack stays whole
+            (out / name).unlink(missing_ok=True)
+        raise
+    atomic_write(out / INDEX_NAME, (json.dumps(index, indent=1) + "\n").encode())
+    # The old pack's shards (and any an interrupted run left) are unindexed from here on.
+    for old in out.glob("*-*.safetensors"):
+        if old.name not in written and old.name.split("-")[0] in SPLITS:
+            old.unlink()
+    return index
+
+
+def _write_splits(cfg, size: int, splits: tuple[str, ...], out: Path, run_id: str, max_bytes: int, index: dict,
+                  written: set[str], progress) -> None:
+    """Decode each split and write its shards (``<split>-<run id>-<k>.safetensors``) into ``out``,
+    recording them in ``index`` and their names in ``written`` as they are written."""
+    for split, arr in _split_arrays(cfg, size, splits):
         shards, start, n = [], 0, len(arr.grades)
         while start < n:
             stop, used = start, _HEADER_BYTES
@@ -131,21 +148,15 @@ def pack_graded(cfg: GradedData, size: int, out_dir: str | os.PathLike, max_mib:
             data = _shard_bytes(arr, start, stop, split, size)
             if len(data) > max_bytes:  # the estimate above is conservative; this would be a bug in it
                 raise RuntimeError(f"{split} shard {len(shards)}: {len(data)} bytes over the {max_bytes} byte limit")
-            name = f"{split}-{len(shards):05d}.safetensors"
-            _atomic_write(out / name, data)
+            name = f"{split}-{run_id}-{len(shards):05d}.safetensors"
             written.add(name)
+            atomic_write(out / name, data)
             shards.append({"file": name, "count": stop - start, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
             if progress:
                 progress(f"{name}: {stop - start} images, {len(data) / MIB:.1f} MiB")
             start = stop
         index["splits"][split] = {"count": n, "shards": shards}
         del arr  # one split in memory at a time
-    # Shards of an earlier, larger pack in the same folder would otherwise sit there unindexed.
-    for old in out.glob("*-[0-9][0-9][0-9][0-9][0-9].safetensors"):
-        if old.name not in written and old.name.split("-")[0] in SPLITS:
-            old.unlink()
-    _atomic_write(out / INDEX_NAME, (json.dumps(index, indent=1) + "\n").encode())
-    return index
 
 
 def read_pack_index(pack_dir: str | os.PathLike) -> dict:

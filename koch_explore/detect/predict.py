@@ -112,32 +112,50 @@ def prediction_rows(model, paths, severities: np.ndarray) -> list[dict]:
             for p, s, g in zip(paths, severities, grades)]
 
 
+def predict_to_file(model, paths, out=None, shard_size: int = 0, batch_size: int = 32, tta: bool = False,
+                    progress: bool = True) -> list[dict] | None:
+    """Rows of :func:`predict_files`, also written to ``out`` when given; with ``shard_size`` through
+    :func:`predict_sharded` (needs ``out``; None on torchrun ranks other than 0)."""
+    if shard_size:
+        if out is None:
+            raise ValueError("--shard-size needs --out: the shards are kept beside the predictions file")
+        return predict_sharded(model, paths, out, shard_size, batch_size, tta, progress)
+    rows = predict_files(model, paths, batch_size, tta, progress)
+    if out is not None:
+        write_predictions(rows, out)
+    return rows
+
+
 def predict_files(model, paths, batch_size: int = 32, tta: bool = False, progress: bool = False) -> list[dict]:
     """Severity and grade of each photo file, streamed batch by batch: ``[{"image", "severity", "grade",
     "grade_name"}]``; a bad file raises :class:`~koch_explore.data.io.FundusReadError` naming it."""
+    from ..core.shards import check_batch_size
+
+    check_batch_size(batch_size)
     paths = [str(p) for p in paths]
     sev = np.concatenate(list(iter_file_severities(model, paths, batch_size, tta, progress)) or [np.zeros(0, np.float32)])
     return prediction_rows(model, paths, sev)
 
 
 def predictions_shard_dir(out) -> Path:
-    """Where the shards of the predictions file ``out`` live: ``OUT.shards/`` beside it."""
+    """Where the shards of the predictions file ``out`` live: beside it, named by its stem like a
+    bank's (``pred.csv`` -> ``pred.shards/``)."""
     p = Path(out)
-    return p.with_name(p.name + ".shards")
+    return p.with_name(p.stem + ".shards")
 
 
 def predict_sharded(model, paths, out, shard_size: int = 512, batch_size: int = 32, tta: bool = False,
                     progress: bool = True) -> list[dict] | None:
     """Predict ``paths`` shard by shard into the file ``out`` (``.csv``: image,severity,grade,grade_name;
     otherwise a JSON list of rows), resumable and split across torchrun ranks like isolation (see
-    :mod:`koch_explore.core.shards`): each shard's rows are written atomically under ``OUT.shards/``, a
-    re-run with the same arguments skips them, rank 0 merges them in order. Returns the rows on rank 0,
+    :mod:`koch_explore.core.shards`): each shard's severities are written atomically into
+    :func:`predictions_shard_dir`, a re-run with the same arguments skips them, rank 0 merges them in order. Returns the rows on rank 0,
     None on the others. ``shard_size`` must be a multiple of ``batch_size`` so every batch holds the same
     photos as in one pass, and the severities are the one-pass severities."""
-    from ..core.shards import atomic_write_text, path_list_digest, run_in_shards
+    from ..core.runtime import atomic_write
+    from ..core.shards import check_batch_size, path_list_digest, run_in_shards
 
-    if batch_size < 1 or shard_size % batch_size:
-        raise ValueError(f"shard_size ({shard_size}) must be a positive multiple of batch_size ({batch_size})")
+    check_batch_size(batch_size, shard_size)
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no photos to predict")
@@ -151,7 +169,7 @@ def predict_sharded(model, paths, out, shard_size: int = 512, batch_size: int = 
         # severities only: the rows are named from this run's paths (a resumed run may reach the same
         # photos through another folder of links; the fingerprint compares the files they resolve to)
         sev = np.concatenate(list(iter_file_severities(model, paths[items], batch_size, tta)))
-        atomic_write_text(shard(k), json.dumps({"severity": sev.tolist()}))
+        atomic_write(shard(k), json.dumps({"severity": sev.tolist()}))
 
     n_shards = run_in_shards(len(paths), shard_size, folder, fingerprint, work, lambda k: shard(k).is_file(), "predict", progress)
     if n_shards is None:
@@ -176,7 +194,7 @@ def write_predictions(rows: list[dict], out) -> Path:
     import csv
     import io
 
-    from ..core.shards import atomic_write_text
+    from ..core.runtime import atomic_write
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,9 +203,9 @@ def write_predictions(rows: list[dict], out) -> Path:
         w = csv.DictWriter(buf, fieldnames=["image", "severity", "grade", "grade_name"], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        atomic_write_text(out, buf.getvalue())
+        atomic_write(out, buf.getvalue())
     else:
-        atomic_write_text(out, json.dumps(rows))
+        atomic_write(out, json.dumps(rows))
     return out
 
 
@@ -202,16 +220,9 @@ def evaluate_folder(model, images, labels, tta: bool = False, pair_blend: float 
 
     items = index_graded_images(images, labels)
     paths = [str(it.path) for it in items]
-    if shard_size:
-        if out is None:
-            raise ValueError("sharded evaluation needs out= (the predictions file; its shards live beside it)")
-        rows = predict_sharded(model, paths, out, shard_size, batch_size, tta, progress)
-        if rows is None:
-            return None
-    else:
-        rows = predict_files(model, paths, batch_size, tta, progress)
-        if out is not None:
-            write_predictions(rows, out)
+    rows = predict_to_file(model, paths, out, shard_size, batch_size, tta, progress)
+    if rows is None:
+        return None
     sev = np.array([r["severity"] for r in rows], dtype=np.float32)
     if pair_blend:
         sev = stats.paired_eye_blend(sev, [it.name for it in items], pair_blend)

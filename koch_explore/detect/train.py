@@ -221,7 +221,13 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
     model = model.to(device).to(memory_format=torch.channels_last)
     size = model.cfg.input_size
     if data is None and cfg.packed:
-        cfg = packed_config(cfg, size)
+        cfg = packed_config(cfg, size)  # reads the pack's index only
+    ckpt_path = out / "last.pt"
+    ck = None
+    if ckpt_path.exists() and resume:  # refused before minutes of decoding photos, not after
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_resume_config(ckpt_path, ck.get("config"), asdict(cfg))
+    if data is None and cfg.packed:
         data = load_packed(cfg.packed, size=size)
         if main:
             counts = ", ".join(f"{k} {len(v.grades)}" for k, v in data.items())
@@ -236,10 +242,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     start_epoch, step, history, best = 0, 0, [], {"score": -1.0}
 
-    ckpt_path = out / "last.pt"
-    if ckpt_path.exists() and resume:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        check_resume_config(ckpt_path, ck.get("config"), asdict(cfg))
+    if ck is not None:
         model.load_state_dict(ck["model"])
         ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
         opt.load_state_dict(ck["opt"])

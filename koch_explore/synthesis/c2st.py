@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..detect.predict import dihedral
+
 __all__ = ["LESION_WINDOW", "c2st_accuracy", "isolated_lesion_windows", "lesion_windows", "placed_centroids"]
 
 LESION_WINDOW = 32
@@ -78,10 +80,6 @@ def _classifier() -> nn.Module:
     )
 
 
-def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.rot90(x.flip(-1) if k >= 4 else x, k % 4, dims=(-2, -1))
-
-
 def _wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return (float("nan"), float("nan"))
@@ -118,14 +116,14 @@ def c2st_accuracy(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, epoch
             for s in range(0, len(xt), 32):
                 idx = order[s:s + 32]
                 # lesions have no orientation: every batch is shown in one of the 8 flips/rotations
-                xb = _dihedral(xt[idx], int(torch.randint(8, (1,), generator=gen)))
+                xb = dihedral(xt[idx], int(torch.randint(8, (1,), generator=gen)))
                 loss = nn.functional.binary_cross_entropy_with_logits(net(xb).squeeze(1), yt[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         with torch.no_grad():
             net.eval()
-            logits = torch.stack([net(_dihedral(x[test], k)).squeeze(1) for k in range(8)]).mean(0)
+            logits = torch.stack([net(dihedral(x[test], k)).squeeze(1) for k in range(8)]).mean(0)
         correct += int(((logits > 0).float() == y[test]).sum())
     total = 2 * n
     return {"accuracy": correct / total, "ci": list(_wilson(correct, total)), "n": n}

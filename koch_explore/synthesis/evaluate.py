@@ -247,7 +247,9 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     rep.update(_realism(detector, real, healthy, base, seed, "fd"))
     if check_detector is not None:
         rep.update(_realism(check_detector, real, healthy, base, seed, "fdcheck"))
-    sev_by, placed = {}, {}
+    if real_lesions is not None and C2ST_COUNT not in counts:
+        raise ValueError(f"the lesion two-sample test places {C2ST_COUNT} descriptors per host: keep {C2ST_COUNT} in counts")
+    sev_by, placed = {}, None
     for n in tqdm(counts, desc="severity by count", disable=not progress, leave=False):
         imgs, layouts = [], []
         for i, h in enumerate(hosts):
@@ -256,12 +258,13 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
             layouts.append(lay)
         _, sev = embedding_features(detector, np.stack(imgs))
         sev_by[str(n)] = float(sev.mean())
-        placed[n] = (np.stack(imgs), layouts)
+        if n == C2ST_COUNT and real_lesions is not None:
+            placed = (np.stack(imgs), layouts)
     rep["severity_by_count"] = sev_by
     vals = [sev_by[str(n)] for n in counts]
     rep["severity_monotonic"] = bool(all(b > a for a, b in zip(vals, vals[1:])))
     if real_lesions is not None:
-        rep.update(_lesion_realism(real_lesions, placed.get(C2ST_COUNT), healthy, hosts, detector, baseline, seed))
+        rep.update(_lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, seed))
     return rep
 
 
@@ -274,8 +277,6 @@ def _lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, se
     from .c2st import c2st_accuracy, lesion_windows, placed_centroids
     from .transplant import transplant
 
-    if placed is None:
-        raise ValueError(f"the lesion two-sample test places {C2ST_COUNT} descriptors per host: keep {C2ST_COUNT} in counts")
     images, layouts = placed
     centroids = [placed_centroids(lay) for lay in layouts]
     sides = {"": lesion_windows(images, centroids)}

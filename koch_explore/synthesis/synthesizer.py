@@ -185,7 +185,8 @@ def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu"
 def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):
     """A placed :class:`DescriptorBank` from ``[{"index", "to", "rotate", "scale"}]`` (``to`` in generator
     pixels; ``rotate`` in degrees, any value, wrapped to one turn; ``scale`` a positive linear factor).
-    With ``fov`` a placement whose centroid lands outside the field of view is refused. Errors name the entry."""
+    With ``fov`` an entry whose ``to`` lies outside the field of view is refused (an entry without ``to``
+    stays where it was cut, inside its source eye's). Errors name the entry."""
     import math
 
     from ..culture.bank import DescriptorBank
@@ -198,7 +199,10 @@ def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):
             d = bank[int(item["index"])]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"layout entry {k}: needs an 'index' into the bank of {len(bank)} ({exc})") from exc
-        scale, rotate = float(item.get("scale", 1.0)), float(item.get("rotate", 0.0))
+        try:
+            scale, rotate = float(item.get("scale", 1.0)), float(item.get("rotate", 0.0))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"layout entry {k}: 'scale' and 'rotate' must be numbers ({exc})") from exc
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"layout entry {k}: scale {item.get('scale')!r} must be a positive number")
         if not math.isfinite(rotate):
