@@ -31,8 +31,7 @@ import torch
 
 from koch_explore.core.runtime import EMA, resolve_amp, resolve_device
 from koch_explore.detect.model import PRESETS, Detector
-from koch_explore.detect.predict import to_tensor
-from koch_explore.detect.train import TrainConfig, augment, lr_at, severity_loss
+from koch_explore.detect.train import TrainConfig, lr_at, train_step
 
 
 def sync(device: torch.device) -> None:
@@ -61,16 +60,7 @@ def detector_throughput(size: int, batch: int, warmup: int, steps: int, device: 
 
     def step(i: int) -> None:
         pick = rng.choice(len(grades), batch)
-        x = augment(to_tensor(images[pick], device), gen, cfg.resample)
-        y = torch.from_numpy(grades[pick]).float().to(device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(i, 1000, 10, cfg.lr)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x)
-        loss = severity_loss(pred, y, cfg.referable_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = train_step(model, opt, images[pick], grades[pick], device, gen, cfg, amp, lr_at(i, 1000, 10, cfg.lr))
         ema.update(model)
         loss.item()  # the trainer reads the loss every step, which waits for the device
 

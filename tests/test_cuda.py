@@ -279,8 +279,7 @@ def dropout_off(model: torch.nn.Module) -> torch.nn.Module:
 def test_detector_train_step(photos, amp):
     """The loop body of :func:`koch_explore.detect.train.train`: augment on the device, severity loss,
     AdamW (the shipped weights as the starting state)."""
-    from koch_explore.detect.predict import to_tensor
-    from koch_explore.detect.train import TrainConfig, augment, severity_loss
+    from koch_explore.detect.train import TrainConfig, train_step
 
     cfg = TrainConfig()
     u8 = (photos * 255 + 0.5).astype(np.uint8)
@@ -289,14 +288,7 @@ def test_detector_train_step(photos, amp):
     def run_step(model, dev):
         dropout_off(model)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        x = augment(to_tensor(u8, dev), torch.Generator().manual_seed(5), cfg.resample)
-        y = torch.from_numpy(grades).float().to(dev)
-        with autocast(dev, amp):
-            pred = model(x)
-        loss = severity_loss(pred, y, cfg.referable_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = train_step(model, opt, u8, grades, dev, torch.Generator().manual_seed(5), cfg, amp, cfg.lr)
         return {"severity": loss}
 
     step_and_compare(ke.load_detector().to(memory_format=torch.channels_last), run_step, amp, "detector step")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from koch_explore.core.geometry import in_mask
 from koch_explore.culture.bank import DescriptorBank
 from koch_explore.synthesis.synthesizer import random_layout
 
@@ -70,8 +71,7 @@ class DescriptorPlacer:
 
     def place(self, x: float, y: float) -> bool:
         """Place the next selected descriptor with its centroid at (x, y); False outside the FOV."""
-        yi, xi = int(round(y)), int(round(x))
-        if not (0 <= yi < self.fov.shape[0] and 0 <= xi < self.fov.shape[1] and self.fov[yi, xi]):
+        if not in_mask(self.fov, (x, y)):
             self.info.value = f"({x:.0f}, {y:.0f}) is outside the field of view"
             return False
         d = self.bank[self.selected[len(self.layout) % len(self.selected)]]

@@ -85,8 +85,8 @@ def _grader(args):
     from ..core.runtime import determinism_note, setup_distributed
 
     world, rank, dev = setup_distributed(args.device)
-    if determinism_note(dev) and rank == 0:
-        print(determinism_note(dev), file=sys.stderr)
+    if (note := determinism_note(dev)) and rank == 0:
+        print(note, file=sys.stderr)
     if world > 1 and args.shard_size < 1:
         raise ValueError("under torchrun, give --shard-size: the ranks split the photos by shards")
     return load_model_from_args(args, args.weights, dev)

@@ -64,8 +64,8 @@ def _run(args):
     from ..koch import default_setup, koch_test
 
     device = resolve_device(args.device)
-    if determinism_note(device):
-        print(determinism_note(device), file=sys.stderr)
+    if note := determinism_note(device):
+        print(note, file=sys.stderr)
     audited = load_model_from_args(args, args.weights, device) if args.model else args.weights
     det, synth, bank, hosts, data = default_setup(args.data, args.root, audited, args.synthesizer, args.bank,
                                                   device, args.hosts, args.host_count)

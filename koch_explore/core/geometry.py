@@ -25,6 +25,12 @@ def box_contains(box: Box, point: tuple[float, float]) -> bool:
     return box[0] - 0.5 <= point[0] < box[2] - 0.5 and box[1] - 0.5 <= point[1] < box[3] - 0.5
 
 
+def in_mask(mask: np.ndarray, point: tuple[float, float]) -> bool:
+    """Whether ``point`` (x, y), rounded to the nearest pixel, lies on a True pixel of ``mask`` (H, W)."""
+    x, y = int(round(point[0])), int(round(point[1]))
+    return 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and bool(mask[y, x])
+
+
 def as_box(x) -> Box:
     """A box from anything that is one or has a ``bbox`` (a descriptor, a lesion record)."""
     return tuple(int(v) for v in (x.bbox if hasattr(x, "bbox") else x))

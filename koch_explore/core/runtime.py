@@ -84,9 +84,9 @@ def check_resume_config(ckpt_path, saved, current: dict, may_change=RESUMABLE_CH
 
     if saved is None:
         return
-    before = json.loads(saved) if isinstance(saved, str) else saved
+    # both sides as JSON sees them (tuples become lists, paths strings), as the checkpoint stored them
+    before = json.loads(saved if isinstance(saved, str) else json.dumps(saved, default=str))
     now = json.loads(json.dumps(current, default=str))
-    before = json.loads(json.dumps(before, default=str))
     changed = [k for k in sorted(set(before) | set(now)) if k not in may_change and before.get(k) != now.get(k)]
     if changed:
         diffs = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])

@@ -15,6 +15,19 @@ import torch
 import torch.nn as nn
 
 
+def safetensors_header(head: bytes) -> tuple[dict, int]:
+    """(the JSON header, where the tensor data starts) of a safetensors file whose first bytes are
+    ``head`` (8-byte little-endian header length, then the header): what the safetensors library does
+    not expose for a file read into memory or copied tensor by tensor. Raises ValueError when ``head``
+    is too short or not such a header."""
+    import struct
+
+    (n,) = struct.unpack("<Q", head[:8])
+    if len(head) < 8 + n:
+        raise ValueError(f"header of {n} bytes, only {len(head) - 8} read")
+    return json.loads(head[8 : 8 + n]), 8 + n
+
+
 class WeightsMismatchError(ValueError):
     """Weights that do not belong to this architecture (or are not weights of this kind at all)."""
 

@@ -461,6 +461,8 @@ def merge_bank_files(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
     atomically like :meth:`DescriptorBank.save`. Returns the number of descriptors."""
     import struct
 
+    from ..core.weights import safetensors_header
+
     p, side = bank_paths(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     layout, records, metas = [], [], []  # layout: (part file, data start, new name, dtype, shape, begin, end)
@@ -470,13 +472,14 @@ def merge_bank_files(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
         if metas and meta["detector_hash"] != metas[0]["detector_hash"]:
             raise BankMismatchError(f"{pp}: cut with another detector ({meta['detector_hash']}) than {parts[0]}")
         with open(pp, "rb") as fh:
-            (hlen,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(hlen))
+            head = fh.read(8)
+            head += fh.read(int.from_bytes(head, "little"))
+        header, data_start = safetensors_header(head)
         header.pop("__metadata__", None)
         base = len(records)
         for name, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             i, rest = name[1:].split("/", 1)
-            layout.append((pp, 8 + hlen, f"d{base + int(i)}/{rest}", t["dtype"], t["shape"], *t["data_offsets"]))
+            layout.append((pp, data_start, f"d{base + int(i)}/{rest}", t["dtype"], t["shape"], *t["data_offsets"]))
         records += meta["descriptors"]
         metas.append(meta)
     offset, entries = 0, {"__metadata__": {"format": FORMAT, "schema_version": str(SCHEMA_VERSION)}}

@@ -37,7 +37,7 @@ def isolate_sharded(detector, paths: Sequence, out: str | os.PathLike, shard_siz
     descriptors) on rank 0, None on other ranks. The shard folder is kept: a later run resumes from it."""
     from .isolation import isolate_files
 
-    check_batch_size(batch_size, shard_size or -1)
+    check_batch_size(batch_size, shard_size)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no photos to isolate")

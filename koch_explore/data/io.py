@@ -68,7 +68,7 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise FundusReadError(p, f"unexpected image shape {arr.shape}")
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
-        raise FundusReadError(p, _too_large(arr.shape[1], arr.shape[0]))
+        raise FundusReadError(p, _too_large(_pixel_size(arr.shape[1], arr.shape[0])))
     if _looks_truncated(p, data):
         raise FundusReadError(p, "file is truncated (JPEG end-of-image marker missing)")
     return arr
@@ -81,8 +81,12 @@ def check_photo_size(arr: np.ndarray, path: str | os.PathLike) -> None:
                                     f"(at least {MIN_PHOTO_SIDE} px a side)")
 
 
-def _too_large(w: int, h: int) -> str:
-    return (f"image of {w}x{h} px ({w * h / 1e6:.0f} MP) is larger than the {MAX_PIXELS / 1e6:.0f} MP this kit decodes "
+def _pixel_size(w: int, h: int) -> str:
+    return f"{w}x{h} px ({w * h / 1e6:.0f} MP)"
+
+
+def _too_large(size: str) -> str:
+    return (f"image of {size} is larger than the {MAX_PIXELS / 1e6:.0f} MP this kit decodes "
             f"(a guard against decompression bombs; fundus cameras take at most ~24 MP): downscale it first")
 
 
@@ -105,13 +109,11 @@ def _refuse_huge_before_decoding(path: Path) -> None:
         import re
 
         n = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(n.group(1)) / 1e6:.0f} MP" if n else "over 179 MP"
-        raise FundusReadError(path, f"image of {size} is larger than the {MAX_PIXELS / 1e6:.0f} MP this kit decodes "
-                                    f"(a guard against decompression bombs; fundus cameras take at most ~24 MP): downscale it first")
+        raise FundusReadError(path, _too_large(f"{int(n.group(1)) / 1e6:.0f} MP" if n else "over 179 MP"))
     except Exception:
         return
     if w * h > MAX_PIXELS:
-        raise FundusReadError(path, _too_large(w, h))
+        raise FundusReadError(path, _too_large(_pixel_size(w, h)))
 
 
 def _looks_truncated(path: Path, data: np.ndarray) -> bool:

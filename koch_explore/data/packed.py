@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.runtime import atomic_write
+from ..core.weights import safetensors_header
 from .graded import GradedArrays, GradedData, load_graded
 
 PACK_FORMAT = "koch-explore/packed-graded"
@@ -142,8 +143,8 @@ def _write_splits(cfg, size: int, splits: tuple[str, ...], out: Path, run_id: st
         shards, start, n = [], 0, len(arr.grades)
         while start < n:
             stop, used = start, _HEADER_BYTES
-            while stop < n and used + _row_bytes(arr, stop, size) <= max_bytes:
-                used += _row_bytes(arr, stop, size)
+            while stop < n and used + (row := _row_bytes(arr, stop, size)) <= max_bytes:
+                used += row
                 stop += 1
             data = _shard_bytes(arr, start, stop, split, size)
             if len(data) > max_bytes:  # the estimate above is conservative; this would be a bug in it
@@ -180,8 +181,7 @@ def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file held in memory (8-byte little-endian header length,
     then the JSON header): read from the same bytes that were hashed, not from a second read."""
     try:
-        (n,) = struct.unpack("<Q", data[:8])
-        return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        return safetensors_header(data)[0].get("__metadata__") or {}
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: unreadable safetensors header ({exc})") from exc
 

@@ -193,6 +193,25 @@ def packed_config(cfg: TrainConfig, size: int) -> TrainConfig:
     return replace(cfg, **asdict(GradedData(**index["graded_data"])))
 
 
+def train_step(net, opt, images_u8: np.ndarray, grades: np.ndarray, device, gen: torch.Generator, cfg: TrainConfig,
+               amp: bool, lr: float) -> torch.Tensor:
+    """One optimisation step of the detector (the body of :func:`train`'s loop, also what the GPU
+    throughput benchmark and the CPU/CUDA parity test time and compare): the uint8 batch augmented on
+    ``device``, the severity loss under bf16 autocast when ``amp``, one ``opt`` step at ``lr``. Returns
+    the loss as a device tensor (reading it waits for the device)."""
+    x = augment(to_tensor(images_u8, device), gen, cfg.resample)
+    y = torch.from_numpy(grades).float().to(device)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+        pred = net(x)
+    loss = severity_loss(pred, y, cfg.referable_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False) -> dict:
     """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
     the best validation figures. DDP-aware."""
@@ -281,16 +300,8 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, mininterval=5)
         for s in bar:
             batch = idx[s * cfg.batch_size : (s + 1) * cfg.batch_size][rank::world][:per_rank]
-            x = augment(to_tensor(train_arr.images[batch], device), gen, cfg.resample)
-            y = torch.from_numpy(train_arr.grades[batch]).float().to(device)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, warmup, cfg.lr)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = net(x)
-            loss = severity_loss(pred, y, cfg.referable_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(net, opt, train_arr.images[batch], train_arr.grades[batch], device, gen, cfg, amp,
+                              lr_at(step, total_steps, warmup, cfg.lr))
             # Early EMA follows the weights closely, later it averages over ~1/(1-decay) steps.
             ema.update(model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1

@@ -37,21 +37,21 @@ COUNTS = (0, 1, 2, 4, 8, 16)
 STRIPE_PERIODS = (2.0, 8.0)
 """Periods (px at 256 px) whose power counts as stripes: the shipped generator's streaks are 1-3 px
 thick rows a few px apart; the fundus's own shading varies over tens of px."""
+C2ST_COUNT = 4
+"""Descriptors placed per host for the lesion two-sample test (few enough that they rarely overlap)."""
+C2ST_MIN_WINDOWS = 10
+"""Fewest windows per side for which the two-sample accuracy is reported (2 per held-out fold)."""
 DISC_RADIUS = 0.14
 """Optic disc radius as a share of the FOV radius (a 1.8 mm disc in a 45-degree, ~12 mm field)."""
 
 
-def _green_profiles(image: np.ndarray, fov: np.ndarray, min_run: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """Mean green value of each row and of each column inside the FOV, over the rows (columns) where
-    the FOV spans at least ``min_run`` of its widest run (the rim rows average too few pixels)."""
-    g = image[..., 1].astype(np.float64)
+def _green_row_profile(image: np.ndarray, fov: np.ndarray, min_run: float = 0.25) -> np.ndarray:
+    """Mean green value of each row inside the FOV, over the rows where the FOV spans at least
+    ``min_run`` of its widest row (the rim rows average too few pixels)."""
     fov = np.asarray(fov, bool)
-    out = []
-    for axis in (1, 0):  # rows: mean over x; columns: mean over y
-        n = fov.sum(axis=axis)
-        keep = n >= min_run * n.max()
-        out.append(((g * fov).sum(axis=axis) / np.maximum(n, 1))[keep])
-    return out[0], out[1]
+    n = fov.sum(axis=1)
+    keep = n >= min_run * n.max()
+    return ((image[..., 1].astype(np.float64) * fov).sum(axis=1) / np.maximum(n, 1))[keep]
 
 
 def _band_power(profile: np.ndarray, periods: tuple[float, float]) -> float:
@@ -70,8 +70,7 @@ def stripe_energy(image: np.ndarray, fov: np.ndarray, periods: tuple[float, floa
     """Horizontal-stripe energy of an RGB image in [0, 1]: the power, at periods of ``periods`` px, of
     the green channel's row-mean profile inside the FOV (stripes are whole rows brighter or darker than
     their neighbours, so they survive the mean over a row while texture and vessels average out)."""
-    rows, _ = _green_profiles(image, fov)
-    return _band_power(rows, periods)
+    return _band_power(_green_row_profile(image, fov), periods)
 
 
 def find_disc(image: np.ndarray, fov: np.ndarray) -> tuple[float, float, float]:
@@ -268,9 +267,6 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     return rep
 
 
-C2ST_COUNT = 4
-"""Descriptors placed per host for the lesion two-sample test (few enough that they rarely overlap)."""
-
 
 def _lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, seed: int) -> dict:
     """``lesion_c2st_accuracy`` (+ ``_ci``, ``_n``) of the synthesizer, the baseline and the transplant control."""
@@ -295,7 +291,3 @@ def _lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, se
         rep.update({f"lesion_c2st_accuracy{suffix}": res["accuracy"], f"lesion_c2st_accuracy{suffix}_ci": res["ci"],
                     f"lesion_c2st_n{suffix}": res["n"]})
     return rep
-
-
-C2ST_MIN_WINDOWS = 10
-"""Fewest windows per side for which the two-sample accuracy is reported (2 per held-out fold)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.geometry import boxes_overlap
+from ..core.geometry import boxes_overlap, in_mask
 from ..core.weights import (
     check_config,
     load_state_strict,
@@ -58,8 +58,7 @@ def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 
             k = rng.integers(len(ys))
             cand = d.relocated((float(xs[k]), float(ys[k])), snap)
             x0, y0, x1, y1 = cand.bbox
-            cy, cx = int(round(cand.centroid[1])), int(round(cand.centroid[0]))
-            if not (0 <= cy < fov.shape[0] and 0 <= cx < fov.shape[1] and fov[cy, cx]):
+            if not in_mask(fov, cand.centroid):
                 continue
             if not (fov[y0:y1, x0:x1][cand.mask].mean() > 0.95):
                 continue  # the lesion must lie inside the FOV, not on the black frame
@@ -218,12 +217,9 @@ def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):
                 raise ValueError(f"layout entry {k}: 'to' must be [x, y] ({exc})") from exc
             if len(to) != 2 or not all(map(math.isfinite, to)):
                 raise ValueError(f"layout entry {k}: 'to' must be [x, y], got {item['to']!r}")
-            if fov is not None:
-                h, w = fov.shape
-                x, y = int(round(to[0])), int(round(to[1]))
-                if not (0 <= x < w and 0 <= y < h and fov[y, x]):
-                    raise ValueError(f"layout entry {k}: 'to' {list(item['to'])} lies outside the field of view "
-                                     f"of the {w}x{h} px generator canvas")
+            if fov is not None and not in_mask(fov, to):
+                raise ValueError(f"layout entry {k}: 'to' {list(item['to'])} lies outside the field of view "
+                                 f"of the {fov.shape[1]}x{fov.shape[0]} px generator canvas")
             d = d.relocated(to)
         out.append(d)
     return DescriptorBank(out, detector_hash=bank.detector_hash, info=dict(bank.info))
