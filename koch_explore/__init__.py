@@ -7,7 +7,7 @@ The public API, in the order of the four postulates (each name below is document
     ev = ke.explain(detector, image)              # 1. isolate: evidence maps (guided Grad-CAM by default)
     found = ke.isolate(ev, image, detector)       # 2. culture: one Descriptor per evidence component
     layout = ke.random_layout(ke.load_bank(), 8, fov)            # 3. inoculate: place descriptors ...
-    fundus = ke.load_synthesizer().synthesize(vessels, fov, layout)  # ... and synthesize
+    fundus = ke.load_synthesizer("local").inoculate(photo, fov, layout)  # ... grow them in a healthy photo
     report = ke.koch_test(detector, synth, bank, hosts)          # 4. re-isolate: hit rate, severity vs count
 
 Packages, one per concept: :mod:`.core` (geometry, statistics, devices, weights registry), :mod:`.data`
@@ -65,21 +65,24 @@ _EXPORTS = {
     "DescriptorBank": "culture.bank",
     # postulate 3: inoculate
     "random_layout": "synthesis.synthesizer",  # n descriptors of a bank placed at random valid places
-    "LesionSynthesizer": "synthesis.synthesizer",
+    "LesionSynthesizer": "synthesis.synthesizer",  # whole mode: a fundus drawn around a vessel tree
+    "LocalSynthesizer": "synthesis.local",  # local mode: lesions grown inside a real healthy photo, the rest untouched
+    "SYNTHESIS_MODES": ("synthesis.synthesizer", "MODES"),  # "whole" / "local" -> the shipped synthesizer's name
     "VesselSegmenter": "vessels.model",
     # postulate 4: re-isolate
     "koch_test": "koch.test",  # inoculate hosts with 0..16 lesions, re-isolate, score -> KochReport
     "KochConfig": "koch.test",
     "KochReport": "koch.test",
     "embedded_hosts": "koch.hosts",  # the embedded photo as a host (its tree from the vessel segmenter)
-    "default_setup": "koch.hosts",  # (detector, synthesizer, bank, hosts, data) shipped for a data setting
+    "default_setup": "koch.hosts",  # (detector, synthesizer, bank, hosts, data) shipped for a data setting and mode
+    "healthy_hosts": "koch.hosts",  # hosts by name ("trees", "eyepacs-val", "aptos-val", "embedded") or a folder of photos
     "write_report": "koch.report",  # the offline HTML report of a KochReport
 }
 
 __all__ = [
     "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
-    "KochConfig", "KochReport", "LesionSynthesizer", "SHIPPED", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
-    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
+    "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
+    "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "healthy_hosts", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
     "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_files", "predict_sharded", "predict_severity", "prepare_fundus", "random_layout", "read_image",
     "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
 ]

@@ -85,7 +85,9 @@ def test_quickstart_on_embedded_data_only(empty_root, tmp_path):
     assert "Data: embedded. Diseased eyes: 4 phantoms; healthy hosts: the skimage retina photo" in text
     assert "of them lie on a drawn lesion" in text  # isolation checked against the exact masks
     assert "descriptors are the lesions placed and re-isolated below" in text  # the cultured bank is the placed one
-    assert "On skimage-retina the healthy synthesis is graded" in text and "from healthy to 16 lesions" in text
+    assert "local synthesis" in text  # the mode that measures best (docs/findings/synthesizer.md#local-mode)
+    assert "On skimage-retina the photo without lesions is graded" in text and "from healthy to 16 lesions" in text
+    assert "severity rose by" in text  # visible lesions the detector grades: more of them, sicker
     assert "2 inoculations, on the skimage retina photo. The placed lesions were re-found at" in text
     assert "The real lesions transplanted to the same places" in text
     # eyes, isolation steps, culture gallery, inoculation grid and zooms, Koch cases, severity, hits
@@ -270,6 +272,16 @@ def test_reisolate_notebook_on_embedded_data(empty_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_reisolate_notebook_in_local_mode_without_data(empty_root, tmp_path):
+    """05 with mode="local": the lesions grown in scikit-image's photo, the rest of it untouched."""
+    nb = run_notebook("05_reisolate.ipynb", "_local", mode="local", trials=2, compare_methods="", report_dir=str(tmp_path / "report"))
+    text = text_of(nb)
+    assert "local synthesis, the synthesizer trained" in text and "Koch test on embedded data, 2 trials, local synthesis" in text
+    assert "The placed lesions were re-found at" in text and "transplanted real ones at" in text
+    assert (tmp_path / "report" / "index.html").exists()
+
+
+@pytest.mark.slow
 def test_reisolate_notebook_on_real_data_when_present(tmp_path):
     needs_real("DRIVE", "CHASE_DB1")
     nb = run_notebook("05_reisolate.ipynb", "_real", trials=3, compare_methods="deconvnet", compare_trials=2,
@@ -310,9 +322,10 @@ def test_inoculate_notebook_on_embedded_data(empty_root, tmp_path):
     assert "hands-on: phantom setup (not embedded" in text
     assert "picked: 3 of" in text and "3 lesions placed on phantom_" in text
     assert "retrained 4 steps on 3 placed lesions" in text and "The retrained generator changes its healthy drawing" in text
+    assert "3 lesions grown in the photo skimage-retina" in text and "all within a few px of a lesion" in text
     assert (tmp_path / "retrain" / "run_layout1" / "generator.safetensors").exists()
-    assert widget_pictures(nb) == 3  # picker, placer, trainer: each widget leaves its picture
-    assert images_in(nb) == 5  # + the grid and the before/after row
+    assert widget_pictures(nb) == 4  # picker, placer, local placer, trainer: each widget leaves its picture
+    assert images_in(nb) == 6  # + the grid and the before/after row
 
 
 @pytest.mark.slow
@@ -328,8 +341,8 @@ def test_inoculate_notebook_on_real_data_with_03s_bank(tmp_path):
     text = text_of(nb)
     assert "real setup: generator synth_cpu256" in text and f"6 descriptors from 03's bank {bank_file}" in text
     assert "hands-on: real setup (as above)" in text and "you pick on EyePACS" in text
-    assert "retrained 4 steps on 3 placed lesions" in text
-    assert widget_pictures(nb) == 3 and images_in(nb) == 5
+    assert "retrained 4 steps on 3 placed lesions" in text and "3 lesions grown in the photo DRIVE/" in text
+    assert widget_pictures(nb) == 4 and images_in(nb) == 6
 
 
 @pytest.mark.slow

@@ -182,6 +182,31 @@ def test_descriptor_placer_place_rotate_count_synthesize(phantom_models):
     dp.close()
 
 
+def test_descriptor_placer_in_local_mode_clicks_on_the_photo_and_grows_lesions_only_there():
+    from koch_explore.widgets import DescriptorPlacer
+
+    import koch_explore as ke
+    from koch_explore.synthesis.local import placement_region
+
+    det, synth, bank, hosts, _ = ke.default_setup("embedded", mode="local")
+    host = hosts[0]
+    with pytest.raises(ValueError, match="photo="):
+        DescriptorPlacer(synth, bank, host["vessels"], host["fov"], detector=det)
+    dp = DescriptorPlacer(synth, bank, host["vessels"], host["fov"], detector=det, photo=host["image"])
+    assert np.array_equal(dp.figure.data[0].z, (np.clip(host["image"], 0, 1) * 255 + 0.5).astype(np.uint8))  # the photo to click on
+    ys, xs = np.nonzero(host["fov"])
+    assert dp.place(xs[len(xs) // 3], ys[len(ys) // 3]) and dp.place(xs[2 * len(xs) // 3], ys[2 * len(ys) // 3])
+    img = dp.synthesize()
+    region = np.zeros(host["fov"].shape, bool)
+    for d in dp.layout:
+        m = np.zeros(region.shape, np.uint8)
+        m[d.bbox[1]:d.bbox[3], d.bbox[0]:d.bbox[2]] = d.mask
+        region |= placement_region(m, synth.cfg)
+    assert np.array_equal(img[~region], host["image"][~region]) and np.abs(img - host["image"])[region].max() > 0.02
+    assert "host photo: 2 placed" in dp.snapshot().axes[0].get_title()
+    dp.close()
+
+
 @pytest.mark.slow
 def test_synth_trainer_pause_resume_device_and_retrain_on_layout(phantom_models, tmp_path):
     from koch_explore.widgets import DescriptorPlacer, SynthTrainer

@@ -1,5 +1,7 @@
 """``DescriptorPlacer``: click on a healthy host to place descriptors, rotate/scale/count them, and
-preview the synthetic fundus the current generator draws (with the detector's severity).
+preview the synthetic fundus the current generator draws (with the detector's severity). With a
+local-mode synthesizer the host is a real photo (``photo=``): the clicks land on it and the lesions grow
+in it, the rest of the photo untouched.
 
 The bank it places from can change under it (:meth:`set_bank`: 04_inoculate hands it the lesions
 picked in a :class:`~koch_explore.widgets.LesionPicker`); a :class:`~koch_explore.widgets.SynthTrainer`
@@ -27,7 +29,7 @@ class DescriptorPlacer:
     """
 
     def __init__(self, synthesizer, bank: DescriptorBank, vessels: np.ndarray, fov: np.ndarray, detector=None,
-                 selected=None, seed: int = 0, width: int = 420):
+                 selected=None, seed: int = 0, width: int = 420, photo: np.ndarray | None = None):
         import ipywidgets as W
         import plotly.graph_objects as go
 
@@ -36,13 +38,18 @@ class DescriptorPlacer:
         self.synth, self.bank, self.detector = synthesizer, bank, detector
         self.default_bank = bank
         self.vessels, self.fov = np.asarray(vessels, np.float32), np.asarray(fov, bool)
+        self.local = getattr(synthesizer, "mode", "whole") == "local"
+        if self.local and photo is None:
+            raise ValueError("a local-mode synthesizer grows lesions in a real photo: give photo= (the host's image)")
+        self.photo = None if photo is None else np.asarray(photo, np.float32)
         self.selected = list(range(len(bank))) if selected is None else [int(i) for i in selected]
         self.seed = seed
         self.layout = DescriptorBank([], detector_hash=bank.detector_hash, info=dict(bank.info))
         self.image: np.ndarray | None = None
         self.severity: float | None = None
         h, w = self.fov.shape
-        self.host = to_uint8(np.where(self.fov, 0.25 + 0.6 * self.vessels, 0.0))
+        # the photo to click on when there is one to grow lesions in, else the tree the generator draws around
+        self.host = to_uint8(self.photo) if self.local else to_uint8(np.where(self.fov, 0.25 + 0.6 * self.vessels, 0.0))
         self.figure = go.FigureWidget(go.Image(z=self.host, hoverinfo="x+y"))
         self.figure.update_layout(width=width, height=round(width * h / w), margin=dict(l=0, r=0, t=0, b=0),
                                   xaxis=dict(visible=False), yaxis=dict(visible=False), dragmode=False)
@@ -110,7 +117,8 @@ class DescriptorPlacer:
         self._redraw()
 
     def synthesize(self) -> np.ndarray:
-        self.image = self.synth.synthesize(self.vessels, self.fov, self.layout if len(self.layout) else None, seed=self.seed)
+        host = {"vessels": self.vessels, "fov": self.fov, **({} if self.photo is None else {"image": self.photo})}
+        self.image = self.synth.synthesize_host(host, self.layout if len(self.layout) else None, seed=self.seed)
         self.preview.value = encode(to_uint8(self.image))
         msg = self._placed()
         if self.detector is not None:
@@ -127,7 +135,8 @@ class DescriptorPlacer:
         """The widget's current state as a matplotlib ``Figure``: the host's tree with the placed boxes,
         the last synthesis (if any) and the status line."""
         boxes = [d.bbox for d in self.layout]
-        panels = [{"image": self.host, "boxes": boxes, "title": f"host tree: {len(self.layout)} placed"}]
+        what = "host photo" if self.local else "host tree"
+        panels = [{"image": self.host, "boxes": boxes, "title": f"{what}: {len(self.layout)} placed"}]
         if self.image is not None:
             panels.append({"image": np.clip(self.image, 0, 1), "boxes": boxes, "title": "last synthesis"})
         return snapshot_panels(panels, plain_text(self.info.value))
@@ -177,7 +186,7 @@ class DescriptorPlacer:
         self.figure.layout.shapes = [dict(type="rect", x0=d.bbox[0] - 0.5, y0=d.bbox[1] - 0.5, x1=d.bbox[2] - 0.5, y1=d.bbox[3] - 0.5,
                                           line=dict(color="#00e5ff", width=1.5)) for d in self.layout]
         src = f"the bank ({len(self.bank)} descriptors)" if self.bank is self.default_bank else f"{len(self.bank)} picked descriptors"
-        self.info.value = f"{self._placed()} from {src} (click the tree to add; synthesize to preview)"
+        self.info.value = f"{self._placed()} from {src} (click the {'photo' if self.local else 'tree'} to add; synthesize to preview)"
 
     def _placed(self) -> str:
         n = len(self.layout)

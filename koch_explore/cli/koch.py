@@ -8,6 +8,7 @@ import sys
 from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
 from ..koch.hosts import HOSTS
 from ..koch.test import KochConfig
+from ..synthesis.synthesizer import MODES
 from .grader import load_model_from_args, model_options
 
 
@@ -17,18 +18,24 @@ def _common(p) -> None:
                         "retina photo (no data needed); phantom: phantom detector/synthesizer; auto: real when found, else embedded")
     p.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
     p.add_argument("--trials", type=int, default=KochConfig.trials, help="hosts inoculated (default %(default)s)")
-    p.add_argument("--hosts", default="trees", choices=HOSTS,
-                   help="real data's healthy hosts: trees = DRIVE + CHASE_DB1 with manual trees (the synthesizer's training "
-                        "hosts); eyepacs-val / aptos-val = grade-0 photos of the held-out validation split, trees from "
-                        "the vessel segmenter (no shipped model trained on them)")
-    p.add_argument("--host-count", type=int, default=68, help="photos drawn for --hosts eyepacs-val/aptos-val (default %(default)s)")
+    p.add_argument("--mode", default="whole", choices=list(MODES),
+                   help="whole: the paper's generator draws the whole fundus around each host's vessel tree; local: "
+                        "lesions grown inside each host's real photo, the rest of it untouched (default %(default)s)")
+    p.add_argument("--hosts", default="trees", metavar="{" + ",".join(HOSTS) + ",DIR}",
+                   help="healthy hosts: trees = DRIVE + CHASE_DB1 with manual trees (the whole-fundus synthesizer's "
+                        "training hosts); eyepacs-val / aptos-val = grade-0 photos of the held-out validation split "
+                        "(no shipped model trained on them); embedded = skimage's retina photo; DIR = a folder of your "
+                        "healthy photos (trees from the vessel segmenter where none is given)")
+    p.add_argument("--host-count", type=int, default=68,
+                   help="photos drawn for --hosts eyepacs-val/aptos-val/DIR (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="evidence method used to re-isolate (default: the bank's own)")
     p.add_argument("--weights", "--detector", dest="weights", default=None,
                    help="the audited model's weights, as in every command: the detector's (a shipped name or safetensors; "
                         "default: the shipped one for --data) or, with --model, your model's safetensors")
     p.add_argument("--synthesizer", default=None,
-                   help="synthesizer: a shipped name (real, deconvnet, phantom) or safetensors (default: the shipped one for --data)")
+                   help="synthesizer: a shipped name (real, local, deconvnet, phantom) or safetensors (default: the shipped "
+                        "one for --data and --mode)")
     p.add_argument("--bank", default=None, help="descriptor bank: a shipped name or safetensors (default: the one shipped with the synthesizer)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--start", default=None,
@@ -68,7 +75,7 @@ def _run(args):
         print(note, file=sys.stderr)
     audited = load_model_from_args(args, args.weights, device) if args.model else args.weights
     det, synth, bank, hosts, data = default_setup(args.data, args.root, audited, args.synthesizer, args.bank,
-                                                  device, args.hosts, args.host_count)
+                                                  device, args.hosts, args.host_count, args.mode)
     cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start, rule=args.rule,
                      nested=not args.independent_layouts, control=not args.no_control)
     return koch_test(det, synth, bank, hosts, config=cfg), data
@@ -76,8 +83,8 @@ def _run(args):
 
 def _koch_test(args) -> int:
     rep, data = _run(args)
-    hosts = args.hosts if data == "real" else None
-    print(json.dumps(rep.cli_json(data, hosts)) if args.json else rep.summary(data, hosts))
+    hosts = args.hosts if data == "real" or args.hosts != "trees" else None
+    print(json.dumps(rep.cli_json(data, hosts, args.mode)) if args.json else rep.summary(data, hosts, args.mode))
     return 0
 
 
@@ -85,7 +92,7 @@ def _report(args) -> int:
     from ..koch.report import write_report
 
     rep, data = _run(args)
-    hosts = f", {args.hosts} hosts" if data == "real" and args.hosts != "trees" else ""
-    path = write_report(rep, args.out, title=f"Koch report — {data} data{hosts}")
+    hosts = f", {args.hosts} hosts" if args.hosts != "trees" else ""
+    path = write_report(rep, args.out, title=f"Koch report — {data} data{hosts}, {args.mode} synthesis")
     print(f"report written to {path}")
     return 0

@@ -10,6 +10,8 @@ from .hosts import (
            SETUPS,
            default_setup,
            embedded_hosts,
+           folder_hosts,
+           healthy_hosts,
            resolve_data,
            shipped_models,
            unseen_hosts,
@@ -26,4 +28,5 @@ from .test import (
 )
 
 __all__ = ["COUNTS", "HOSTS", "KochConfig", "KochReport", "SETUPS", "TrialCase", "default_setup", "dose_layouts", "embedded_hosts",
+           "folder_hosts", "healthy_hosts",
            "koch_test", "resolve_data", "shipped_models", "transplant", "unseen_hosts", "write_report"]

@@ -20,7 +20,7 @@ from ..data.io import read_image
 from ..data.preprocess import prepare_fundus
 from ..data.roots import resolve_data_root
 from ..detect.model import load_detector
-from ..synthesis.synthesizer import load_synthesizer
+from ..synthesis.synthesizer import MODES, load_synthesizer
 from ..synthesis.trainer import SynthTrainConfig, healthy_set
 from ..vessels import load_vessels
 
@@ -42,18 +42,55 @@ def embedded_hosts(size: int = 256) -> list[dict]:
 
 UNSEEN_HOSTS = {"eyepacs-val": "EyePACS", "aptos-val": "APTOS2019"}
 """Held-out host sets (see :data:`HOSTS`) -> the graded dataset whose validation split they come from."""
-HOSTS = ("trees", *UNSEEN_HOSTS)
-"""Healthy hosts of the real setup: "trees", the 68 DRIVE + CHASE_DB1 photos with manual trees (the shipped
+HOSTS = ("trees", *UNSEEN_HOSTS, "embedded")
+"""Healthy hosts by name: "trees", the 68 DRIVE + CHASE_DB1 photos with manual trees (the shipped whole-fundus
 synthesizer's own training hosts); "eyepacs-val" / "aptos-val", grade-0 photos from the detector's held-out
 validation split (EyePACS: other patients; APTOS: other images and cameras), which no shipped model trained on,
-their trees from the shipped vessel segmenter."""
+their trees from the shipped vessel segmenter; "embedded", ``skimage.data.retina()``. Any folder of a user's
+healthy photos works too (:func:`folder_hosts`)."""
 
 
-def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed: int = 0, progress: bool = False) -> list[dict]:
+def _segmented_host(img: np.ndarray, fov: np.ndarray, name: str, segmenter) -> dict:
+    """A host from a prepared photo: its tree from the vessel segmenter, inside the FOV less its rim
+    (``segmenter`` None: no tree, for local mode, which grows lesions in the photo and never reads one)."""
+    if segmenter is None:
+        return {"image": img.astype(np.float32), "fov": fov.astype(bool), "name": name}
+    _, tree = segmenter.segment(img, fov)
+    # the segmenter traces the bright FOV rim of colour-enhanced photos (EyePACS) as a vessel
+    tree = tree.astype(bool) & cv2.erode(fov.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)
+    return {"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool), "name": name}
+
+
+def folder_hosts(folder, size: int = 256, count: int = 68, seed: int = 0, progress: bool = False, trees: bool = True) -> list[dict]:
+    """Up to ``count`` of the user's healthy photos under ``folder`` (recursive; drawn with ``seed`` when
+    there are more; a single photo file works too), prepared to ``size``, their trees from the shipped
+    vessel segmenter (``trees`` False: none)."""
+    from tqdm.auto import tqdm
+
+    from ..core.shards import image_paths
+
+    paths = image_paths([folder])
+    if not paths:
+        raise ValueError(f"{folder}: no photo (.jpg, .png, .tif, ...) in this folder")
+    if count < 1:
+        raise ValueError(f"host count must be >= 1, got {count}")
+    if len(paths) > count:
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), size=count, replace=False))]
+    segmenter = load_vessels() if trees else None
+    out = []
+    for p in tqdm(paths, desc="hosts", disable=not progress):
+        img, fov = prepare_fundus(read_image(p), size, path=p)
+        out.append(_segmented_host(img, fov, str(p), segmenter))
+    return out
+
+
+def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed: int = 0, progress: bool = False,
+                 trees: bool = True) -> list[dict]:
     """``count`` healthy hosts that no shipped model trained on: grade-0 photos of the validation split
     the detector was evaluated on (``source`` "eyepacs-val" or "aptos-val", the split of
     :func:`~koch_explore.data.graded.load_graded`), drawn with ``seed``, prepared to ``size``, their
-    trees from the shipped vessel segmenter (as for the embedded photo: no manual tree exists)."""
+    trees from the shipped vessel segmenter (as for the embedded photo: no manual tree exists; ``trees``
+    False: none, for local mode)."""
     from tqdm.auto import tqdm
 
     if source not in UNSEEN_HOSTS:
@@ -67,15 +104,11 @@ def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed:
     if not healthy:
         raise ValueError(f"{dataset}: no grade-0 photo in the validation split")
     pick = sorted(np.random.default_rng(seed).choice(len(healthy), size=min(count, len(healthy)), replace=False))
-    segmenter, out = load_vessels(), []
+    segmenter, out = (load_vessels() if trees else None), []
     for i in tqdm(pick, desc=f"{source} hosts", disable=not progress):
         it = by_name[healthy[i]]
         img, fov = prepare_fundus(read_image(it.path), size, path=it.path)
-        _, tree = segmenter.segment(img, fov)
-        # the segmenter traces the bright FOV rim of the colour-enhanced EyePACS photos as a vessel
-        tree = tree.astype(bool) & cv2.erode(fov.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)
-        out.append({"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool),
-                    "name": f"{source}/{it.name}"})
+        out.append(_segmented_host(img, fov, f"{source}/{it.name}", segmenter))
     return out
 
 
@@ -90,13 +123,21 @@ def resolve_data(data: str, root=None) -> str:
     return "real" if r is not None and (Path(r) / "DRIVE").is_dir() and (Path(r) / "CHASE_DB1").is_dir() else "embedded"
 
 
-def shipped_models(data: str, detector=None, weights=None, bank=None, device="cpu"):
-    """(detector, synthesizer, bank) shipped for ``data`` ("real", "embedded" or "phantom"); each of
+def shipped_models(data: str, detector=None, weights=None, bank=None, device="cpu", mode: str = "whole"):
+    """(detector, synthesizer, bank) shipped for ``data`` ("real", "embedded" or "phantom") and synthesis
+    ``mode`` ("whole" or "local", see :data:`~koch_explore.synthesis.synthesizer.MODES`); each of
     ``detector`` / ``weights`` / ``bank`` (a shipped name or a user's file) overrides the shipped one.
     ``detector`` may also be a loaded model (any grader, e.g. :func:`~koch_explore.detect.adapter.adapt`
     of the user's own): the lesions are still the bank's, cultured with the o_O detector, and the
     audited model re-isolates and grades them."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: one of {', '.join(MODES)}")
+    if mode == "local" and data == "phantom" and weights is None:
+        raise ValueError("local mode grows EyePACS lesions in real photos: it is shipped for --data real or embedded, "
+                         "not phantom (give --synthesizer to use your own)")
     d_name, s_name = SETUPS[data]
+    if mode == "local" and data != "phantom":
+        s_name = MODES["local"]
     synth = load_synthesizer(weights or s_name, device)
     if detector is not None and not isinstance(detector, (str, os.PathLike)):
         return detector.to(device), synth, load_bank(bank or s_name)
@@ -105,21 +146,35 @@ def shipped_models(data: str, detector=None, weights=None, bank=None, device="cp
 
 
 def default_setup(data: str = "auto", root=None, detector=None, weights=None, bank=None, device="cpu",
-                  hosts: str = "trees", host_count: int = 68):
+                  hosts: str = "trees", host_count: int = 68, mode: str = "whole"):
     """(detector, synthesizer, bank, hosts, data): :func:`shipped_models` plus the healthy hosts
-    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom") at the synthesizer's size.
-    ``hosts`` (real data only, see :data:`HOSTS`): "eyepacs-val" or "aptos-val" swaps the trees for
-    ``host_count`` held-out healthy photos that no shipped model trained on (:func:`unseen_hosts`)."""
-    if hosts not in HOSTS:
-        raise ValueError(f"hosts {hosts!r}: one of {', '.join(HOSTS)}")
+    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom", the embedded photo for "embedded") at the
+    synthesizer's size. ``hosts`` (see :data:`HOSTS`): "eyepacs-val" or "aptos-val" (real data) swaps the
+    trees for ``host_count`` held-out healthy photos that no shipped model trained on (:func:`unseen_hosts`);
+    "embedded" the CC0 photo; a folder, the user's own healthy photos (:func:`folder_hosts`). ``mode``:
+    "whole" draws each fundus around the host's tree, "local" grows the lesions inside the host's photo."""
+    if hosts not in HOSTS and not Path(hosts).exists():
+        raise ValueError(f"hosts {hosts!r}: one of {', '.join(HOSTS)}, or a folder (or file) of healthy photos")
     data = resolve_data(data, root)
-    if hosts != "trees" and data != "real":
+    if hosts in UNSEEN_HOSTS and data != "real":
         raise ValueError(f"hosts {hosts!r} are real photos: they need --data real (got {data!r})")
-    det, synth, descriptors = shipped_models(data, detector, weights, bank, device)
-    if data == "embedded":
-        host_set = embedded_hosts(synth.cfg.size)
-    elif hosts != "trees":
-        host_set = unseen_hosts(hosts, root, synth.cfg.size, host_count, progress=True)
-    else:
-        host_set = healthy_set(SynthTrainConfig(data=data, root=root), synth.cfg.size)
+    det, synth, descriptors = shipped_models(data, detector, weights, bank, device, mode)
+    # without data the trees are not there: the embedded photo is the host
+    host_set = healthy_hosts(data, "embedded" if data == "embedded" and hosts == "trees" else hosts, root, synth.size, host_count,
+                             trees=synth.mode != "local")
     return det, synth, descriptors, host_set, data
+
+
+def healthy_hosts(data: str, hosts: str, root=None, size: int = 256, count: int = 68, trees: bool = True) -> list[dict]:
+    """Healthy hosts by name (``koch-test --hosts``, ``synth eval --hosts``; ``trees`` False skips segmenting
+    the photos' vessel trees, which local mode never reads): "trees" (DRIVE + CHASE_DB1 for real data, grade-0 phantoms for
+    phantom data), "eyepacs-val" / "aptos-val", "embedded", or a folder (see :func:`default_setup`)."""
+    if hosts == "trees":
+        return healthy_set(SynthTrainConfig(data=data, root=root), size)
+    if hosts == "embedded":
+        return embedded_hosts(size)
+    if hosts in UNSEEN_HOSTS:
+        return unseen_hosts(hosts, root, size, count, progress=True, trees=trees)
+    if Path(hosts).exists():
+        return folder_hosts(hosts, size, count, progress=True, trees=trees)
+    raise ValueError(f"hosts {hosts!r}: one of {', '.join(HOSTS)}, or a folder (or file) of healthy photos")

@@ -33,16 +33,24 @@ def _culture_mosaic(descriptors, tile: int = 48) -> np.ndarray:
                   tile=tile, cols=4)
 
 
-def figure_cases(cases, size: float = 2.6):
-    """One row per case: tree, healthy synthesis, culture (descriptors), inoculated, re-isolated."""
+def figure_cases(cases, size: float = 2.6, mode: str = "whole"):
+    """One row per case: tree, healthy synthesis, culture (descriptors), inoculated, re-isolated. In local
+    mode (lesions grown in the host photo) the first panel is where the inoculated photo differs from the
+    photo instead of the tree, which that mode does not use."""
     plt = pyplot()
     rows = max(1, len(cases))
     fig, axes = plt.subplots(rows, 5, figsize=(size * 5, size * rows), squeeze=False)
-    titles = ["host vessel tree", "healthy synthesis (0 lesions)", "2 Culture: placed descriptors",
+    local = mode == "local"
+    titles = ["pixels the lesions changed" if local else "host vessel tree",
+              "healthy photo (0 lesions)" if local else "healthy synthesis (0 lesions)", "2 Culture: placed descriptors",
               "3 Inoculate: placed lesions", "4 Re-isolate: evidence + boxes"]
     for r, c in enumerate(cases):
         ax = axes[r]
-        ax[0].imshow(c.vessels, cmap="gray")
+        if local:
+            changed = np.abs(np.asarray(c.inoculated, np.float32) - np.asarray(c.healthy, np.float32)).max(axis=-1)
+            ax[0].imshow(changed > 0, cmap="gray")
+        else:
+            ax[0].imshow(c.vessels, cmap="gray")
         ax[1].imshow(np.clip(c.healthy, 0, 1))
         ax[2].imshow(_culture_mosaic(c.descriptors))
         ax[3].imshow(np.clip(c.inoculated, 0, 1))
@@ -167,6 +175,7 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     j = report.to_json()
+    local = report.config.get("mode") == "local"
     rows = [
         ("hit rate", f"{report.hit_rate:.3f} [{report.hit_rate_ci[0]:.3f}, {report.hit_rate_ci[1]:.3f}]",
          "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over trials)"),
@@ -185,8 +194,8 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
             ("transplant control: hit rate", f"{report.control_hit_rate:.3f} [{report.control_hit_rate_ci[0]:.3f}, "
              f"{report.control_hit_rate_ci[1]:.3f}] (chance {report.control_chance_hit_rate:.3f}, "
              f"placement AUC {report.control_placement_auc:.3f})",
-             "the same layouts pasted into the healthy synthesis as the real lesions, at the contrast the detector saw "
-             "them in their source eyes: what re-isolation finds when the lesions are real"),
+             "the same layouts pasted into the healthy host (the synthesis, or the photo in local mode) as the real lesions, "
+             "at the contrast the detector saw them in their source eyes: what re-isolation finds when the lesions are real"),
         ]
     rows += [
         ("spurious rate", f"{report.spurious_rate:.3f}", "re-isolated components overlapping no placed lesion"),
@@ -194,14 +203,15 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
         ("Spearman severity ~ count", f"{report.spearman_severity_count:.3f} [{report.spearman_ci[0]:.3f}, {report.spearman_ci[1]:.3f}]",
          "per-trial rho averaged; bootstrap 95% CI over trials"),
         ("Spearman of the mean curve", f"{report.spearman_mean_curve:.3f}", "count vs mean severity"),
-        ("vessel Dice", "-" if report.vessel_dice is None else f"{report.vessel_dice:.3f}", "vessel segmenter on the healthy synthesis vs the host tree"),
+        ("vessel Dice", "-" if report.vessel_dice is None else f"{report.vessel_dice:.3f}",
+         "vessel segmenter on the healthy synthesis vs the host tree" + (" (local mode: the photo itself, nothing to measure)" if local else "")),
         ("Frechet distance (dense1)", "-" if report.fd is None else f"{report.fd:.1f} [{report.fd_ci[0]:.1f}, {report.fd_ci[1]:.1f}]",
-         "healthy syntheses vs the hosts' real photos"),
+         "healthy syntheses vs the hosts' real photos" + (" (local mode: the photos themselves)" if local else "")),
     ]
     table = "".join(f"<tr><th style='text-align:left'>{html.escape(a)}</th><td>{html.escape(b)}</td>"
                     f"<td class='note' style='text-align:left'>{html.escape(c)}</td></tr>" for a, b, c in rows)
     sev = "".join(f"<td>{v:.3f}</td>" for v in report.severity_by_count.values())
-    figs = [("The four postulates, case by case", figure_cases(report.cases)) if report.cases else None,
+    figs = [("The four postulates, case by case", figure_cases(report.cases, mode="local" if local else "whole")) if report.cases else None,
             ("Severity rises with the lesion count", figure_severity(report)),
             ("Which lesions are re-found", figure_hits(report)),
             ("Distributions", figure_distributions(report))]
@@ -211,8 +221,9 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
 <style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>
 <p>Koch's fourth postulate, measured: {report.n_trials} healthy hosts were inoculated with
 {", ".join(map(str, report.counts))} descriptors each ({"a dose series: same noise per host, each count adds lesions to the last"
-if report.config.get("nested", True) else "same noise per host, an independent layout per count"}), and the detector re-isolated
-lesions from the synthetic images with the same evidence method and threshold as postulate 1.</p>
+if report.config.get("nested", True) else "same noise per host, an independent layout per count"}; {"local mode: the lesions grown inside each "
+"host's real photo, every other pixel the photo's own" if local else "whole mode: each fundus drawn around the host's vessel tree"}), and the
+detector re-isolated lesions from the inoculated images with the same evidence method and threshold as postulate 1.</p>
 <table>{table}</table>
 <h3>Mean severity by placed lesions</h3>
 <table><tr>{''.join(f'<th>{c}</th>' for c in report.counts)}</tr><tr>{sev}</tr></table>

@@ -170,11 +170,11 @@ class KochReport:
         d = {k: v for k, v in asdict(self).items() if k != "cases"}
         return json.loads(json.dumps(d, default=float))
 
-    def cli_json(self, data: str | None = None, hosts: str | None = None) -> dict:
+    def cli_json(self, data: str | None = None, hosts: str | None = None, mode: str | None = None) -> dict:
         """The ``koch-test --json`` object: the headline figures first, then the rest (no per-trial arrays)."""
         out = self.to_json()
         keys = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
-        return {**{k: out[k] for k in keys}, "data": data, "hosts": hosts,
+        return {**{k: out[k] for k in keys}, "data": data, "hosts": hosts, "mode": mode or self.config.get("mode"),
                 **{k: v for k, v in out.items() if k not in keys and k not in ("severity", "components_per_image")}}
 
     def reading(self) -> str:
@@ -195,10 +195,12 @@ class KochReport:
                      f"(chance {self.control_chance_hit_rate:.2f}).")
         return text
 
-    def summary(self, data: str | None = None, hosts: str | None = None) -> str:
+    def summary(self, data: str | None = None, hosts: str | None = None, mode: str | None = None) -> str:
         """The figures as a few lines a person reads (what ``koch-explore koch-test`` prints)."""
         where = f" on {data} data" if data else ""
-        lines = [f"Koch test{where}{f' ({hosts} hosts)' if hosts else ''}, {self.n_trials} trials",
+        mode = mode or self.config.get("mode")
+        lines = [f"Koch test{where}{f' ({hosts} hosts)' if hosts else ''}, {self.n_trials} trials"
+                 f"{f', {mode} synthesis' if mode else ''}",
                  f"  hit rate          {self.hit_rate:.3f}  95% CI [{self.hit_rate_ci[0]:.3f}, {self.hit_rate_ci[1]:.3f}]"
                  f"  (chance {self.chance_hit_rate:.3f})"]
         if self.mask_hit_rate is not None:
@@ -309,6 +311,15 @@ def _rate_row(placed: int, found: int) -> dict:
     return {"placed": placed, "found": found, "rate": float(found / max(1, placed))}
 
 
+def _inoculate(synthesizer, host: dict, layout, seed: int) -> np.ndarray:
+    """One inoculated host: the synthesizer's own ``synthesize_host`` (whole-fundus or local mode), else, for
+    a stand-in written against the whole-fundus signature, ``synthesize(vessels, fov, layout, seed=)``."""
+    draw = getattr(synthesizer, "synthesize_host", None)
+    if draw is not None:
+        return draw(host, layout, seed=seed)
+    return synthesizer.synthesize(np.asarray(host["vessels"], np.float32), np.asarray(host["fov"], bool), layout, seed=seed)
+
+
 def dose_layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
     """count -> placed bank (None for 0): prefixes of one layout when ``nested``, else independent."""
     if not nested:
@@ -321,7 +332,8 @@ def dose_layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested
 def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: int | None = None, seed: int | None = None,
                    config: KochConfig | None = None, vessel_model=None, progress: bool = True) -> KochReport:
     """Run the Koch test. ``healthy_set``: hosts {"vessels" (S,S), "fov" (S,S) bool, "name", and
-    optionally "image" (the real photo, for the Fréchet distance)} at the synthesizer's size.
+    optionally "image" (the real photo, for the Fréchet distance; what a local-mode synthesizer inoculates)}
+    at the synthesizer's size.
     ``vessel_model``: a vessel segmenter, or ``False`` to skip vessel Dice (default: the shipped one)."""
     from tqdm.auto import tqdm
 
@@ -351,7 +363,12 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
     if size is not None and detector.input_size != int(size):
         raise ValueError(f"the model takes {detector.input_size} px images and the synthesizer serves {size} px: "
                          f"adapt it with input_size={size} (a model with a global pool runs at any size)")
-    if vessel_model is None:
+    # A local-mode synthesizer leaves the healthy photo as it is: its vessel Dice and Fréchet distance would
+    # measure the photo against itself, so they are left out (None).
+    local = getattr(synthesizer, "mode", "whole") == "local"
+    if local:
+        vessel_model = False
+    elif vessel_model is None:
         vessel_model = load_vessels()
     detector.eval()
 
@@ -374,12 +391,14 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
 
     for t in tqdm(range(cfg.trials), desc="koch test", disable=not progress):
         host = healthy_set[t % len(healthy_set)]
-        ves, fov = np.asarray(host["vessels"], np.float32), np.asarray(host["fov"], bool)
+        fov = np.asarray(host["fov"], bool)
+        # a local-mode host may come without a tree (the photo is inoculated, not drawn)
+        ves = np.asarray(host["vessels"], np.float32) if host.get("vessels") is not None else np.zeros(fov.shape, np.float32)
         tseed = cfg.seed * 100_003 + t
         rng = np.random.default_rng(tseed)
         geom = _fov_geometry(fov)
         layouts = dose_layouts(bank, counts, fov, tseed, cfg.nested)
-        images = np.stack([synthesizer.synthesize(ves, fov, layouts[n], seed=tseed) for n in counts])
+        images = np.stack([_inoculate(synthesizer, host, layouts[n], tseed) for n in counts])
         severity.append(predict_severity(detector, images).tolist())
         maps = explain(detector, images, cfg.method, start=cfg.start).maps
         t_hits, t_placed, t_pos, t_neg = 0, 0, [], []
@@ -440,7 +459,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         pos_by_trial.append(t_pos)
         neg_by_trial.append(t_neg)
         if run_control and ctl_counts:
-            base = images[counts.index(0)] if 0 in counts else synthesizer.synthesize(ves, fov, None, seed=tseed)
+            base = images[counts.index(0)] if 0 in counts else _inoculate(synthesizer, host, None, tseed)
             ctl_images = np.stack([transplant(detector, base, layouts[n]) for n in ctl_counts])
             ctl_severity.append(predict_severity(detector, ctl_images).tolist())
             ctl_maps = explain(detector, ctl_images, cfg.method, start=cfg.start).maps
@@ -475,7 +494,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
     rhos_ok = np.nan_to_num(rhos, nan=0.0)  # a flat severity row shows no rise: rho 0
     rho_boot = rhos_ok[idx].mean(1)
     fd = fd_ci = None
-    if len(real_images) >= 8 and len(real_images) == len(healthy_images):
+    if not local and len(real_images) >= 8 and len(real_images) == len(healthy_images):
         from ..synthesis.evaluate import embedding_features, frechet_with_ci
 
         fake_f, _ = embedding_features(detector, np.stack(healthy_images))
@@ -518,7 +537,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         fd=fd, fd_ci=fd_ci,
         mask_hit_rate=float(mask_hits / max(1.0, placed_arr.sum())),
         mask_chance_hit_rate=float(mask_decoy_hits / max(1, decoy_n)),
-        config={**asdict(cfg), "counts": counts},
+        config={**asdict(cfg), "counts": counts, "mode": getattr(synthesizer, "mode", "whole")},
         components_per_image=per_image,
         cases=cases,
         **control,

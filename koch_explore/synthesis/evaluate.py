@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .disc import find_disc
+
 __all__ = ["disc_contrast", "embedding_features", "evaluate_synthesizer", "find_disc", "frechet_distance",
            "paired_frechet_gap", "stripe_energy"]
 
@@ -41,8 +43,6 @@ C2ST_COUNT = 4
 """Descriptors placed per host for the lesion two-sample test (few enough that they rarely overlap)."""
 C2ST_MIN_WINDOWS = 10
 """Fewest windows per side for which the two-sample accuracy is reported (2 per held-out fold)."""
-DISC_RADIUS = 0.14
-"""Optic disc radius as a share of the FOV radius (a 1.8 mm disc in a 45-degree, ~12 mm field)."""
 
 
 def _green_row_profile(image: np.ndarray, fov: np.ndarray, min_run: float = 0.25) -> np.ndarray:
@@ -71,22 +71,6 @@ def stripe_energy(image: np.ndarray, fov: np.ndarray, periods: tuple[float, floa
     the green channel's row-mean profile inside the FOV (stripes are whole rows brighter or darker than
     their neighbours, so they survive the mean over a row while texture and vessels average out)."""
     return _band_power(_green_row_profile(image, fov), periods)
-
-
-def find_disc(image: np.ndarray, fov: np.ndarray) -> tuple[float, float, float]:
-    """(x, y, radius) of the optic disc of a fundus photo: the brightest disc-sized spot of the blurred
-    luminance inside the eroded FOV (the disc is the brightest structure of a fundus)."""
-    import cv2
-
-    fov = np.asarray(fov, bool)
-    ys, xs = np.nonzero(fov)
-    r_fov = 0.5 * max(np.ptp(xs), np.ptp(ys)) + 0.5
-    radius = DISC_RADIUS * r_fov
-    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    blurred = cv2.GaussianBlur(lum * fov, (0, 0), radius / 2) / np.maximum(cv2.GaussianBlur(fov.astype(np.float32), (0, 0), radius / 2), 1e-3)
-    inner = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(2 * radius) | 1,) * 2)) > 0
-    y, x = np.unravel_index(np.argmax(np.where(inner, blurred, -np.inf)), blurred.shape)
-    return float(x), float(y), float(radius)
 
 
 def disc_contrast(image: np.ndarray, fov: np.ndarray, disc: tuple[float, float, float]) -> float:
@@ -202,7 +186,7 @@ def _realism(extractor, real: np.ndarray, ours: np.ndarray, base: np.ndarray | N
 
 def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None, vessel_model=None,
                          counts=COUNTS, seed: int = 0, progress: bool = True, check_detector=None,
-                         real_lesions: np.ndarray | None = None) -> dict:
+                         real_lesions: np.ndarray | None = None, diseased: np.ndarray | None = None) -> dict:
     """The ``synth eval --json`` object. ``hosts``: healthy {"image", "vessels", "fov"} at the
     synthesizer's size (the real side of the Fréchet distance and the trees to draw from).
 
@@ -212,10 +196,17 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     phantom-trained detector — checks that the gain is not only the generator learning that network.
 
     ``real_lesions``: windows around real isolated lesions (:func:`.c2st.isolated_lesion_windows`) for
-    the lesion two-sample test; None leaves its figures out."""
+    the lesion two-sample test; None leaves its figures out.
+
+    A local-mode synthesizer (``synth.mode == "local"``) leaves the healthy photo untouched, so the
+    figures of a healthy synthesis (vessels, anatomy, its Fréchet distance to the photos) are left out;
+    with ``diseased`` (real DR eyes, e.g. the lesion eyes) ``fd_ours`` is then the Fréchet distance of the
+    photos inoculated with 4 lesions to those eyes, beside ``fd_host`` (the same photos before) and
+    ``fd_transplant`` (the real lesions pasted instead): whether the lesions move a photo toward DR eyes."""
+    if getattr(synth, "mode", "whole") == "local":
+        return _evaluate_local(synth, detector, hosts, bank, baseline, counts, seed, progress, real_lesions, diseased)
     from tqdm.auto import tqdm
 
-    from .synthesizer import random_layout
 
     if vessel_model is None:
         from ..vessels import load_vessels
@@ -225,7 +216,7 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     healthy = []
     dice, frangi_fake, frangi_real = [], [], []
     for i, h in enumerate(tqdm(hosts, desc="healthy synthesis", disable=not progress, leave=False)):
-        img = synth.synthesize(h["vessels"], h["fov"], None, seed=seed + i)
+        img = synth.synthesize_host(h, None, seed=seed + i)
         healthy.append(img)
         truth = (h["vessels"] > 0.5) & h["fov"]
         _, binary = vessel_model.segment(img, h["fov"], tta=1)
@@ -236,7 +227,7 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     healthy = np.stack(healthy)
     base = None
     if baseline is not None:
-        base = np.stack([baseline.synthesize(h["vessels"], h["fov"], None, seed=seed + i) for i, h in enumerate(hosts)])
+        base = np.stack([baseline.synthesize_host(h, None, seed=seed + i) for i, h in enumerate(hosts)])
     rep = {"vessel_dice": float(np.mean(dice)), "vessel_dice_frangi": float(np.mean(frangi_fake)),
            "vessel_dice_frangi_real": float(np.mean(frangi_real)), "n_hosts": len(hosts)}
     fovs = np.stack([h["fov"] for h in hosts])
@@ -248,17 +239,7 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
         rep.update(_realism(check_detector, real, healthy, base, seed, "fdcheck"))
     if real_lesions is not None and C2ST_COUNT not in counts:
         raise ValueError(f"the lesion two-sample test places {C2ST_COUNT} descriptors per host: keep {C2ST_COUNT} in counts")
-    sev_by, placed = {}, None
-    for n in tqdm(counts, desc="severity by count", disable=not progress, leave=False):
-        imgs, layouts = [], []
-        for i, h in enumerate(hosts):
-            lay = random_layout(bank, n, h["fov"], seed=seed * 1000 + i) if n else None
-            imgs.append(synth.synthesize(h["vessels"], h["fov"], lay, seed=seed + i))
-            layouts.append(lay)
-        _, sev = embedding_features(detector, np.stack(imgs))
-        sev_by[str(n)] = float(sev.mean())
-        if n == C2ST_COUNT and real_lesions is not None:
-            placed = (np.stack(imgs), layouts)
+    sev_by, placed = _severity_series(synth, detector, hosts, bank, counts, seed, progress)
     rep["severity_by_count"] = sev_by
     vals = [sev_by[str(n)] for n in counts]
     rep["severity_monotonic"] = bool(all(b > a for a, b in zip(vals, vals[1:])))
@@ -266,6 +247,55 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
         rep.update(_lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, seed))
     return rep
 
+
+
+def _severity_series(synth, detector, hosts, bank, counts, seed: int, progress: bool):
+    """({count: mean severity}, the count-``C2ST_COUNT`` images and layouts or None): every host
+    inoculated with each count of descriptors (layouts drawn per host and count with ``seed``)."""
+    from tqdm.auto import tqdm
+
+    from .synthesizer import random_layout
+
+    sev_by, placed = {}, None
+    for n in tqdm(counts, desc="severity by count", disable=not progress, leave=False):
+        imgs, layouts = [], []
+        for i, h in enumerate(hosts):
+            lay = random_layout(bank, n, h["fov"], seed=seed * 1000 + i) if n else None
+            imgs.append(synth.synthesize_host(h, lay, seed=seed + i))
+            layouts.append(lay)
+        _, sev = embedding_features(detector, np.stack(imgs))
+        sev_by[str(n)] = float(sev.mean())
+        if n == C2ST_COUNT:
+            placed = (np.stack(imgs), layouts)
+    return sev_by, placed
+
+
+def _evaluate_local(synth, detector, hosts, bank, baseline, counts, seed, progress, real_lesions, diseased) -> dict:
+    """:func:`evaluate_synthesizer` for a local-mode synthesizer (see there)."""
+    if (real_lesions is not None or diseased is not None) and C2ST_COUNT not in counts:
+        raise ValueError(f"the lesion figures place {C2ST_COUNT} descriptors per host: keep {C2ST_COUNT} in counts")
+    missing = [h.get("name", i) for i, h in enumerate(hosts) if "image" not in h]
+    if missing:
+        raise ValueError(f"hosts {missing[:3]} have no photo: local inoculation needs real healthy photos")
+    photos = np.stack([h["image"] for h in hosts]).astype(np.float32)
+    rep: dict = {"mode": "local", "n_hosts": len(hosts)}
+    sev_by, placed = _severity_series(synth, detector, hosts, bank, counts, seed, progress)
+    rep["severity_by_count"] = sev_by
+    vals = [sev_by[str(n)] for n in counts]
+    rep["severity_monotonic"] = bool(all(b > a for a, b in zip(vals, vals[1:])))
+    if diseased is not None and placed is not None:
+        from .transplant import transplant
+
+        images, layouts = placed
+        pasted = np.stack([transplant(detector, p, lay) if lay is not None and len(lay) else p for p, lay in zip(photos, layouts)])
+        df, _ = embedding_features(detector, np.asarray(diseased, np.float32))
+        for key, imgs in (("fd_ours", images), ("fd_host", photos), ("fd_transplant", pasted)):
+            f, _ = embedding_features(detector, imgs)
+            fd, ci = frechet_with_ci(f, df, seed=seed)
+            rep.update({key: fd, f"{key}_ci": list(ci)})
+    if real_lesions is not None:
+        rep.update(_lesion_realism(real_lesions, placed, photos, hosts, detector, baseline, seed))
+    return rep
 
 
 def _lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, seed: int) -> dict:
@@ -277,7 +307,7 @@ def _lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, se
     centroids = [placed_centroids(lay) for lay in layouts]
     sides = {"": lesion_windows(images, centroids)}
     if baseline is not None:
-        base = np.stack([baseline.synthesize(h["vessels"], h["fov"], lay, seed=seed + i) for i, (h, lay) in enumerate(zip(hosts, layouts))])
+        base = np.stack([baseline.synthesize_host(h, lay, seed=seed + i) for i, (h, lay) in enumerate(zip(hosts, layouts))])
         sides["_baseline"] = lesion_windows(base, centroids)
     if all(d.norm_patch is not None for lay in layouts if lay is not None for d in lay):
         pasted = np.stack([transplant(detector, img, lay) if lay is not None and len(lay) else img

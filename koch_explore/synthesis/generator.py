@@ -1,7 +1,8 @@
 """Postulate 3, the generator: a U-Net that draws a fundus around a vessel tree, conditioned on the
 placed lesion descriptors (after the AAAI/JBHI papers, see ../shared/docs/METHOD.md):
 
-* encoder on the vessel tree + FOV mask: ``depth`` stride-2 4x4 convs (widths ``ngf`` x 1, 2, 4, 8,
+* encoder on the vessel tree + FOV mask (+ the optic disc's map with ``disc_channel``, see :mod:`.disc`):
+  ``depth`` stride-2 4x4 convs (widths ``ngf`` x 1, 2, 4, 8,
   8, 8), BatchNorm, leaky ReLU 0.2;
 * the descriptor canvases of :meth:`~koch_explore.culture.DescriptorBank.render` (the detector's
   feature patches pasted where lesions are placed, plus the placement mask) are concatenated to the
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-__all__ = ["Generator", "GeneratorConfig", "canvas_tensors"]
+__all__ = ["Generator", "GeneratorConfig", "canvas_tensors", "with_disc_input"]
 
 
 @dataclass
@@ -41,6 +42,9 @@ class GeneratorConfig:
     """Detector layer -> downsampling factor of its grid (1/2 -> 2, 1/8 -> 8)."""
     ndf: int = 32
     """Discriminator width of the first conv."""
+    disc_channel: bool = False
+    """A third input: the optic disc's map (:func:`~koch_explore.synthesis.disc.disc_map`), so the generator
+    knows where to draw the disc (the first shipped generator, without it, drew none)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -96,7 +100,8 @@ class Generator(nn.Module):
         self.inject = {cfg.level_of(n): (n, c + 1) for n, c in cfg.canvas_channels.items()}
         skip_ch = [w[i] + (self.inject[i][1] if i in self.inject else 0) for i in range(cfg.depth)]
         self.down = nn.ModuleList()
-        cin = 2
+        self.inputs = 3 if cfg.disc_channel else 2
+        cin = self.inputs
         for i in range(cfg.depth):
             self.down.append(down_block(cin, w[i], norm=i > 0))
             cin = skip_ch[i]  # the next level sees the injected canvases too
@@ -108,12 +113,15 @@ class Generator(nn.Module):
             cout = w[i - 1] if i > 0 else cfg.ngf
             self.up.append(_up(cin, cout))
             cin = cout + (skip_ch[i - 1] if i > 0 else 0)
-        self.to_rgb = nn.Conv2d(cin + 2, 3, 3, 1, 1)  # + vessels and FOV at full resolution
+        self.to_rgb = nn.Conv2d(cin + self.inputs, 3, 3, 1, 1)  # + the inputs at full resolution
 
-    def forward(self, vessels: torch.Tensor, fov: torch.Tensor, z: torch.Tensor, canvases: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, vessels: torch.Tensor, fov: torch.Tensor, z: torch.Tensor, canvases: dict[str, torch.Tensor] | None = None,
+                disc: torch.Tensor | None = None) -> torch.Tensor:
         canvases = canvases or {}
         b = vessels.shape[0]
-        inp = torch.cat([vessels, fov], dim=1)
+        if self.cfg.disc_channel and disc is None:
+            raise ValueError("this generator draws the optic disc where it is told: give disc (B, 1, S, S), see synthesis.disc")
+        inp = torch.cat([vessels, fov] + ([disc.to(vessels.dtype)] if self.cfg.disc_channel else []), dim=1)
         h, skips = inp, []
         for i, down in enumerate(self.down):
             h = down(h)
@@ -154,4 +162,20 @@ def canvas_tensors(layout, cfg: GeneratorConfig, device=None) -> dict[str, torch
         if mask is not None:
             t[0, ch] = torch.from_numpy(mask.astype("float32"))
         out[name] = t.to(device) if device is not None else t
+    return out
+
+
+def with_disc_input(state: dict[str, torch.Tensor], generator: Generator) -> dict[str, torch.Tensor]:
+    """A state dict of a generator without the disc input, widened for ``generator`` (which has it): the
+    new input's weights start at zero, so the widened generator draws exactly what the old one drew until
+    training teaches it the disc (fine-tuning the shipped generator)."""
+    own = generator.state_dict()
+    out = dict(state)
+    for name in ("down.0.0.weight", "to_rgb.weight"):
+        old, new = state[name], own[name]
+        if old.shape == new.shape:
+            continue
+        wide = torch.zeros_like(new)
+        wide[:, : old.shape[1]] = old
+        out[name] = wide
     return out

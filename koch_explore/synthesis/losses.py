@@ -23,7 +23,11 @@ A user-supplied VGG-19 can replace it (any module returning a dict of named feat
 * **severity** (optional; JBHI weights it 10) — the detector's severity of the synthetic image against
   the host's: equal for a healthy synthesis, and with descriptors placed at least the host's plus the
   descriptors' severity shares ("floor") or exactly that ("match");
-* **global style** (the Tub-sGAN baseline) — one Gram loss over the whole FOV against a reference photo.
+* **global style** (the Tub-sGAN baseline) — one Gram loss over the whole FOV against a reference photo;
+* **spectrum** — the synthetic fundus's fine-scale power spectrum against its host photo's: every other
+  term reads the image through the detector's or the segmenter's strided convolutions, which cannot tell
+  some periodic patterns a few pixels apart from photo grain, and the first shipped generator filled the
+  fundus with such stripes; this term reads the pixels themselves (:func:`spectrum_term`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ __all__ = [
     "pathological",
     "retinal_detail",
     "severity_term",
+    "spectrum_term",
     "total_variation",
 ]
 
@@ -79,6 +84,9 @@ class LossWeights:
     severity shares: what each lesion added in its source eye), see :func:`severity_term`; 0 = off."""
     style: float = 0.0
     """Whole-image Gram loss to a reference photo (the Tub-sGAN baseline); 0 in our mode."""
+    spectrum: float = 0.0
+    """Smoothed log power spectrum of the synthesis's luminance vs its host photo's at periods of 2-16 px,
+    L1, see :func:`spectrum_term`; 0 = off (the first shipped generator)."""
 
 
 class DetectorFeatures(nn.Module):
@@ -307,3 +315,32 @@ def global_style(fake: dict[str, torch.Tensor], reference_grams: dict[str, torch
             target = reference_grams[name]
             terms.append(((gram(f[i], m[i]) - target) ** 2).mean() / (target.pow(2).mean() + 1e-6))
     return torch.stack(terms).mean()
+
+
+def _log_spectrum(images: torch.Tensor, fov: torch.Tensor, pool: int) -> torch.Tensor:
+    """(B, h, w) log of the 2-D power spectrum of the luminance inside the FOV (its FOV mean removed),
+    averaged over ``pool`` x ``pool`` frequency bins (one bin's power is as noisy as a single draw)."""
+    w = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    lum = (images.float() * w).sum(1, keepdim=True)
+    m = fov.float()
+    mean = (lum * m).sum(dim=(2, 3), keepdim=True) / m.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    spec = torch.fft.rfft2(((lum - mean) * m)[:, 0], norm="ortho")
+    power = spec.real**2 + spec.imag**2
+    power = torch.fft.fftshift(power, dim=-2)  # vertical frequencies centred, so pooling never wraps them
+    return torch.log(F.avg_pool2d(power[:, None], pool, pool)[:, 0] + 1e-6)
+
+
+def spectrum_term(fake: torch.Tensor, real: torch.Tensor, fov: torch.Tensor, periods: tuple[float, float] = (2.0, 16.0),
+                  pool: int = 4) -> torch.Tensor:
+    """Mean L1 between the smoothed log power spectra (:func:`_log_spectrum`) of ``fake`` and ``real``
+    (B, 3, S, S) within ``fov``, over the frequencies whose period lies in ``periods`` px: stripes and
+    grids a few px apart show as excess power there, however the detector's features see them."""
+    lf, lr = _log_spectrum(fake, fov, pool), _log_spectrum(real, fov, pool).detach()
+    h, w = fake.shape[-2:]
+    fy = torch.fft.fftshift(torch.fft.fftfreq(h, device=fake.device))
+    fx = torch.fft.rfftfreq(w, device=fake.device)
+    fy = F.avg_pool1d(fy.abs()[None, None], pool, pool)[0, 0]
+    fx = F.avg_pool1d(fx[None, None], pool, pool)[0, 0] if len(fx) >= pool else fx
+    radius = torch.sqrt(fy[:, None] ** 2 + fx[None, : lf.shape[-1]] ** 2)
+    band = (radius >= 1 / periods[1]) & (radius <= 1 / periods[0])
+    return (lf - lr).abs()[:, band].mean()

@@ -98,7 +98,10 @@ def layout_placements(layout_bank, index: int, layers, device=None):
 
 
 class LesionSynthesizer:
-    """A trained generator and what it needs to turn (vessels, FOV, placed descriptors) into a fundus."""
+    """A trained generator and what it needs to turn (vessels, FOV, placed descriptors) into a fundus
+    (the paper's whole-fundus mode; :class:`~koch_explore.synthesis.local.LocalSynthesizer` is the local one)."""
+
+    mode = "whole"
 
     def __init__(self, generator: Generator, detector_hash: str | None = None, metadata: dict | None = None):
         self.generator = generator.eval()
@@ -120,10 +123,13 @@ class LesionSynthesizer:
         return self
 
     @torch.no_grad()
-    def synthesize(self, vessels: np.ndarray, fov: np.ndarray, layout=None, z: np.ndarray | torch.Tensor | None = None, seed: int = 0) -> np.ndarray:
+    def synthesize(self, vessels: np.ndarray, fov: np.ndarray, layout=None, z: np.ndarray | torch.Tensor | None = None, seed: int = 0,
+                   disc: tuple[float, float, float] | None = None) -> np.ndarray:
         """One fundus (S, S, 3) float32 in [0, 1]. ``layout``: a placed :class:`DescriptorBank`, a
         :class:`RenderedLayout`, or None (no lesion: the healthy synthesis). ``z`` defaults to a
-        normal draw from ``seed``."""
+        normal draw from ``seed``. ``disc`` (x, y, radius) in px, for a generator that draws the optic
+        disc (``cfg.disc_channel``): default, where the tree's wide vessels converge
+        (:func:`~koch_explore.synthesis.disc.disc_from_vessels`)."""
         from ..culture.bank import DescriptorBank
 
         s = self.cfg.size
@@ -142,8 +148,23 @@ class LesionSynthesizer:
         z = torch.as_tensor(z, dtype=torch.float32).reshape(1, -1).to(dev)
         vt = torch.from_numpy(v)[None, None].to(dev)
         ft = torch.from_numpy(f.astype(np.float32))[None, None].to(dev)
-        out = self.generator(vt, ft, z, canvas_tensors(layout, self.cfg, dev))
+        dt = None
+        if self.cfg.disc_channel:
+            from .disc import disc_from_vessels, disc_map
+
+            dt = torch.from_numpy(disc_map((s, s), disc if disc is not None else disc_from_vessels(v, f)))[None, None].to(dev)
+        out = self.generator(vt, ft, z, canvas_tensors(layout, self.cfg, dev), disc=dt)
         return out[0].permute(1, 2, 0).float().cpu().numpy()
+
+    def synthesize_host(self, host: dict, layout=None, seed: int = 0) -> np.ndarray:
+        """The Koch test's call: a fundus drawn around ``host["vessels"]`` within ``host["fov"]`` (the disc,
+        for a generator that draws it, where the host's photo has it, else where its tree says)."""
+        disc = None
+        if self.cfg.disc_channel:
+            from .disc import host_disc
+
+            disc = host_disc(host)
+        return self.synthesize(host["vessels"], host["fov"], layout, seed=seed, disc=disc)
 
     @staticmethod
     def relocate(layout_bank, i, to, snap: int = 8):
@@ -174,11 +195,31 @@ class LesionSynthesizer:
         return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)
 
 
-def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu") -> LesionSynthesizer:
-    """A synthesizer by shipped name ("real", the default; "deconvnet"; "phantom") or from a user's
-    safetensors file (see :data:`koch_explore.core.weights.SHIPPED`); its bank: :func:`~koch_explore.culture.load_bank`
-    with the same name."""
-    return LesionSynthesizer.load(resolve_weights("synthesizer", name_or_path), map_location=device)
+MODES = {"whole": "real", "local": "local"}
+"""Synthesis mode -> the shipped synthesizer of the real setup: "whole", the paper's generator that draws the
+whole fundus around a vessel tree; "local", lesions grown inside a real healthy photo (:mod:`.local`)."""
+
+
+def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu"):
+    """A synthesizer by shipped name ("real", the default whole-fundus one; "local"; "deconvnet"; "phantom")
+    or from a user's safetensors file (see :data:`koch_explore.core.weights.SHIPPED`): a
+    :class:`LesionSynthesizer` or a :class:`~koch_explore.synthesis.local.LocalSynthesizer`, as the file's
+    header says. Its bank: :func:`~koch_explore.culture.load_bank` with the same name."""
+    from ..core.weights import safetensors_header
+    from .local import FORMAT as LOCAL_FORMAT
+    from .local import LocalSynthesizer
+
+    path = resolve_weights("synthesizer", name_or_path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            head += f.read(int.from_bytes(head[:8], "little")) if len(head) == 8 and int.from_bytes(head, "little") < 2**24 else b""
+        fmt = safetensors_header(head)[0].get("__metadata__", {}).get("format")
+    except (OSError, ValueError):
+        fmt = None  # unreadable: the strict loader below names the problem
+    if fmt == LOCAL_FORMAT:
+        return LocalSynthesizer.load(path, map_location=device)
+    return LesionSynthesizer.load(path, map_location=device)
 
 
 def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):
@@ -225,10 +266,11 @@ def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):
     return DescriptorBank(out, detector_hash=bank.detector_hash, info=dict(bank.info))
 
 
-def synthesize_files(weights, vessels_path, fov_path, bank=None, layout=None, count: int = 4, seed: int = 0,
-                     colour_reference=None) -> tuple[np.ndarray, int]:
-    """(fundus (S, S, 3) in [0, 1], lesions placed) from image files: a vessel tree and FOV mask of any
-    size, a bank (shipped name or file; None: a healthy synthesis), a layout JSON file
+def synthesize_files(weights, vessels_path=None, fov_path=None, bank=None, layout=None, count: int = 4, seed: int = 0,
+                     colour_reference=None, photo=None) -> tuple[np.ndarray, int]:
+    """(image (S, S, 3) in [0, 1], lesions placed) from files. Whole mode: a vessel tree and FOV mask of any
+    size; local mode (the weights say which): ``photo``, a healthy fundus photo of any size (its FOV from
+    ``fov_path`` or estimated). Then a bank (shipped name or file; None: no lesion), a layout JSON file
     (``[{"index", "to", "rotate", "scale"}]``; None: ``count`` random placements) and optionally a photo
     whose Lab colour statistics the result takes (the paper's Fig. 10)."""
     import json
@@ -239,13 +281,22 @@ def synthesize_files(weights, vessels_path, fov_path, bank=None, layout=None, co
     from .colour import transfer_colour
 
     synth = load_synthesizer(weights)
-    size = synth.cfg.size
-    fov_full = read_mask(fov_path, allow_empty=False)
-    ves_full = read_mask(vessels_path)
-    if ves_full.shape != fov_full.shape:
-        raise ValueError(f"{vessels_path}: vessel tree {ves_full.shape} and FOV {fov_full.shape} differ in size")
-    fov = prepare_mask(fov_full, fov_full, size)
-    ves = prepare_mask(ves_full, fov_full, size) & fov
+    size = synth.size
+    local = getattr(synth, "mode", "whole") == "local"
+    if local:
+        if photo is None:
+            raise ValueError(f"{weights}: local-mode weights grow lesions in a photo: give --photo (a healthy fundus photo)")
+        given = read_mask(fov_path, allow_empty=False) if fov_path else None
+        host, fov = prepare_fundus(read_image(photo), size, fov=given, path=photo)
+    else:
+        if vessels_path is None or fov_path is None:
+            raise ValueError(f"{weights}: whole-fundus weights draw around a vessel tree: give --vessels and --fov")
+        fov_full = read_mask(fov_path, allow_empty=False)
+        ves_full = read_mask(vessels_path)
+        if ves_full.shape != fov_full.shape:
+            raise ValueError(f"{vessels_path}: vessel tree {ves_full.shape} and FOV {fov_full.shape} differ in size")
+        fov = prepare_mask(fov_full, fov_full, size)
+        ves = prepare_mask(ves_full, fov_full, size) & fov
     placed = None
     if bank is not None:
         descriptors = load_bank(bank)
@@ -256,7 +307,10 @@ def synthesize_files(weights, vessels_path, fov_path, bank=None, layout=None, co
                 raise ValueError(f"{layout}: {exc}") from exc
         else:
             placed = random_layout(descriptors, count, fov, seed=seed)
-    image = synth.synthesize(ves.astype(np.float32), fov, placed, seed=seed)
+    if local:
+        image = synth.inoculate(host, fov, placed)
+    else:
+        image = synth.synthesize(ves.astype(np.float32), fov, placed, seed=seed)
     if colour_reference:
         ref, ref_fov = prepare_fundus(read_image(colour_reference), size, path=colour_reference)
         image = transfer_colour(image, fov, ref, ref_fov)

@@ -47,6 +47,7 @@ from .losses import (
     pathological,
     retinal_detail,
     severity_term,
+    spectrum_term,
     total_variation,
 )
 from .synthesizer import (
@@ -137,6 +138,9 @@ class SynthTrainConfig:
     verdicts are noise, and a generator that listens to them loses in a few hundred steps what it
     learned (docs/findings/synthesizer.md#d-warmup). At most a quarter of ``steps``;
     ignored when training from scratch."""
+    disc: bool = False
+    """Give the generator the optic disc's place as a third input (:mod:`.disc`; found in each host photo),
+    so it learns to draw a disc there; with ``init`` from a generator without it, the new input starts at zero."""
     sample_every: int = 250
     checkpoint_minutes: float = 5.0
     seed: int = 0
@@ -302,10 +306,15 @@ def augment_host(item: dict, rng: np.random.Generator) -> dict:
     img = warp(item["image"], cv2.INTER_LINEAR)
     ves = warp(item["vessels"], cv2.INTER_LINEAR)
     fov = warp(item["fov"].astype(np.float32), cv2.INTER_LINEAR) > 0.5
+    disc = warp(item["disc_map"], cv2.INTER_LINEAR) if "disc_map" in item else None
     if rng.random() < 0.5:
         img, ves, fov = img[:, ::-1], ves[:, ::-1], fov[:, ::-1]
-    return {"image": np.ascontiguousarray(img * fov[..., None]), "vessels": np.ascontiguousarray((ves > 0.5).astype(np.float32)),
-            "fov": np.ascontiguousarray(fov), "name": item["name"]}
+        disc = None if disc is None else disc[:, ::-1]
+    out = {"image": np.ascontiguousarray(img * fov[..., None]), "vessels": np.ascontiguousarray((ves > 0.5).astype(np.float32)),
+           "fov": np.ascontiguousarray(fov), "name": item["name"]}
+    if disc is not None:
+        out["disc_map"] = np.ascontiguousarray(disc)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +360,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     rng = np.random.default_rng([cfg.seed, rank])
 
     detector = load_detector(cfg.data, cfg.detector, cfg.model)
-    gcfg = GeneratorConfig(**{**PRESETS[cfg.preset], "canvas_channels": {}, "canvas_scales": {}})
+    gcfg = GeneratorConfig(**{**PRESETS[cfg.preset], "canvas_channels": {}, "canvas_scales": {}, "disc_channel": cfg.disc})
     layers = list(detector.feature_layers)
     detail = detector.feature_layers if cfg.model and cfg.detail_layers == SynthTrainConfig.detail_layers else cfg.detail_layers
     sizes = {n: detector.forward_features(torch.zeros(1, 3, gcfg.size, gcfg.size), keep=set(layers))[1][n].shape for n in layers}
@@ -372,6 +381,11 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             own_bank.save(bank_path)
     else:
         hosts = healthy_set(cfg, gcfg.size)
+    if cfg.disc:
+        from .disc import disc_map, host_disc
+
+        # the disc where each host's photo has it; the augmentation moves the map with the photo
+        hosts = [{**h, "disc_map": disc_map(h["fov"].shape, host_disc(h))} for h in hosts]
     if cfg.bank and main and not (resume and bank_path.exists()):
         import shutil
 
@@ -417,8 +431,17 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
     G, D = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
     if cfg.init and not (resume and (out / "last.pt").exists()):
-        start = LesionSynthesizer.load(cfg.init, expect=gcfg)
-        G.load_state_dict(start.generator.state_dict())
+        from dataclasses import replace
+
+        from .generator import with_disc_input
+
+        start = LesionSynthesizer.load(cfg.init)
+        # the same networks, or the same without the disc input (then widened with zeros)
+        expect = replace(gcfg, disc_channel=start.cfg.disc_channel) if cfg.disc else gcfg
+        from ..core.weights import check_config
+
+        check_config(cfg.init, start.cfg, expect)
+        G.load_state_dict(with_disc_input(start.generator.state_dict(), G))
     ema = copy.deepcopy(G).eval()
     # A fine-tune's EMA starts at trained weights: the from-scratch warm-up (EMA tracking G closely
     # for the first steps) would overwrite them with the first, noisiest steps.
@@ -479,8 +502,9 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
                     added[i] = layout_severity_share(lay)
         canv = {n: torch.cat(v).to(device) for n, v in canv.items()}
         z = torch.randn(cfg.batch_size, gcfg.z_dim, device=device)
+        disc = torch.from_numpy(np.stack([b["disc_map"] for b in batch]))[:, None].to(device) if cfg.disc else None
 
-        fake = g_net(ves, fov, z, canv)
+        fake = g_net(ves, fov, z, canv, disc=disc)
         rec = {}
         warming = fine_tune and step < min(cfg.d_warmup, cfg.steps // 4)  # discriminator-only steps
         if warming or step % cfg.g_steps_per_d == 0:
@@ -516,6 +540,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             terms["severity"] = severity_term(sev_fake.reshape(-1), sev_real.reshape(-1), added, cfg.severity_target)
         if vessel_term is not None:
             terms["vessel"] = vessel_term(fake, ves, fov)
+        if w.spectrum > 0:
+            terms["spectrum"] = spectrum_term(fake, real, fov)
         if cfg.loss == "descriptors":
             terms["path"] = pathological({n: ff[n] for n in layers}, placements, cfg.pathological_mode)
             if evidence_net is not None:
@@ -524,7 +550,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         else:
             terms["style"] = global_style(detail_f, ref_grams, fov)
         scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0),
-                 "vessel": w.vessel, "severity": w.severity, "evidence": w.evidence}
+                 "vessel": w.vessel, "severity": w.severity, "evidence": w.evidence, "spectrum": w.spectrum}
         g_loss = sum(scale[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -566,9 +592,11 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 @torch.no_grad()
 def _write_sample(ema: Generator, host: dict, layout, z: torch.Tensor, path: Path, layers) -> None:
     from ..data.io import write_image
+    from .disc import host_disc
 
     synth = LesionSynthesizer(ema)
-    healthy = synth.synthesize(host["vessels"], host["fov"], None, z=z)
-    sick = synth.synthesize(host["vessels"], host["fov"], layout, z=z) if layout is not None else healthy
+    disc = host_disc(host) if ema.cfg.disc_channel else None
+    healthy = synth.synthesize(host["vessels"], host["fov"], None, z=z, disc=disc)
+    sick = synth.synthesize(host["vessels"], host["fov"], layout, z=z, disc=disc) if layout is not None else healthy
     row = np.concatenate([host["image"], np.repeat(host["vessels"][..., None], 3, 2), healthy, sick], axis=1)
     write_image(path, np.clip(row, 0, 1))

@@ -24,7 +24,8 @@ def transplant(detector, image: np.ndarray, layout) -> np.ndarray:
     detector's :class:`~koch_explore.detect.model.FundusNorm` computes it, is replaced by the
     descriptor's ``norm_patch`` times the image's per-channel RMS, so the detector's normalised
     input there is what it was in the source eye; the local average (colour, illumination) stays
-    the host's. This is the Koch test's positive control."""
+    the host's. This is the Koch test's positive control. ``detector`` None: the o_O detector's
+    normalisation, on the CPU (what local inoculation starts from)."""
     missing = [d.source for d in layout if d.norm_patch is None]
     if missing:
         raise ValueError(f"descriptors from {sorted(set(missing))} carry no norm_patch (isolated without the detector's "
@@ -32,7 +33,8 @@ def transplant(detector, image: np.ndarray, layout) -> np.ndarray:
     img = np.ascontiguousarray(image, np.float32)
     # The lesions' norm_patch live in the o_O detector's normalised space (they were cut with it), so
     # they are pasted back in that space, whatever normalisation the audited model has.
-    norm = detector.norm if isinstance(detector.norm, FundusNorm) else FundusNorm(DetectorConfig.norm_sigma)
+    own = getattr(detector, "norm", None)
+    norm = own if isinstance(own, FundusNorm) else FundusNorm(DetectorConfig.norm_sigma)
     dev = model_device(detector)
     with torch.no_grad():
         hp, rms = norm.highpass(torch.from_numpy(img).permute(2, 0, 1)[None].to(dev))
