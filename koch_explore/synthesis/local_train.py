@@ -88,7 +88,7 @@ class LocalTrainConfig:
     max_rim_share: float = 0.2
     """Drop descriptors with more than this share of their mask within ``rim_px`` of their source eye's FOV
     edge: the bright rim of the colour-enhanced EyePACS photos is evidence the detector uses, not a lesion,
-    and pasted inside another photo it draws an edge across the fundus."""
+    and pasted inside another photo it draws an edge across the fundus (a given ``bank`` is used as it is)."""
     rim_px: int = 7
     """Width (px at the detector's size) of the FOV rim band of ``max_rim_share``."""
     idrid: bool = True
@@ -301,6 +301,11 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
         raise ValueError(f"gram_layers {unknown}: the descriptors carry features of {list(detector.feature_layers)} only")
     feats = DetectorFeatures(detector, layers)
 
+    ckpt = out / "last.pt"
+    st = None
+    if resume and ckpt.exists():  # refused before any photo is read when the configuration changed
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        check_resume_config(ckpt, st.get("config"), _jsonable(cfg))
     bank_path = out / "bank.safetensors"
     if resume and bank_path.exists():  # the run's own bank: the same descriptors as before the stop
         hosts, fovs, bank, real = training_data(replace(cfg, bank=str(bank_path)), detector, size)
@@ -317,10 +322,7 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
     step, history = 0, []
     rng = np.random.default_rng([cfg.seed, 1])
-    ckpt = out / "last.pt"
-    if resume and ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        check_resume_config(ckpt, st.get("config"), _jsonable(cfg))
+    if st is not None:
         G.load_state_dict(st["G"]), D.load_state_dict(st["D"]), ema.load_state_dict(st["ema"])
         opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
         step, history = st["step"], json.loads(st["history"])
