@@ -30,7 +30,7 @@ _EXPORTS = {
     "model_card": "core.weights",  # the Markdown card of a shipped model
     "load_detector": "detect.model",  # "eyepacs" (default), "phantom", or a .safetensors path
     "load_vessels": "vessels.model",  # "drive" (default) or a path
-    "load_synthesizer": "synthesis.synthesizer",  # "real" (default), "deconvnet", "phantom", or a path
+    "load_synthesizer": "synthesis.synthesizer",  # "real" (default, whole mode), "local", "deconvnet", "phantom", or a path
     "load_bank": "culture.bank",  # the bank a synthesizer was trained with, by the same name, or a path
     # data
     "read_image": "data.io",  # any fundus file -> float32 RGB in [0, 1] (one clear error per bad file)

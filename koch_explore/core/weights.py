@@ -28,6 +28,31 @@ def safetensors_header(head: bytes) -> tuple[dict, int]:
     return json.loads(head[8 : 8 + n]), 8 + n
 
 
+def weights_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` a koch-explore safetensors file names in its header (read without its tensors), or
+    None for a file that is missing, unreadable or says none: for choosing a loader, whose strict
+    reading then names any problem."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:  # safetensors raises several types for a bad header
+        return None
+
+
+class JsonConfig:
+    """Mixin of the architecture dataclasses stored in a weights file's header: one JSON text, keys
+    sorted (the same config always writes the same header)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls(**json.loads(text))
+
+
 class WeightsMismatchError(ValueError):
     """Weights that do not belong to this architecture (or are not weights of this kind at all)."""
 

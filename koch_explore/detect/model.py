@@ -41,7 +41,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ..core.geometry import gaussian_blur
 from ..core.weights import (
+    JsonConfig,
     WeightsMismatchError,
     check_config,
     load_state_strict,
@@ -64,7 +65,7 @@ GRADE_NAMES = ["No DR", "Mild", "Moderate", "Severe NPDR", "Proliferative DR"]
 
 
 @dataclass
-class DetectorConfig:
+class DetectorConfig(JsonConfig):
     """Architecture of one detector. Saved with the weights; loading checks it field by field."""
 
     n: int = 32
@@ -85,9 +86,6 @@ class DetectorConfig:
     """BatchNorm after each conv (foldable into the conv in eval mode)."""
     norm_sigma: float = 1 / 30
     """Gaussian sigma of the local average, as a fraction of the input side (Graham, Kaggle 2015)."""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "DetectorConfig":

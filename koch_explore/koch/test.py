@@ -97,7 +97,8 @@ class TrialCase:
     """One trial's pictures at the largest count <= 8 (what the report draws)."""
 
     host: str
-    vessels: np.ndarray
+    vessels: np.ndarray | None
+    """The host's tree (None: a local-mode photo given without one)."""
     fov: np.ndarray
     healthy: np.ndarray
     inoculated: np.ndarray
@@ -393,7 +394,7 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         host = healthy_set[t % len(healthy_set)]
         fov = np.asarray(host["fov"], bool)
         # a local-mode host may come without a tree (the photo is inoculated, not drawn)
-        ves = np.asarray(host["vessels"], np.float32) if host.get("vessels") is not None else np.zeros(fov.shape, np.float32)
+        ves = None if host.get("vessels") is None else np.asarray(host["vessels"], np.float32)
         tseed = cfg.seed * 100_003 + t
         rng = np.random.default_rng(tseed)
         geom = _fov_geometry(fov)

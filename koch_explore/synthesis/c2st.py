@@ -21,27 +21,38 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..detect.predict import dihedral
 
-__all__ = ["LESION_WINDOW", "c2st_accuracy", "isolated_lesion_windows", "lesion_windows", "placed_centroids"]
+__all__ = ["LESION_WINDOW", "c2st_accuracy", "crop_windows", "isolated_lesion_windows", "lesion_windows", "placed_centroids",
+           "standardise"]
 
 LESION_WINDOW = 32
 """Window side in px at the synthesizer's 256 px: a lesion with its immediate surroundings (microaneurysms
 and haemorrhages are 2-20 px there)."""
 
 
+def crop_windows(images: torch.Tensor, centres: Sequence[tuple[int, float, float]], side: int) -> torch.Tensor:
+    """(N, C, side, side) windows of ``images`` (B, C, H, W) centred at each (image index, x, y), mirrored
+    at the edges; differentiable (the local trainer's discriminator reads the generator's windows so)."""
+    half = side // 2
+    padded: dict[int, torch.Tensor] = {}
+    out = []
+    for i, x, y in centres:
+        if i not in padded:
+            padded[i] = F.pad(images[i : i + 1], (half, half, half, half), mode="reflect")[0]
+        cx, cy = int(round(x)) + half, int(round(y)) + half
+        out.append(padded[i][:, cy - half : cy - half + side, cx - half : cx - half + side])
+    return torch.stack(out) if out else images.new_zeros((0, images.shape[1], side, side))
+
+
 def lesion_windows(images: np.ndarray, centroids: Sequence[Sequence[tuple[float, float]]], size: int = LESION_WINDOW) -> np.ndarray:
     """Square windows of side ``size`` centred on each (x, y) of ``centroids[i]`` in ``images[i]``
-    (N, H, W, 3) in [0, 1]; edges are mirrored. Returns float32 (M, size, size, 3)."""
-    half = size // 2
-    out = []
-    for img, points in zip(images, centroids):
-        padded = np.pad(np.asarray(img, np.float32), ((half, half), (half, half), (0, 0)), mode="reflect")
-        for x, y in points:
-            cx, cy = int(round(x)) + half, int(round(y)) + half
-            out.append(padded[cy - half:cy - half + size, cx - half:cx - half + size])
-    return np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)
+    (N, H, W, 3) in [0, 1]; edges are mirrored (:func:`crop_windows`). Returns float32 (M, size, size, 3)."""
+    stack = torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2)
+    centres = [(i, x, y) for i, points in enumerate(centroids) for x, y in points]
+    return crop_windows(stack, centres, size).permute(0, 2, 3, 1).numpy()
 
 
 def placed_centroids(layout) -> list[tuple[float, float]]:
@@ -64,11 +75,11 @@ def isolated_lesion_windows(detector, images: np.ndarray, names: Sequence[str], 
                           centroids, size)
 
 
-def _standardise(windows: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).permute(0, 3, 1, 2)
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
-    return (x - mean) / std
+def standardise(windows: torch.Tensor) -> torch.Tensor:
+    """Each window (N, 3, w, w) with its own per-channel mean removed and contrast divided out."""
+    mean = windows.mean(dim=(2, 3), keepdim=True)
+    std = windows.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+    return (windows - mean) / std
 
 
 def _classifier() -> nn.Module:
@@ -98,8 +109,8 @@ def c2st_accuracy(real: np.ndarray, synthetic: np.ndarray, folds: int = 5, epoch
         raise ValueError(f"a two-sample test needs at least {folds} windows on each side, got {len(real)} real and "
                          f"{len(synthetic)} synthetic")
     rng = np.random.default_rng(seed)
-    a = _standardise(np.asarray(real)[np.sort(rng.choice(len(real), n, replace=False))])
-    b = _standardise(np.asarray(synthetic)[np.sort(rng.choice(len(synthetic), n, replace=False))])
+    a = standardise(torch.from_numpy(np.asarray(real, np.float32)[np.sort(rng.choice(len(real), n, replace=False))]).permute(0, 3, 1, 2))
+    b = standardise(torch.from_numpy(np.asarray(synthetic, np.float32)[np.sort(rng.choice(len(synthetic), n, replace=False))]).permute(0, 3, 1, 2))
     x = torch.cat([a, b])
     y = torch.cat([torch.zeros(n), torch.ones(n)])
     fold_of = np.concatenate([rng.permutation(n) % folds, rng.permutation(n) % folds])  # stratified folds

@@ -207,7 +207,6 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
         return _evaluate_local(synth, detector, hosts, bank, baseline, counts, seed, progress, real_lesions, diseased)
     from tqdm.auto import tqdm
 
-
     if vessel_model is None:
         from ..vessels import load_vessels
 
@@ -246,7 +245,6 @@ def evaluate_synthesizer(synth, detector, hosts: list[dict], bank, baseline=None
     if real_lesions is not None:
         rep.update(_lesion_realism(real_lesions, placed, healthy, hosts, detector, baseline, seed))
     return rep
-
 
 
 def _severity_series(synth, detector, hosts, bank, counts, seed: int, progress: bool):

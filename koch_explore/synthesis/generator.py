@@ -15,17 +15,18 @@ placed lesion descriptors (after the AAAI/JBHI papers, see ../shared/docs/METHOD
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+
+from ..core.weights import JsonConfig
 
 __all__ = ["Generator", "GeneratorConfig", "canvas_tensors", "with_disc_input"]
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(JsonConfig):
     size: int = 256
     """Square side of the synthesized fundus."""
     ngf: int = 32
@@ -45,13 +46,6 @@ class GeneratorConfig:
     disc_channel: bool = False
     """A third input: the optic disc's map (:func:`~koch_explore.synthesis.disc.disc_map`), so the generator
     knows where to draw the disc (the first shipped generator, without it, drew none)."""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "GeneratorConfig":
-        return cls(**json.loads(text))
 
     def widths(self) -> list[int]:
         mult = [1, 2, 4, 8, 8, 8, 8, 8]

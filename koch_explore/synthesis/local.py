@@ -20,10 +20,8 @@ training eyes, the pathological (Gram) loss at the placements, the severity term
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -31,18 +29,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.weights import check_config, load_state_strict, read_weights, save_weights
+from ..core.weights import JsonConfig
+from .base import Synthesizer
 
 __all__ = ["LocalConfig", "LocalGenerator", "LocalSynthesizer", "blend_weights", "placement_region"]
 
-FORMAT = "koch-explore/local-synthesizer"
-FORMAT_VERSION = 1
 IN_CHANNELS = 8
 """host RGB, transplanted RGB, placement mask, blending weight."""
 
 
 @dataclass
-class LocalConfig:
+class LocalConfig(JsonConfig):
     size: int = 256
     """Side of the square photo the placements live on (the detector's input size)."""
     window: int = 64
@@ -60,13 +57,6 @@ class LocalConfig:
     def reach(self) -> int:
         """How far (px, square neighbourhood) beyond the placement mask a pixel can change."""
         return self.dilate + math.ceil(3 * self.feather)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LocalConfig":
-        return cls(**json.loads(text))
 
 
 def blend_weights(mask: np.ndarray, cfg: LocalConfig) -> np.ndarray:
@@ -188,7 +178,7 @@ def composite(host: torch.Tensor, windows: list[Window], drawn: list[torch.Tenso
     return host + alpha * (num / den.clamp_min(1e-6) - host)
 
 
-class LocalSynthesizer:
+class LocalSynthesizer(Synthesizer):
     """A trained :class:`LocalGenerator`: inoculate a real photo with placed descriptors.
 
     ::
@@ -198,25 +188,12 @@ class LocalSynthesizer:
         sick = synth.inoculate(image, fov, random_layout(load_bank("local"), 8, fov))
     """
 
+    FORMAT = "koch-explore/local-synthesizer"
+    FORMAT_VERSION = 1
+    KIND = "local lesion synthesizer"
+    CONFIG = LocalConfig
+    NETWORK = LocalGenerator
     mode = "local"
-
-    def __init__(self, generator: LocalGenerator, detector_hash: str | None = None, metadata: dict | None = None):
-        self.generator = generator.eval()
-        self.cfg = generator.cfg
-        self.detector_hash = detector_hash
-        self.metadata = dict(metadata or {})
-
-    @property
-    def size(self) -> int:
-        return int(self.cfg.size)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
-
-    def to(self, device) -> "LocalSynthesizer":
-        self.generator.to(device)
-        return self
 
     def _check(self, image: np.ndarray, fov: np.ndarray, layout):
         from ..culture.bank import BankMismatchError, DescriptorBank
@@ -266,24 +243,3 @@ class LocalSynthesizer:
         if image is None:
             raise ValueError("local inoculation draws on a real photo: pass image=, or call inoculate(image, fov, layout)")
         return self.inoculate(image, fov, layout)
-
-    # -- files ---------------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike, metadata: dict | None = None):
-        tensors = {k: v.half() if v.is_floating_point() else v for k, v in self.generator.state_dict().items()}
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json(),
-                  "detector_hash": self.detector_hash or ""}
-        return save_weights(path, tensors, header, {**self.metadata, **(metadata or {})})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, map_location="cpu", expect: LocalConfig | None = None) -> "LocalSynthesizer":
-        """Strict: the file must say it holds local-synthesizer weights of a config that builds exactly
-        its tensors (fp16 on disk, cast to fp32) — a generator of another kind fails here, not later."""
-        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "local lesion synthesizer")
-        cfg = LocalConfig.from_json(meta["config"])
-        check_config(path, cfg, expect)
-        gen = LocalGenerator(cfg)
-        load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path,
-                          "local lesion synthesizer")
-        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
-        return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .c2st import crop_windows, lesion_windows, standardise
 from .local import (
     LocalConfig,
     LocalGenerator,
@@ -156,24 +156,6 @@ class PatchDiscriminator(nn.Module):
         return self.net(x).mean(dim=(1, 2, 3))
 
 
-def standardise(windows: torch.Tensor) -> torch.Tensor:
-    """Each window's own per-channel mean removed and contrast divided out (as :mod:`.c2st` does)."""
-    mean = windows.mean(dim=(2, 3), keepdim=True)
-    std = windows.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
-    return (windows - mean) / std
-
-
-def crop_windows(images: torch.Tensor, centres: list[tuple[int, float, float]], side: int) -> torch.Tensor:
-    """(N, 3, side, side) windows of ``images`` (B, 3, H, W) at (image index, x, y), mirrored at the edges."""
-    half = side // 2
-    padded = F.pad(images, (half, half, half, half), mode="reflect")
-    out = []
-    for i, x, y in centres:
-        cx, cy = int(round(x)) + half, int(round(y)) + half
-        out.append(padded[i, :, cy - half : cy - half + side, cx - half : cx - half + side])
-    return torch.stack(out)
-
-
 def _dihedral_np(img: np.ndarray, fov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k >= 4:
         img, fov = img[:, ::-1], fov[:, ::-1]
@@ -186,7 +168,6 @@ def training_data(cfg: LocalTrainConfig, detector, size: int):
     from ..culture.build import bank_from_images
     from ..data.graded import graded_eyes
     from ..data.preprocess import estimate_fov
-    from .c2st import lesion_windows
 
     train = graded_eyes("train", size, root=cfg.root, aptos=False)
     rng = np.random.default_rng(cfg.seed)
@@ -248,7 +229,6 @@ def idrid_lesion_windows(cfg: LocalTrainConfig, size: int) -> np.ndarray:
 
     from ..data.datasets import LesionSegmentation
     from ..data.roots import resolve_data_root
-    from .c2st import lesion_windows
 
     root = resolve_data_root(cfg.root)
     if root is None or not (root / "IDRiD_lesions").is_dir():

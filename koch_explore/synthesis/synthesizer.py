@@ -20,19 +20,11 @@ import numpy as np
 import torch
 
 from ..core.geometry import boxes_overlap, in_mask
-from ..core.weights import (
-    check_config,
-    load_state_strict,
-    read_weights,
-    resolve_weights,
-    save_weights,
-)
+from ..core.weights import resolve_weights, weights_format
+from .base import Synthesizer
 from .generator import Generator, GeneratorConfig, canvas_tensors
 
 __all__ = ["LesionSynthesizer", "random_layout", "layout_placements", "layout_severity_share"]
-
-FORMAT = "koch-explore/lesion-synthesizer"
-FORMAT_VERSION = 1
 
 
 def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 8, tries: int = 100, rng=None):
@@ -97,30 +89,16 @@ def layout_placements(layout_bank, index: int, layers, device=None):
     return out
 
 
-class LesionSynthesizer:
+class LesionSynthesizer(Synthesizer):
     """A trained generator and what it needs to turn (vessels, FOV, placed descriptors) into a fundus
     (the paper's whole-fundus mode; :class:`~koch_explore.synthesis.local.LocalSynthesizer` is the local one)."""
 
+    FORMAT = "koch-explore/lesion-synthesizer"
+    FORMAT_VERSION = 1
+    KIND = "lesion synthesizer"
+    CONFIG = GeneratorConfig
+    NETWORK = Generator
     mode = "whole"
-
-    def __init__(self, generator: Generator, detector_hash: str | None = None, metadata: dict | None = None):
-        self.generator = generator.eval()
-        self.cfg = generator.cfg
-        self.detector_hash = detector_hash
-        self.metadata = dict(metadata or {})
-
-    @property
-    def size(self) -> int:
-        """The side of the square images it draws (hosts are prepared at it)."""
-        return int(self.cfg.size)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
-
-    def to(self, device) -> "LesionSynthesizer":
-        self.generator.to(device)
-        return self
 
     @torch.no_grad()
     def synthesize(self, vessels: np.ndarray, fov: np.ndarray, layout=None, z: np.ndarray | torch.Tensor | None = None, seed: int = 0,
@@ -159,6 +137,9 @@ class LesionSynthesizer:
     def synthesize_host(self, host: dict, layout=None, seed: int = 0) -> np.ndarray:
         """The Koch test's call: a fundus drawn around ``host["vessels"]`` within ``host["fov"]`` (the disc,
         for a generator that draws it, where the host's photo has it, else where its tree says)."""
+        if host.get("vessels") is None:
+            raise ValueError(f"host {host.get('name', '?')!r} has no vessel tree: the whole-fundus generator draws around one "
+                             "(use --mode local to inoculate the photo itself)")
         disc = None
         if self.cfg.disc_channel:
             from .disc import host_disc
@@ -176,24 +157,6 @@ class LesionSynthesizer:
         """Exactly ``n`` placed lesions drawn from ``layout_bank`` at random valid positions."""
         return random_layout(layout_bank, n, fov, seed)
 
-    # -- files ---------------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in self.generator.state_dict().items()}
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json(),
-                  "detector_hash": self.detector_hash or ""}
-        return save_weights(path, tensors, header, {**self.metadata, **(metadata or {})})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, map_location="cpu", expect: GeneratorConfig | None = None) -> "LesionSynthesizer":
-        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "lesion synthesizer")
-        cfg = GeneratorConfig.from_json(meta["config"])
-        check_config(path, cfg, expect)
-        gen = Generator(cfg)
-        load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path, "lesion synthesizer")
-        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
-        return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)
-
 
 MODES = {"whole": "real", "local": "local"}
 """Synthesis mode -> the shipped synthesizer of the real setup: "whole", the paper's generator that draws the
@@ -205,21 +168,12 @@ def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu"
     or from a user's safetensors file (see :data:`koch_explore.core.weights.SHIPPED`): a
     :class:`LesionSynthesizer` or a :class:`~koch_explore.synthesis.local.LocalSynthesizer`, as the file's
     header says. Its bank: :func:`~koch_explore.culture.load_bank` with the same name."""
-    from ..core.weights import safetensors_header
-    from .local import FORMAT as LOCAL_FORMAT
     from .local import LocalSynthesizer
 
     path = resolve_weights("synthesizer", name_or_path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            head += f.read(int.from_bytes(head[:8], "little")) if len(head) == 8 and int.from_bytes(head, "little") < 2**24 else b""
-        fmt = safetensors_header(head)[0].get("__metadata__", {}).get("format")
-    except (OSError, ValueError):
-        fmt = None  # unreadable: the strict loader below names the problem
-    if fmt == LOCAL_FORMAT:
-        return LocalSynthesizer.load(path, map_location=device)
-    return LesionSynthesizer.load(path, map_location=device)
+    # an unreadable file has no format: the strict loader names the problem
+    kind = LocalSynthesizer if weights_format(path) == LocalSynthesizer.FORMAT else LesionSynthesizer
+    return kind.load(path, map_location=device)
 
 
 def placed_from_json(bank, layout: list[dict], fov: np.ndarray | None = None):

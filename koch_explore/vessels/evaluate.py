@@ -27,6 +27,8 @@ def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, fl
     nxt = values[g + 1] if g + 1 < len(values) else values[g]
     t = float((float(values[g]) + float(nxt)) / 2)
     return min(max(t, 1e-6), 1 - 1e-6), float(f1[g])
+
+
 class PixelScores:
     """Collects probabilities and truth inside the FOV over many images; reports the figures of
     ``vessels eval`` (AUC threshold-free, the rest at ``threshold``)."""
@@ -75,8 +77,6 @@ def evaluate(model: VesselSegmenter, items, threshold: float | None = None, prog
         prob, _ = model.segment(item["image"], item["fov"], tta=tta)
         scores.add(prob, item["vessels"], item["fov"])
     return scores.report(float(model.threshold) if threshold is None else threshold)
-
-
 
 
 def dataset_root(dataset: str, root: str | os.PathLike | None) -> Path | None:

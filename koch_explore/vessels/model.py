@@ -4,10 +4,9 @@ threshold stored beside the weights), and :func:`load_vessels` for shipped or ow
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from ..core.geometry import gaussian_blur, gaussian_kernel1d
 from ..core.runtime import resolve_device
 from ..core.weights import (
+    JsonConfig,
     WeightsMismatchError,
     check_config,
     load_state_strict,
@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class VesselConfig:
+class VesselConfig(JsonConfig):
     """Architecture and input preprocessing of one segmenter. Saved with the weights; loading
     rebuilds exactly this network, and ``load(..., expect=cfg)`` checks it field by field."""
 
@@ -93,13 +93,6 @@ class VesselConfig:
     @property
     def pad_multiple(self) -> int:
         return 2**self.depth
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "VesselConfig":
-        return cls(**json.loads(text))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""What every synthesizer is, whatever it draws: a trained generator network, its config, the detector
+hash of the descriptors it was trained with, and one safetensors file (fp16 on disk, a format name and
+version and the config in the header, loaded strictly).
+
+:class:`~koch_explore.synthesis.synthesizer.LesionSynthesizer` (whole-fundus mode) and
+:class:`~koch_explore.synthesis.local.LocalSynthesizer` (local mode) add what they draw.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..core.weights import check_config, load_state_strict, read_weights, save_weights
+
+__all__ = ["Synthesizer"]
+
+
+class Synthesizer:
+    """A generator network and what it was trained with. Subclasses name their file ``FORMAT`` (and its
+    ``FORMAT_VERSION``), the ``CONFIG`` dataclass (with ``to_json``/``from_json``) and the ``NETWORK``
+    built from it, and what the files hold (``KIND``, for error messages)."""
+
+    FORMAT: ClassVar[str]
+    FORMAT_VERSION: ClassVar[int] = 1
+    KIND: ClassVar[str]
+    CONFIG: ClassVar[type]
+    NETWORK: ClassVar[type[nn.Module]]
+    mode: ClassVar[str]
+    """"whole" or "local" (:data:`~koch_explore.synthesis.synthesizer.MODES`)."""
+
+    def __init__(self, generator: nn.Module, detector_hash: str | None = None, metadata: dict | None = None):
+        self.generator = generator.eval()
+        self.cfg = generator.cfg
+        self.detector_hash = detector_hash
+        self.metadata = dict(metadata or {})
+
+    @property
+    def size(self) -> int:
+        """The side of the square images it draws (hosts are prepared at it)."""
+        return int(self.cfg.size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device):
+        self.generator.to(device)
+        return self
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+        """fp16 tensors (half the file; the generators draw the same to 8-bit precision) and the header."""
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in self.generator.state_dict().items()}
+        header = {"format": self.FORMAT, "format_version": str(self.FORMAT_VERSION), "config": self.cfg.to_json(),
+                  "detector_hash": self.detector_hash or ""}
+        return save_weights(path, tensors, header, {**self.metadata, **(metadata or {})})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu", expect=None):
+        """Strict: the file must say it holds this kind of weights, of a config (equal to ``expect`` when
+        given) that builds exactly its tensors (fp16 on disk, cast to fp32) — a generator of another kind
+        or shape fails here, naming the file, not later with a silently different network."""
+        tensors, meta = read_weights(path, cls.FORMAT, cls.FORMAT_VERSION, cls.KIND)
+        cfg = cls.CONFIG.from_json(meta["config"])
+        check_config(path, cfg, expect)
+        gen = cls.NETWORK(cfg)
+        load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path, cls.KIND)
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
+        return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)
