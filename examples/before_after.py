@@ -1,17 +1,19 @@
-"""Draw the inoculation before/after figure: the same healthy photo and the same 8 placed lesions, drawn
-by the whole-fundus generator (the paper's mode, what the quickstart showed first) and grown by local mode.
+"""Draw the inoculation figure: the same healthy photo and the same 8 placed lesions, drawn by the
+whole-fundus generator (the paper's mode) and grown by local mode.
 
-    python examples/before_after.py --out docs/img/inoculation_before_after.png
-    python examples/before_after.py --host PHOTO.jpg --whole real --out figure.png
+    python examples/before_after.py --count 12 --out docs/img/inoculation_before_after.png
+    python examples/before_after.py --host PHOTO.jpg --out figure.png
+    python examples/before_after.py --whole koch_explore/weights/synth_cpu256.safetensors --out old.png  # the striped predecessor
 
 Four panels: the host photo; the whole-fundus synthesis with the 8 lesions; the photo inoculated in local
-mode with the same 8; a zoom on one of them (before | after). Titles carry the detector's severity.
+mode with the same 8; a zoom on one of them (whole | local). Titles carry the detector's severity.
 Runs without data (the embedded photo, the shipped bank) in ~10 s on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -48,8 +50,8 @@ def main(argv=None) -> int:
     fig = plotting.image_grid(
         [host["image"], plotting.boxed(before, boxes), plotting.boxed(after, boxes), pair],
         [f"healthy photo ({host['name'].split('/')[-1]})\nseverity {sev[0]:.2f}",
-         f"before: whole-fundus generator, {len(layout)} lesions\nseverity {sev[1]:.2f}",
-         f"after: local mode, the same {len(layout)}\nseverity {sev[2]:.2f}", "one lesion, zoomed: before | after"],
+         f"whole mode ({Path(args.whole).stem}): {len(layout)} lesions\nseverity {sev[1]:.2f}",
+         f"local mode: the same {len(layout)} in the photo\nseverity {sev[2]:.2f}", "one lesion, zoomed: whole | local"],
         cols=4, size=3.2)
     fig.savefig(args.out, dpi=80, bbox_inches="tight")
     print(f"wrote {args.out}: severity photo {sev[0]:.2f}, whole {sev[1]:.2f}, local {sev[2]:.2f}")

@@ -331,10 +331,13 @@ def test_vessel_train_step(amp):
 def test_synthesizer_train_step(hosts, amp):
     """The loop body of :func:`koch_explore.synthesis.trainer.train` (inoculate mode, the shipped
     recipe's terms): a discriminator step, then a generator step on adversarial + retinal detail +
-    pathological (Gram) + TV + vessel consistency through the frozen detector and vessel segmenter.
-    Both networks start from the shipped generator and a seeded discriminator; the comparison covers
+    pathological (Gram) + TV + vessel consistency through the frozen detector and vessel segmenter, and
+    the pixel terms (spectrum, row/column profiles, shading; FFTs and blurs on the device), the optic
+    disc given as the trainer gives it. Both networks start from the shipped generator and a seeded
+    discriminator; the comparison covers
     both steps' losses and the generator's gradients and update. (The trainer itself has no autocast
     switch and trains in fp32; bf16 here checks that it could.)"""
+    from koch_explore.synthesis.disc import disc_from_vessels, disc_map
     from koch_explore.synthesis.discriminator import Discriminator
     from koch_explore.synthesis.generator import canvas_tensors
     from koch_explore.synthesis.losses import (
@@ -344,7 +347,10 @@ def test_synthesizer_train_step(hosts, amp):
         adversarial_d,
         adversarial_g,
         pathological,
+        profile_term,
         retinal_detail,
+        shading_term,
+        spectrum_term,
         total_variation,
     )
     from koch_explore.synthesis.synthesizer import layout_placements
@@ -359,6 +365,8 @@ def test_synthesizer_train_step(hosts, amp):
     rendered = [h["layout"].render((SIZE, SIZE), layers=layers, fov=h["fov"]) for h in hosts]
     canvases_cpu = {n: torch.cat([canvas_tensors(r, gcfg)[n] for r in rendered]) for n in layers}
     z_cpu = torch.from_numpy(np.random.default_rng(4).standard_normal((len(hosts), gcfg.z_dim)).astype(np.float32))
+    disc_cpu = torch.from_numpy(np.stack([disc_map((SIZE, SIZE), disc_from_vessels(h["vessels"], h["fov"])) for h in hosts]))[:, None] \
+        if gcfg.disc_channel else None
 
     def run_step(G, dev):
         G.train()
@@ -373,7 +381,7 @@ def test_synthesizer_train_step(hosts, amp):
         placements = [p for i, h in enumerate(hosts) for p in layout_placements(h["layout"], i, layers, dev)]
         canv = {n: t.to(dev) for n, t in canvases_cpu.items()}
         with autocast(dev, amp):
-            fake = G(ves, fov, z_cpu.to(dev), canv)
+            fake = G(ves, fov, z_cpu.to(dev), canv, disc=None if disc_cpu is None else disc_cpu.to(dev))
             d_loss = adversarial_d(D(real, ves), D(fake.detach(), ves))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -388,8 +396,12 @@ def test_synthesizer_train_step(hosts, amp):
                 "tv": total_variation(fake, fov),
                 "vessel": vessel_term(fake, ves, fov, generator=torch.Generator().manual_seed(6)),
                 "path": pathological({n: ff[n] for n in layers}, placements, cfg.pathological_mode),
+                "spectrum": spectrum_term(fake, real, fov),
+                "profile": profile_term(fake, real, fov),
+                "shading": shading_term(fake, real, fov),
             }
-        scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "vessel": w.vessel, "path": w.pathological}
+        scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "vessel": w.vessel, "path": w.pathological,
+                 "spectrum": 2.0, "profile": 5.0, "shading": 30.0}  # the shipped fine-tune's weights
         g_loss = sum(scale[k] * v.float() for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

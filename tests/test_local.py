@@ -203,6 +203,45 @@ def test_the_spectrum_term_sees_stripes_and_is_zero_for_the_photo_itself():
     assert torch.isfinite(striped.grad).all() and striped.grad.abs().sum() > 0
 
 
+def test_the_profile_term_sees_faint_stripes_in_either_direction_and_is_zero_for_the_photo_itself():
+    """Stripes a few grey levels deep (what the first generator drew) move the row/column profile term by
+    far more than the 2-D spectrum term, which spreads them over all orientations."""
+    from koch_explore.data.phantom import generate_phantom
+    from koch_explore.synthesis.losses import profile_term, spectrum_term
+
+    ph = generate_phantom(1, size=256, grade=0)
+    img = torch.from_numpy(np.clip(ph.image, 0, 1)).permute(2, 0, 1)[None].float()
+    fov = torch.from_numpy(ph.fov)[None, None].float()
+    wave = 0.01 * (torch.arange(256) % 3 == 0).float()
+    for stripes in (wave[None, None, :, None], wave[None, None, None, :]):  # rows, then columns
+        striped = (img - stripes * fov).clamp(0, 1)
+        assert profile_term(img, img, fov).item() == 0.0
+        assert profile_term(striped, img, fov).item() > 0.05
+        assert profile_term(striped, img, fov).item() > 5 * spectrum_term(striped, img, fov).item()
+    striped.requires_grad_(True)
+    profile_term(striped, img, fov).backward()
+    assert torch.isfinite(striped.grad).all() and striped.grad.abs().sum() > 0
+
+
+def test_the_shading_term_sees_a_colour_drift_but_not_the_placed_lesions():
+    from koch_explore.data.phantom import generate_phantom
+    from koch_explore.synthesis.losses import shading_term
+
+    ph = generate_phantom(2, size=256, grade=0)
+    img = torch.from_numpy(np.clip(ph.image, 0, 1)).permute(2, 0, 1)[None].float()
+    fov = torch.from_numpy(ph.fov)[None, None].float()
+    assert shading_term(img, img, fov).item() == 0.0
+    pinker = img.clone()
+    pinker[:, 1] *= 0.8  # less green: the colour drift of a fine-tune without the term
+    assert shading_term(pinker * fov, img, fov).item() > 0.01
+    lesions = torch.zeros_like(fov)
+    lesions[..., 120:136, 120:136] = 1
+    inside = img.clone()
+    inside[..., 124:132, 124:132] = 0  # a dark lesion placed there: the synthesis must differ there
+    assert shading_term(inside, img, fov, lesions).item() == 0.0
+    assert shading_term(inside, img, fov).item() > 0.0
+
+
 @pytest.mark.real_data
 def test_local_training_uses_training_eyes_only_checkpoints_and_resumes(tmp_path):
     """A few steps on EyePACS: grade-0 training photos as hosts, the bank's source eyes from the training

@@ -292,6 +292,23 @@ def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_p
     assert moved > 0 and ema_moved < moved  # the EMA keeps its full decay: it starts at the trained weights
 
 
+def test_a_fine_tune_of_a_generator_that_draws_the_disc_keeps_its_disc_input_and_trains_the_pixel_terms(tmp_path):
+    """The shipped whole-fundus generator has the optic-disc input: the widget's retrain and a plain
+    ``synth train --init`` (no ``--disc``) must fine-tune it as it is, not fail on the missing input."""
+    from koch_explore.synthesis.losses import LossWeights
+    from koch_explore.synthesis.trainer import SynthTrainConfig, train
+
+    init = resolve_weights("synthesizer", "real")
+    assert LesionSynthesizer.load(init).cfg.disc_channel
+    cfg = SynthTrainConfig(data="phantom", steps=3, d_warmup=1, batch_size=1, max_lesions=2, bank=str(resolve_weights("bank", "phantom")),
+                           init=str(init), out=str(tmp_path / "ft"), sample_every=0, num_threads=2,
+                           weights=LossWeights(spectrum=2.0, profile=5.0, shading=30.0))
+    res = train(cfg, progress=False)
+    assert {"spectrum", "profile", "shading"} <= set(res["losses"]) and all(np.isfinite(v) for v in res["losses"].values())
+    tuned = LesionSynthesizer.load(tmp_path / "ft" / "generator.safetensors")
+    assert tuned.cfg.disc_channel and not cfg.disc  # the caller's config is not changed
+
+
 def test_evidence_term_asks_each_placed_lesion_for_its_source_share_of_the_peak():
     from koch_explore.culture.cut import segment
     from koch_explore.synthesis.losses import evidence_term, fov_blur

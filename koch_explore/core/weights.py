@@ -137,7 +137,7 @@ SHIPPED: dict[str, dict[str, str]] = {
         "drive": "vessels_drive.safetensors",  # U-Net on the 20 DRIVE training images
     },
     "synthesizer": {
-        "real": "synth_cpu256.safetensors",  # whole mode: DRIVE/CHASE hosts, guided Grad-CAM (conv8) bank (the default)
+        "real": "synth_cpu256_disc.safetensors",  # whole mode: DRIVE/CHASE hosts, the conv8 bank, optic disc, no stripes (the default)
         "local": "synth_local256.safetensors",  # local mode: lesions grown in grade-0 EyePACS training photos
         "deconvnet": "synth_cpu256_deconvnet.safetensors",  # the first version: the paper's deconvnet bank
         "phantom": "synth_phantom_256.safetensors",  # phantom hosts and bank (embedded data only)

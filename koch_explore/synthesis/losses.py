@@ -27,11 +27,19 @@ A user-supplied VGG-19 can replace it (any module returning a dict of named feat
 * **spectrum** — the synthetic fundus's fine-scale power spectrum against its host photo's: every other
   term reads the image through the detector's or the segmenter's strided convolutions, which cannot tell
   some periodic patterns a few pixels apart from photo grain, and the first shipped generator filled the
-  fundus with such stripes; this term reads the pixels themselves (:func:`spectrum_term`).
+  fundus with such stripes; this term reads the pixels themselves (:func:`spectrum_term`);
+* **shading** — the synthesis and its host photo blurred to what is left at tens of px (overall colour,
+  the optic disc's glow, the macula, vignetting), L1: the detector normalises every image by its local
+  average before its first conv, so no detector-read term sees these, and a generator fine-tuned without
+  this term drifted in colour;
+* **profile** — the same for the row-mean and column-mean profiles: a stripe is a whole row brighter or
+  darker than its neighbours, whose power the 2-D spectrum spreads over one line of bins among thousands,
+  and the mean along the row gathers (:func:`profile_term`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -54,6 +62,8 @@ __all__ = [
     "pathological",
     "retinal_detail",
     "severity_term",
+    "shading_term",
+    "profile_term",
     "spectrum_term",
     "total_variation",
 ]
@@ -87,6 +97,12 @@ class LossWeights:
     spectrum: float = 0.0
     """Smoothed log power spectrum of the synthesis's luminance vs its host photo's at periods of 2-16 px,
     L1, see :func:`spectrum_term`; 0 = off (the first shipped generator)."""
+    shading: float = 0.0
+    """The synthesis blurred to its shading (colour, optic disc, macula, vignetting) vs its host photo's,
+    outside the placed lesions, L1, see :func:`shading_term`; 0 = off."""
+    profile: float = 0.0
+    """Log power spectra of the synthesis's row-mean and column-mean luminance profiles vs its host photo's
+    at periods of 2-16 px, L1, see :func:`profile_term`; 0 = off."""
 
 
 class DetectorFeatures(nn.Module):
@@ -344,3 +360,55 @@ def spectrum_term(fake: torch.Tensor, real: torch.Tensor, fov: torch.Tensor, per
     radius = torch.sqrt(fy[:, None] ** 2 + fx[None, : lf.shape[-1]] ** 2)
     band = (radius >= 1 / periods[1]) & (radius <= 1 / periods[0])
     return (lf - lr).abs()[:, band].mean()
+
+
+def _log_profile_spectrum(images: torch.Tensor, fov: torch.Tensor, dim: int, pool: int, min_run: float = 0.25) -> torch.Tensor:
+    """(B, f) log power spectrum of the luminance's mean along ``dim`` inside the FOV (dim -1: one value
+    per row), over the rows (columns) the FOV spans for at least ``min_run`` of its widest, detrended by a
+    9 px moving average (the fundus's own shading), Hann-windowed, averaged over ``pool`` bins."""
+    w = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    lum = (images.float() * w).sum(1)
+    m = fov.float()[:, 0]
+    n = m.sum(dim)
+    keep = (n >= min_run * n.amax(-1, keepdim=True)).float()
+    profile = (lum * m).sum(dim) / n.clamp_min(1.0)
+    smooth = F.avg_pool1d(F.pad(profile[:, None], (4, 4), mode="replicate"), 9, 1)[:, 0]
+    detail = (profile - smooth) * keep * torch.hann_window(profile.shape[-1], periodic=False, device=images.device)
+    spec = torch.fft.rfft(detail, norm="ortho")
+    power = spec.real**2 + spec.imag**2
+    return torch.log(F.avg_pool1d(power[:, None], pool, pool)[:, 0] + 1e-9)
+
+
+def profile_term(fake: torch.Tensor, real: torch.Tensor, fov: torch.Tensor, periods: tuple[float, float] = (2.0, 16.0),
+                 pool: int = 2) -> torch.Tensor:
+    """Mean L1 between the log power spectra (:func:`_log_profile_spectrum`) of the row-mean and the
+    column-mean luminance profiles of ``fake`` and ``real`` (B, 3, S, S) at periods in ``periods`` px: horizontal
+    and vertical stripes, which the 2-D :func:`spectrum_term` dilutes among all orientations."""
+    freq = F.avg_pool1d(torch.fft.rfftfreq(fake.shape[-1], device=fake.device)[None, None], pool, pool)[0, 0]
+    band = (freq >= 1 / periods[1]) & (freq <= 1 / periods[0])
+    terms = []
+    for dim in (-1, -2):
+        lf, lr = _log_profile_spectrum(fake, fov, dim, pool), _log_profile_spectrum(real, fov, dim, pool).detach()
+        terms.append((lf - lr).abs()[:, band[: lf.shape[-1]]].mean())
+    return torch.stack(terms).mean()
+
+
+SHADING_SIGMA = 4.0
+"""Blur (px at 256 px) that leaves the shading: vessels and grain average out, the disc (radius ~17 px) stays."""
+
+
+def shading_term(fake: torch.Tensor, real: torch.Tensor, fov: torch.Tensor, lesions: torch.Tensor | None = None,
+                 sigma: float = SHADING_SIGMA) -> torch.Tensor:
+    """Mean L1 between ``fake`` and ``real`` (B, 3, S, S), each blurred within the FOV (:func:`fov_blur`, sigma
+    ``sigma`` x S / 256 px), over the FOV outside ``lesions`` (B, 1, S, S) grown by the blur's reach (there
+    the synthesis must differ from the healthy photo)."""
+    b, c, h, w = fake.shape
+    s = sigma * h / 256
+    fov_rep = fov.repeat_interleave(c, dim=0)
+    blurred_fake = fov_blur(fake.reshape(b * c, h, w), fov_rep, s).reshape(b, c, h, w)
+    blurred_real = fov_blur(real.detach().reshape(b * c, h, w), fov_rep, s).reshape(b, c, h, w)
+    keep = fov.float()
+    if lesions is not None:
+        reach = 2 * int(math.ceil(4 * s)) + 1  # fov_blur truncates at 4 sigma
+        keep = keep * (1 - F.max_pool2d(lesions.float(), reach, 1, reach // 2))
+    return ((blurred_fake - blurred_real).abs().mean(1, keepdim=True) * keep).sum() / keep.sum().clamp_min(1.0)

@@ -45,8 +45,10 @@ from .losses import (
     global_style,
     gram,
     pathological,
+    profile_term,
     retinal_detail,
     severity_term,
+    shading_term,
     spectrum_term,
     total_variation,
 )
@@ -140,7 +142,8 @@ class SynthTrainConfig:
     ignored when training from scratch."""
     disc: bool = False
     """Give the generator the optic disc's place as a third input (:mod:`.disc`; found in each host photo),
-    so it learns to draw a disc there; with ``init`` from a generator without it, the new input starts at zero."""
+    so it learns to draw a disc there; with ``init`` from a generator without it, the new input starts at zero.
+    On by itself when ``init`` is a generator that has it (the shipped one since 2026-12-03)."""
     sample_every: int = 250
     checkpoint_minutes: float = 5.0
     seed: int = 0
@@ -351,6 +354,10 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         raise ValueError(f"severity_target {cfg.severity_target!r}: one of {SEVERITY_TARGETS}")
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
+    if cfg.init and not cfg.disc and LesionSynthesizer.load(cfg.init).cfg.disc_channel:
+        from dataclasses import replace
+
+        cfg = replace(cfg, disc=True)  # a fine-tune keeps the inputs of the generator it starts from
     world, rank, device = setup_distributed(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -542,6 +549,10 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             terms["vessel"] = vessel_term(fake, ves, fov)
         if w.spectrum > 0:
             terms["spectrum"] = spectrum_term(fake, real, fov)
+        if w.profile > 0:
+            terms["profile"] = profile_term(fake, real, fov)
+        if w.shading > 0:
+            terms["shading"] = shading_term(fake, real, fov, None if cfg.mode == "reconstruct" else lesion_mask)
         if cfg.loss == "descriptors":
             terms["path"] = pathological({n: ff[n] for n in layers}, placements, cfg.pathological_mode)
             if evidence_net is not None:
@@ -550,7 +561,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         else:
             terms["style"] = global_style(detail_f, ref_grams, fov)
         scale = {"adv": w.adversarial, "detail": w.detail, "tv": w.tv, "path": w.pathological, "style": max(w.style, 1.0),
-                 "vessel": w.vessel, "severity": w.severity, "evidence": w.evidence, "spectrum": w.spectrum}
+                 "vessel": w.vessel, "severity": w.severity, "evidence": w.evidence, "spectrum": w.spectrum,
+                 "profile": w.profile, "shading": w.shading}
         g_loss = sum(scale[k] * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
