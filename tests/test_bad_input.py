@@ -139,6 +139,11 @@ CASES = {
     "trials 0": (
         lambda f: ["koch-test", "--data", "phantom", "--trials", "0"],
         lambda f: "trials must be >= 1, got 0"),
+    "a card for phantom weights": (
+        lambda f: ["detector", "card", "--weights", "phantom", "--out", str(f["dir"] / "card.md")],
+        lambda f: f"{DETECTOR}: trained on 'phantom' data; the card measures EyePACS-trained "
+                  "weights on the EyePACS and APTOS validation splits (a phantom detector's figures are its trainer's own "
+                  "validation report, as in detector_phantom_256.md)"),
     "phantom count -1": (
         lambda f: ["phantom", "--out", str(f["dir"] / "ph"), "--count", "-1"],
         lambda f: "--count -1, --seed 0, --size 512: --count and --seed must be >= 0 and --size >= 64"),

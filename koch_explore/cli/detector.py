@@ -45,7 +45,7 @@ def add_cli(sub) -> None:
     pr.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     pr.set_defaults(func=_predict)
     c = dsub.add_parser("card", help="measure weights on the validation splits and write their model card")
-    c.add_argument("--weights", required=True)
+    c.add_argument("--weights", required=True, help="detector weights: a shipped name (eyepacs) or safetensors")
     c.add_argument("--root", default=None, help="data root (default: KOCH_DATA, ../shared/data, ./data)")
     c.add_argument("--out", default=None, help="card path (default: the weights path with .md)")
     c.add_argument("--command", dest="train_command", default="koch-explore detector train --data eyepacs",
@@ -140,10 +140,12 @@ def _predict(args) -> int:
 
 def _card(args) -> int:
     from ..core.runtime import atomic_write
+    from ..core.weights import resolve_weights
     from ..detect.card import evaluate_weights, hardware_string, model_card
 
-    fig = evaluate_weights(args.weights, args.root, tta=not args.no_tta)
-    out = Path(args.out) if args.out else Path(args.weights).with_suffix(".md")
+    weights = resolve_weights("detector", args.weights)
+    fig = evaluate_weights(weights, args.root, tta=not args.no_tta)
+    out = Path(args.out) if args.out else weights.with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)  # minutes of measuring must not die on a missing folder
     atomic_write(out, model_card(fig, args.train_command, args.hardware or hardware_string()))
     atomic_write(out.with_suffix(".json"), json.dumps(fig, indent=1, default=float))

@@ -81,9 +81,17 @@ def _qwk_refit(sev: np.ndarray, grades: np.ndarray) -> float:
 
 
 def evaluate_weights(weights: str | Path, root=None, tta: bool = True) -> dict:
-    """All figures of the model card, recomputed from the weights and the data."""
+    """All figures of the model card, recomputed from the weights (a shipped name or a file) and the data.
+    The card describes EyePACS-trained weights; weights trained on phantoms are refused with the reason."""
+    from ..core.weights import resolve_weights
+
+    weights = resolve_weights("detector", weights)
     model = Detector.load(weights)
     cfg = train_config_of(model)
+    if cfg.data != "eyepacs":
+        raise ValueError(f"{weights}: trained on {cfg.data!r} data; the card measures EyePACS-trained weights on the "
+                         "EyePACS and APTOS validation splits (a phantom detector's figures are its trainer's own "
+                         "validation report, as in detector_phantom_256.md)")
     if root is not None:
         cfg.root = str(root)
     t0 = time.time()
