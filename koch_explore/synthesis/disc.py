@@ -12,6 +12,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+LUMA = (0.299, 0.587, 0.114)
+"""Rec. 601 luma weights of R, G, B: the luminance every measure of the disc and the stripes reads."""
+
 __all__ = ["DISC_RADIUS", "disc_from_vessels", "disc_map", "find_disc", "host_disc"]
 
 DISC_RADIUS = 0.14
@@ -36,7 +39,7 @@ def find_disc(image: np.ndarray, fov: np.ndarray) -> tuple[float, float, float]:
     luminance inside the eroded FOV (the disc is the brightest structure of a fundus)."""
     fov = np.asarray(fov, bool)
     radius = DISC_RADIUS * _fov_radius(fov)
-    lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    lum = image.astype(np.float32) @ np.array(LUMA, np.float32)
     blurred = cv2.GaussianBlur(lum * fov, (0, 0), radius / 2) / np.maximum(cv2.GaussianBlur(fov.astype(np.float32), (0, 0), radius / 2), 1e-3)
     y, x = np.unravel_index(np.argmax(np.where(_inner(fov, radius), blurred, -np.inf)), blurred.shape)
     return float(x), float(y), float(radius)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .disc import find_disc
+from .disc import LUMA, find_disc
 
 __all__ = ["disc_contrast", "embedding_features", "evaluate_synthesizer", "find_disc", "frechet_distance",
            "paired_frechet_gap", "stripe_energy"]
@@ -77,7 +77,7 @@ def disc_contrast(image: np.ndarray, fov: np.ndarray, disc: tuple[float, float, 
     """Mean luminance inside the disc ``(x, y, radius)`` over the mean luminance of the FOV, minus 1:
     0 = no disc, a real photo's disc ~0.3-1."""
     fov = np.asarray(fov, bool)
-    lum = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lum = image.astype(np.float64) @ np.array(LUMA)
     yy, xx = np.mgrid[: fov.shape[0], : fov.shape[1]]
     inside = ((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2 <= disc[2] ** 2) & fov
     return float(lum[inside].mean() / max(lum[fov].mean(), 1e-6) - 1.0)

@@ -47,6 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .disc import LUMA
+
 __all__ = [
     "SEVERITY_TARGETS",
     "DetectorFeatures",
@@ -333,11 +335,15 @@ def global_style(fake: dict[str, torch.Tensor], reference_grams: dict[str, torch
     return torch.stack(terms).mean()
 
 
+def _luminance(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luminance of RGB ``images`` (B, 3, H, W), in float32."""
+    return (images.float() * images.new_tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 def _log_spectrum(images: torch.Tensor, fov: torch.Tensor, pool: int) -> torch.Tensor:
     """(B, h, w) log of the 2-D power spectrum of the luminance inside the FOV (its FOV mean removed),
     averaged over ``pool`` x ``pool`` frequency bins (one bin's power is as noisy as a single draw)."""
-    w = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    lum = (images.float() * w).sum(1, keepdim=True)
+    lum = _luminance(images)
     m = fov.float()
     mean = (lum * m).sum(dim=(2, 3), keepdim=True) / m.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
     spec = torch.fft.rfft2(((lum - mean) * m)[:, 0], norm="ortho")
@@ -366,8 +372,7 @@ def _log_profile_spectrum(images: torch.Tensor, fov: torch.Tensor, dim: int, poo
     """(B, f) log power spectrum of the luminance's mean along ``dim`` inside the FOV (dim -1: one value
     per row), over the rows (columns) the FOV spans for at least ``min_run`` of its widest, detrended by a
     9 px moving average (the fundus's own shading), Hann-windowed, averaged over ``pool`` bins."""
-    w = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    lum = (images.float() * w).sum(1)
+    lum = _luminance(images)[:, 0]
     m = fov.float()[:, 0]
     n = m.sum(dim)
     keep = (n >= min_run * n.amax(-1, keepdim=True)).float()

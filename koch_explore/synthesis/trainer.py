@@ -354,7 +354,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         raise ValueError(f"severity_target {cfg.severity_target!r}: one of {SEVERITY_TARGETS}")
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
-    if cfg.init and not cfg.disc and LesionSynthesizer.load(cfg.init).cfg.disc_channel:
+    start = LesionSynthesizer.load(cfg.init) if cfg.init else None
+    if start is not None and start.cfg.disc_channel and not cfg.disc:
         from dataclasses import replace
 
         cfg = replace(cfg, disc=True)  # a fine-tune keeps the inputs of the generator it starts from
@@ -442,7 +443,6 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
         from .generator import with_disc_input
 
-        start = LesionSynthesizer.load(cfg.init)
         # the same networks, or the same without the disc input (then widened with zeros)
         expect = replace(gcfg, disc_channel=start.cfg.disc_channel) if cfg.disc else gcfg
         from ..core.weights import check_config
