@@ -64,7 +64,8 @@ _EXPORTS = {
     "Descriptor": "culture.descriptor",
     "DescriptorBank": "culture.bank",
     # postulate 3: inoculate
-    "random_layout": "synthesis.synthesizer",  # n descriptors of a bank placed at random valid places
+    "random_layout": "synthesis.synthesizer",  # exactly n descriptors of a bank placed at random valid places
+    "Synthesizer": "synthesis.base",  # what load_synthesizer returns: synthesize_host(host, layout, seed), inoculate(photo, fov, layout)
     "LesionSynthesizer": "synthesis.synthesizer",  # whole mode: a fundus drawn around a vessel tree
     "LocalSynthesizer": "synthesis.local",  # local mode: lesions grown inside a real healthy photo, the rest untouched
     "SYNTHESIS_MODES": ("synthesis.synthesizer", "MODES"),  # "whole" / "local" -> the shipped synthesizer's name
@@ -72,7 +73,10 @@ _EXPORTS = {
     # postulate 4: re-isolate
     "koch_test": "koch.test",  # inoculate hosts with 0..16 lesions, re-isolate, score -> KochReport
     "KochConfig": "koch.test",
-    "KochReport": "koch.test",
+    "KochReport": "koch.test",  # .verdict, .verdict_reasons, .effects (CIs over distinct hosts), .reading()
+    "VerdictRule": "koch.verdict",  # the verdict's stated thresholds
+    "VERDICTS": "koch.verdict",  # "lesion-driven", "inconclusive", "not-lesion-driven"
+    "population_competence": "koch.verdict",  # does a model grade the hosts' population (referable AUC, spread)?
     "embedded_hosts": "koch.hosts",  # the embedded photo as a host (its tree from the vessel segmenter)
     "default_setup": "koch.hosts",  # (detector, synthesizer, bank, hosts, data) shipped for a data setting and mode
     "healthy_hosts": "koch.hosts",  # hosts by name ("trees", "eyepacs-val", "aptos-val", "embedded") or a folder of photos
@@ -81,9 +85,9 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
-    "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
+    "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "Synthesizer", "VERDICTS", "VerdictRule", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
     "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "healthy_hosts", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
-    "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_files", "predict_sharded", "predict_severity", "prepare_fundus", "random_layout", "read_image",
+    "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_files", "predict_sharded", "population_competence", "predict_severity", "prepare_fundus", "random_layout", "read_image",
     "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
 ]
 

@@ -285,3 +285,144 @@ def test_an_edited_record_is_caught_by_the_sidecar_checksum(tmp_path, capsys):
     side.write_text(json.dumps(meta))
     with pytest.raises(BankFormatError, match="do not match their checksum"):
         ke.load_bank(path)
+
+
+# --------------------------------------------------------------------------- issue 39: roots, devices, --model
+# Run as the user runs them, in a fresh process: the environment (KOCH_DATA) is read there, and the
+# one line is all that reaches stderr (no warning or note printed before the error).
+
+
+def cli_subprocess(argv: list[str], cwd=None, **env: str) -> tuple[int, list[str]]:
+    """(exit status, stderr lines but tqdm bars) of ``koch-explore ARGV`` in a new process."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "KOCH_DEBUG"}  # a traceback would be asked for
+    done = subprocess.run([sys.executable, "-m", "koch_explore", *argv], capture_output=True, text=True,
+                          env={**environ, **env}, cwd=cwd, timeout=300)
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
+    return done.returncode, [ln for ln in done.stderr.splitlines() if ln.strip() and "%|" not in ln]
+
+
+def one_line_exit_2(argv: list[str], *named: str, **env: str) -> str:
+    code, lines = cli_subprocess(argv, **env)
+    assert code == 2 and len(lines) == 1, (code, lines)
+    for name in named:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("how", ["KOCH_DATA missing", "--root missing", "--root empty", "KOCH_DATA empty"])
+def test_a_data_root_that_is_not_there_or_holds_nothing_is_one_line(how, tmp_path):
+    """A mistyped KOCH_DATA used to be skipped (data check then ran on ../shared/data and said all is
+    well); a root holding none of the datasets used to pass as a table of "missing" rows, exit 0."""
+    missing, empty = tmp_path / "nonexistent", tmp_path / "empty"
+    empty.mkdir()
+    argv, env = ["data", "check", "--quiet"], {}
+    if how == "KOCH_DATA missing":
+        env["KOCH_DATA"] = str(missing)
+        named = ("KOCH_DATA", str(missing))
+    elif how == "--root missing":
+        argv += ["--root", str(missing)]
+        named = (str(missing),)
+    elif how == "--root empty":
+        argv += ["--root", str(empty)]
+        named = (str(empty), "DRIVE", "EyePACS")
+    else:
+        env["KOCH_DATA"] = str(empty)
+        named = (str(empty), "DRIVE", "EyePACS")
+    line = one_line_exit_2(argv, *named, **env)
+    assert line.startswith("koch-explore data check: ")
+
+
+def test_an_existing_empty_koch_data_still_falls_back_to_the_embedded_data(tmp_path, monkeypatch):
+    """What the notebooks' ``empty_root`` fixture relies on: the library takes an existing root that holds
+    no dataset, and each call falls back to the embedded data; only a missing folder is refused."""
+    from koch_explore.data.roots import resolve_data_root
+
+    monkeypatch.setenv("KOCH_DATA", str(tmp_path))
+    assert resolve_data_root() == tmp_path.resolve()
+    assert ke.diseased_eyes(1, 64).source == "phantoms"
+    monkeypatch.setenv("KOCH_DATA", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="KOCH_DATA=.*typo: data root does not exist"):
+        resolve_data_root()
+    assert resolve_data_root(tmp_path) == tmp_path.resolve()  # an explicit root wins over the environment
+
+
+def test_an_unknown_device_is_one_line(files):
+    one_line_exit_2(["detector", "predict", "--device", "gpu", str(files["photo"]), "--weights", "phantom"],
+                    "device 'gpu': expected auto, cpu, cuda or cuda:N")
+
+
+def test_cuda_where_there_is_none_is_one_line(files):
+    """On a CPU build of torch: said plainly, not "Torch not compiled with CUDA enabled" as a bug. On a
+    CUDA machine the same door is a GPU index past the last one."""
+    import torch
+
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        device, named = f"cuda:{n}", f"this machine has {n} CUDA device"
+    else:
+        device, named = "cuda", "CUDA is not available on this machine"
+    one_line_exit_2(["detector", "predict", "--device", device, str(files["photo"]), "--weights", "phantom"],
+                    f"device '{device}'", named, "--device cpu" if device == "cuda" else "cuda:0")
+
+
+def test_device_names_are_checked_in_one_place(monkeypatch):
+    import torch
+
+    from koch_explore.core.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda")
+    for bad in ("gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "mps", " cpu"):
+        with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:2': this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda:0': CUDA is not available on this machine"):
+        resolve_device("cuda:0")
+    # the loaders take the same names from Python
+    for load in (ke.load_vessels, ke.load_detector, ke.load_synthesizer):
+        with pytest.raises(ValueError, match="device 'gpu'"):
+            load(None, device="gpu")
+    from koch_explore.detect.adapter import load_model
+
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        load_model(lambda: pytest.fail("the factory ran before the device was checked"), device="gpu")
+
+
+def test_a_model_file_with_a_syntax_error_is_one_line(files, tmp_path):
+    broken = tmp_path / "broken_model.py"
+    broken.write_text("import torch\n\ndef make(:\n    return torch.nn.Conv2d(3, 5, 3)\n")
+    line = one_line_exit_2(["detector", "predict", str(files["photo"]), "--model", f"{broken}:make"],
+                           f"--model '{broken}:make'", "SyntaxError", "broken_model.py, line 3")
+    assert f"importing {broken} raised SyntaxError" in line
+
+
+def test_a_factory_that_raises_is_one_line(files, tmp_path):
+    factory = tmp_path / "my_net.py"
+    factory.write_text("def make(width):\n    raise RuntimeError('never reached')\n")
+    line = one_line_exit_2(["detector", "predict", str(files["photo"]), "--model", f"{factory}:make"],
+                           f"--model '{factory}:make'", "calling make() raised TypeError", "width")
+    assert line == (f"koch-explore detector predict: --model '{factory}:make': calling make() raised TypeError: "
+                    "make() missing 1 required positional argument: 'width'")
+    # a factory given to load_model from Python is named the same way, its exception chained
+    from koch_explore.detect.adapter import AdapterError, load_model
+
+    def make():
+        raise RuntimeError("out of\nmemory")
+
+    with pytest.raises(AdapterError, match=r"factory make: calling make\(\) raised RuntimeError: out of") as caught:
+        load_model(make)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value.__cause__, RuntimeError)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load_model(interrupted)

@@ -58,7 +58,8 @@ def cut(detector):
     x = fundus_batch(2)
     with ActivationNetwork(detector) as net:
         p = net.project(x, "dense2")
-    return isolate(p, images=x, detector=detector, image_ids=["a", "b"])
+    # the paper's cut and no severity floor: an untrained detector's components are what these tests read
+    return isolate(p, images=x, detector=detector, image_ids=["a", "b"], rule="global", min_share=0.0)
 
 
 def make_descriptor(bbox, image=S, channels=(4, 6), seed=0, **kw) -> Descriptor:
@@ -86,7 +87,7 @@ CENTRES = [(30, 40), (90, 30), (70, 95)]
 
 
 def test_planted_map_gives_three_components_with_the_right_boxes():
-    seg = segment(blobs([(cx, cy, 4, 1.0) for cx, cy in CENTRES]), threshold=0.5)
+    seg = segment(blobs([(cx, cy, 4, 1.0) for cx, cy in CENTRES]), threshold=0.5, rule="global")
     assert len(seg.boxes) == 3
     # Blur sigma 2.5 at 128 px: each blob becomes a Gaussian of sigma sqrt(4^2 + 2.5^2) whose
     # half-maximum radius is sigma * sqrt(2 ln 2).
@@ -95,7 +96,7 @@ def test_planted_map_gives_three_components_with_the_right_boxes():
         assert abs((box[0] + box[2] - 1) / 2 - cx) <= 0.5 and abs((box[1] + box[3] - 1) / 2 - cy) <= 0.5
         assert abs((box[2] - box[0]) - 2 * r) <= 2 and abs((box[3] - box[1]) - 2 * r) <= 2
         assert abs(cen[0] - cx) < 0.5 and abs(cen[1] - cy) < 0.5
-    descs = isolate(blobs([(cx, cy, 4, 1.0) for cx, cy in CENTRES]), threshold=0.5)[0]
+    descs = isolate(blobs([(cx, cy, 4, 1.0) for cx, cy in CENTRES]), threshold=0.5, rule="global")[0]
     assert sorted(d.bbox for d in descs) == sorted(seg.boxes)
     for d in descs:
         assert d.mask.shape == (d.bbox[3] - d.bbox[1], d.bbox[2] - d.bbox[0]) and d.mask.sum() == d.area
@@ -107,29 +108,29 @@ def test_otsu_and_fixed_thresholds():
     from skimage.filters import threshold_otsu
 
     m = blobs([(30, 40, 4, 1.0), (90, 30, 4, 0.6), (70, 95, 4, 0.25)])
-    assert len(segment(m, threshold=0.5).boxes) == 2
-    assert len(segment(m, threshold=0.2).boxes) == 3
-    otsu = segment(m, threshold="otsu")
+    assert len(segment(m, threshold=0.5, rule="global").boxes) == 2
+    assert len(segment(m, threshold=0.2, rule="global").boxes) == 3
+    otsu = segment(m, threshold="otsu", rule="global")
     ref = threshold_otsu(np.round(otsu.blurred * 255).astype(np.uint8)) / 255
     assert abs(otsu.threshold - ref) <= 1.5 / 255
     assert not (otsu.mask & (otsu.blurred <= otsu.threshold)).any() and 0 < otsu.threshold < 0.5
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        segment(m, threshold=1.5)
+        segment(m, threshold=1.5, rule="global")
     with pytest.raises(ValueError, match="otsu"):
-        segment(m, threshold="triangle")
+        segment(m, threshold="triangle", rule="global")
 
 
 def test_min_area_drops_small_components_and_fov_limits_the_search():
     m = blobs([(30, 40, 5, 1.0), (90, 90, 0.7, 2.0)])
-    both = segment(m, threshold=0.3, min_area=1, blur_sigma=1.0)
+    both = segment(m, threshold=0.3, min_area=1, blur_sigma=1.0, rule="global")
     assert len(both.boxes) == 2
     small = min(both.areas)
-    big = segment(m, threshold=0.3, min_area=small + 1, blur_sigma=1.0)
+    big = segment(m, threshold=0.3, min_area=small + 1, blur_sigma=1.0, rule="global")
     assert len(big.boxes) == 1 and big.areas[0] == max(both.areas)
     assert big.labels.max() == 1 and big.mask.sum() == big.areas[0]
     fov = np.zeros((S, S), bool)
     fov[60:, 60:] = True  # only the small blob is inside
-    inside = segment(m, fov=fov, threshold=0.3, min_area=1, blur_sigma=1.0)
+    inside = segment(m, fov=fov, threshold=0.3, min_area=1, blur_sigma=1.0, rule="global")
     assert len(inside.boxes) == 1 and inside.boxes[0][0] >= 60 and not inside.blurred[~fov].any()
 
 
@@ -421,7 +422,7 @@ def test_lesion_instances_pixel_auc_and_types():
     assert [(i.type, i.bbox, i.area) for i in inst] == [("EX", (10, 10, 14, 14), 16), ("EX", (70, 50, 75, 60), 50)]
     ev = m.astype(np.float32) + 0.1 * np.random.default_rng(0).random(m.shape, dtype=np.float32)
     assert roc_auc(m, ev) == 1.0 and roc_auc(m, -ev) == 0.0 and math.isnan(roc_auc(np.zeros_like(m), ev))
-    descs = isolate(m.astype(np.float32), blur_sigma=0.5, threshold=0.5)[0]
+    descs = isolate(m.astype(np.float32), blur_sigma=0.5, threshold=0.5, rule="global")[0]
     typed = assign_types(descs, {"EX": m, "HE": np.zeros_like(m)})
     assert {d.type for d in typed} == {"EX"} and all(d.type is None for d in descs)
 
@@ -429,7 +430,7 @@ def test_lesion_instances_pixel_auc_and_types():
 def test_isolation_steps_picture(cut):
     from koch_explore.plotting import isolation_steps
 
-    seg = segment(blobs([(cx, cy, 4, 1.0) for cx, cy in CENTRES]))
+    seg = segment(blobs([(cx, cy, 4, 1.0) for cx, cy in CENTRES]), rule="global")
     fig = isolation_steps(np.zeros((S, S, 3), np.float32), seg.evidence, seg.blurred, seg.mask, seg.boxes)
     assert len(fig.axes) == 4
 
@@ -455,7 +456,8 @@ def test_cli_isolate_and_eval(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     for key in ("recall", "precision", "f1", "pixel_auc"):
         assert "overall" in rep[key] and {"MA", "HE", "EX", "SE"} <= set(rep[key])
-    assert rep["n_images"] == 4 and rep["method"] == "guided-gradcam" and rep["start"] == "conv11" and rep["threshold"] == 0.1
+    assert rep["n_images"] == 4 and rep["method"] == "guided-gradcam" and rep["start"] == "conv11"
+    assert rep["rule"] == "peaks" and rep["threshold"] == 0.3 and rep["min_share"] == 0.01  # the defaults
     assert bank.info["method"] == "guided-gradcam" and bank.info["start"] == "conv11"  # the layer the default resolved to, recorded in the bank
     with pytest.raises(SystemExit) as exit_:
         main(["isolate", "bank", *images])  # no --out: argparse's usage error
@@ -488,7 +490,7 @@ def test_the_peaks_rule_gives_clustered_lesions_a_box_each():
     yy, xx = np.mgrid[:128, :128]
     blob = lambda cx, cy, a: a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.0**2))  # noqa: E731
     ev = (blob(50, 64, 1.0) + blob(60, 64, 0.35)).astype(np.float32)
-    glob = segment(ev, threshold=0.1, blur_sigma=2.0)
+    glob = segment(ev, threshold=0.1, blur_sigma=2.0, rule="global")
     peaks = segment(ev, threshold=0.1, blur_sigma=2.0, rule="peaks")
     assert len(glob.boxes) == 1
     assert len(peaks.boxes) == 2

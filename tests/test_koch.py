@@ -36,10 +36,10 @@ class NoiseSynthesizer:
     def __init__(self, size):
         self.size = size
 
-    def synthesize(self, vessels, fov, layout=None, z=None, seed=0):
+    def synthesize_host(self, host, layout=None, seed=0):
         rng = np.random.default_rng(seed + 7)
-        img = rng.uniform(0.1, 0.6, size=(*np.shape(fov), 3)).astype(np.float32)
-        return img * np.asarray(fov, bool)[..., None]
+        img = rng.uniform(0.1, 0.6, size=(*np.shape(host["fov"]), 3)).astype(np.float32)
+        return img * np.asarray(host["fov"], bool)[..., None]
 
 
 def test_report_keys_and_ranges(report):
@@ -52,7 +52,8 @@ def test_report_keys_and_ranges(report):
     assert 0.0 <= j["vessel_dice"] <= 1.0
     assert list(j["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"]
     placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
-    assert 6 * 20 <= placed <= 6 * (1 + 2 + 4 + 8 + 16)  # a crowded FOV may refuse a few placements
+    assert placed == 6 * (1 + 2 + 4 + 8 + 16)  # every dose given as stated
+    assert j["placed_counts"] == [[0, 1, 2, 4, 8, 16]] * 6 and j["hosts"] == ["skimage-retina"] * 6
     assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
     # a point on a component is inside that component's box: the box-free rates cannot be higher
     assert 0.0 <= j["mask_hit_rate"] <= j["hit_rate"] and 0.0 <= j["mask_chance_hit_rate"] <= j["chance_hit_rate"]
@@ -99,16 +100,40 @@ def test_fov_rings_and_strength_terciles():
 
 
 def test_placement_auc_ranks_the_map_at_placements_against_decoys():
-    from koch_explore.koch.test import _pooled_auc, _values_at
+    from koch_explore.koch.scoring import ImageScore, Tally, values_at
 
     m = np.zeros((10, 20), np.float32)
     m[2, 15] = 0.9  # (x=15, y=2)
-    assert _values_at(m, [(15.2, 1.8), (0, 0), (30, -5)]) == [pytest.approx(0.9), 0.0, 0.0]  # clipped to the map
-    pos, neg = [[0.9, 0.8], [0.1]], [[0.2, 0.3], [0.1]]
+    assert values_at(m, [(15.2, 1.8), (0, 0), (30, -5)]) == [pytest.approx(0.9), 0.0, 0.0]  # clipped to the map
+
+    def image(pos, neg, hits=(), decoy_hits=()):
+        return ImageScore(len(pos), [None] * len(pos), [], list(hits) or [False] * len(pos), [False] * len(pos), [(0, 0)] * len(neg),
+                          list(decoy_hits) or [False] * len(neg), [False] * len(neg), pos, neg, [])
+
+    tally = Tally()
+    tally.add({2: image([0.9, 0.8], [0.2, 0.3], hits=(True, True), decoy_hits=(True, False))})
+    tally.add({1: image([0.1], [0.1])})
     # 2 positives above all 3 negatives, 0.1 ties with 0.1 and is below 0.2 and 0.3: (6 + 0.5) / 9
-    assert _pooled_auc(pos, neg) == pytest.approx(6.5 / 9)
-    assert _pooled_auc(pos, neg, [1, 1]) == pytest.approx(0.5)  # a bootstrap row: trial 1 twice
-    assert np.isnan(_pooled_auc([[]], [[0.1]]))
+    assert tally.placement_auc() == pytest.approx(6.5 / 9)
+    assert tally.placement_auc([1, 1]) == pytest.approx(0.5)  # a bootstrap row: trial 1 twice
+    assert tally.placement_auc(count=2) == pytest.approx(1.0)
+    assert tally.hit_rate() == pytest.approx(2 / 3) and tally.chance_hit_rate() == pytest.approx(1 / 3)
+    assert tally.hit_minus_chance([0]) == pytest.approx(0.5) and tally.chance_hit_rate(count=1) == 0.0
+    empty = Tally()
+    empty.add({1: image([], [0.1])})
+    assert np.isnan(empty.placement_auc())
+
+
+def test_the_bootstrap_resamples_hosts_not_trials():
+    """Eight trials on one photo are one observation: every resample is that photo's eight trials."""
+    from koch_explore.koch.scoring import host_resamples
+
+    rng = np.random.default_rng(0)
+    one = host_resamples(["retina"] * 8, 50, rng)
+    assert all(sorted(r) == list(range(8)) for r in one)
+    two = host_resamples(["a", "b", "a", "b"], 200, rng)
+    assert all(len(r) == 4 and sorted(set(r)) in ([0, 2], [1, 3], [0, 1, 2, 3]) for r in two)  # a host brings all its trials
+    assert {tuple(sorted(r)) for r in two} >= {(0, 0, 2, 2), (1, 1, 3, 3), (0, 1, 2, 3)}
 
 
 def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
@@ -221,7 +246,8 @@ def test_koch_test_cli_json(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert all(k in out for k in KEYS) and out["data"] == "phantom" and out["n_trials"] == 2
     assert out["hit_rate_by_type"]  # the phantom bank is typed
-    assert out["config"]["threshold"] == 0.1 and out["config"]["nested"] is True
+    # re-isolated by the default rule and its cut, whatever rule cut the bank (the shipped banks: the global one)
+    assert out["config"]["rule"] == "peaks" and out["config"]["threshold"] == 0.3 and out["config"]["nested"] is True
     assert out["control_hit_rate"] is not None and out["config"]["control"] is True  # the shipped bank has norm patches
     assert main(["koch-test", "--data", "phantom", "--trials", "2", "--threshold", "otsu", "--independent-layouts",
                  "--no-control", "--json"]) == 0

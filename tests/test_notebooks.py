@@ -44,14 +44,45 @@ def results_of(nb: dict) -> list[tuple[int, str, str]]:
     (stderr), widget views (a fresh model id each run) and how long a step took are not results."""
     out = []
     for i, c in enumerate(nb["cells"]):
+        printed = ""  # consecutive stdout chunks joined: how the kernel split one print is timing, not a result
         for o in c.get("outputs", []):
-            if o.get("output_type") == "stream" and o.get("name") == "stdout":
-                out.append((i, "printed text", re.sub(r"\bin \d+(\.\d+)? ?(s|min)\b", "in <time>", "".join(o["text"]))))
+            if o.get("output_type") == "stream":
+                if o.get("name") == "stdout":
+                    printed += "".join(o["text"])
+                continue
+            if printed:
+                out.append((i, "printed text", _untimed(printed)))
+                printed = ""
             for kind in ("text/plain", "text/html", "image/png"):
                 if kind in o.get("data", {}) and "application/vnd.jupyter.widget-view+json" not in o["data"]:
                     v = o["data"][kind]
                     out.append((i, kind, "".join(v) if isinstance(v, list) else v))
+        if printed:
+            out.append((i, "printed text", _untimed(printed)))
     return out
+
+
+def _untimed(text: str) -> str:
+    return re.sub(r"\bin \d+(\.\d+)? ?(s|min)\b", "in <time>", text)
+
+
+def test_twice_run_check_compares_printed_text_not_how_the_kernel_chunked_it():
+    """One print can arrive as one stdout chunk or as the sentence and a lone newline (issue 39); a
+    progress bar on stderr between them changes nothing a reader sees. Another sentence still differs."""
+    def nb(*outputs):
+        return {"cells": [{"cell_type": "code", "outputs": list(outputs)}]}
+
+    def out(name, text):
+        return {"output_type": "stream", "name": name, "text": text}
+
+    one = nb(out("stdout", "severity rose in 3.2 s\n"))
+    split = nb(out("stdout", ["severity rose in 4 s"]), out("stderr", "100%|####|"), out("stdout", "\n"))
+    assert results_of(one) == results_of(split)
+    assert results_of(one) != results_of(nb(out("stdout", "severity fell\n")))
+    picture = {"output_type": "display_data", "data": {"image/png": "AAAA"}}
+    # text printed before and after a picture stays two results, in order
+    assert [k for _, k, _ in results_of(nb(out("stdout", "a\n"), picture, out("stdout", "b\n")))] == [
+        "printed text", "image/png", "printed text"]
 
 
 def images_in(nb: dict) -> int:

@@ -43,7 +43,7 @@ def cli_datasets(tmp_path_factory) -> tuple[Path, Path]:
 def batch() -> list[PhantomFundus]:
     """Every grade twice at 512 px, grade 4 four times (it alone has NV): enough lesions of
     every type for the statistics below."""
-    return [generate_phantom(100 + 10 * g + k, grade=g) for g in range(5) for k in range(4 if g == 4 else 2)]
+    return [generate_phantom(100 + 10 * g + k, 512, grade=g) for g in range(5) for k in range(4 if g == 4 else 2)]
 
 
 # --- determinism and dataset layout ------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_lesions_stay_in_the_fov_off_vessels_and_off_the_disc(batch):
 
 
 def test_lesion_sizes():
-    ph = generate_phantom(7, grade=3)
+    ph = generate_phantom(7, 512, grade=3)
     ma = [r for r in ph.instances if r["type"] == "MA"]
     assert ma
     for r in ma:

@@ -79,7 +79,7 @@ def test_threshold_explorer_shows_both_rules_side_by_side(sick):
     ev = sum(m.astype(np.float32) for m in sick.lesions.values())
     n0 = live_widgets()
     te = ThresholdExplorer(sick.image, ev, sick.fov, threshold=0.1, rule="both")
-    glob, peaks = len(segment(ev, sick.fov, 0.1).boxes), len(segment(ev, sick.fov, 0.1, rule="peaks").boxes)
+    glob, peaks = len(segment(ev, sick.fov, 0.1, rule="global").boxes), len(segment(ev, sick.fov, 0.1, rule="peaks").boxes)
     assert peaks > glob > 0
     assert [len(te.segmentations[r].boxes) for r in ("global", "peaks")] == [glob, peaks]
     assert te.view.value.count('class="koch-box"') == glob and te.peaks_view.value.count('class="koch-box"') == peaks

@@ -14,7 +14,7 @@ import numpy as np
 
 from koch_explore.core.images import as_image_batch
 from koch_explore.culture.bank import DescriptorBank
-from koch_explore.culture.cut import DEFAULT_THRESHOLD
+from koch_explore.culture.cut import DEFAULT_RULE
 from koch_explore.culture.isolation import isolate
 from koch_explore.evidence.base import DEFAULT_METHOD, explain
 
@@ -36,13 +36,14 @@ class LesionPicker:
 
     Plain-Python API: :meth:`click` (x, y in image pixels), :meth:`toggle` (candidate index),
     :attr:`candidates`, :attr:`selected`, :attr:`bank`, :meth:`save`, :meth:`load`, :meth:`on_change`,
-    :meth:`snapshot`, :meth:`close`. ``rule``: the isolation rule, "global" (one cut) or "peaks" (one
-    component per local peak of the map: lesion-sized candidates where one cut merges them).
+    :meth:`snapshot`, :meth:`close`. ``rule``: the isolation rule, "peaks" (the default: one component per
+    local peak of the map, lesion-sized candidates where one cut merges them) or "global" (one cut);
+    ``threshold`` None: the rule's default.
     """
 
     def __init__(self, detector, image: np.ndarray, fov: np.ndarray | None = None, method: str = DEFAULT_METHOD,
-                 threshold: float | str = DEFAULT_THRESHOLD, image_id: str = "image", bank_path: str = "picked_bank.safetensors",
-                 width: int = 512, rule: str = "global"):
+                 threshold: float | str | None = None, image_id: str = "image", bank_path: str = "picked_bank.safetensors",
+                 width: int = 512, rule: str = DEFAULT_RULE):
         import ipywidgets as W
         import plotly.graph_objects as go
 

@@ -20,12 +20,13 @@ import numpy as np
 
 from koch_explore.culture.cut import (
     DEFAULT_RULE,
-    DEFAULT_THRESHOLD,
+    RULE_THRESHOLDS,
     RULES,
     Segmentation,
     cut_components,
     default_blur_sigma,
     default_min_area,
+    default_threshold,
     peak_components,
     segment,
 )
@@ -53,10 +54,12 @@ class ThresholdExplorer:
     """
 
     def __init__(self, image: np.ndarray, evidence: np.ndarray, fov: np.ndarray | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, rule: str = DEFAULT_RULE,
+                 threshold: float | None = None, rule: str = DEFAULT_RULE,
                  min_area: int | None = None, width: int = 512, title: str = ""):
         import ipywidgets as W
 
+        if threshold is None:  # the rule's own default ("both" starts at the default rule's)
+            threshold = default_threshold(rule if rule in RULE_THRESHOLDS else DEFAULT_RULE)
         img = to_uint8(image)
         self.shape = img.shape[:2]
         if np.shape(evidence) != self.shape:

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from ..data.check import check_all, format_table
+from ..data.check import check_all, format_table, require_some_found
 from ..data.graded import GradedData
 from ..data.roots import resolve_data_root
 from .config import add_config_arguments, config_from_args
@@ -22,6 +22,8 @@ def _check(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(root, statuses, seconds))
+    # after the table: its rows say where to get each dataset; the one error line says the root is wrong
+    require_some_found(root, statuses)
     return 1 if any(s.status == "corrupt" for s in statuses) else 0
 
 
@@ -47,7 +49,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     check = data_sub.add_parser(
         "check",
         help="verify every staged file (exists, size, sha256, decodes) and the counts per role",
-        description="Exit code 1 if any dataset is corrupt, 0 otherwise (a missing dataset is not an error).",
+        description="Exit code 1 if any dataset is corrupt, 2 if none of those checked is there (a wrong root?), "
+                    "0 otherwise (a missing dataset is not an error).",
     )
     check.add_argument("--root", help="data root, or one dataset's folder (default: $KOCH_DATA, ../shared/data, ./data)")
     check.add_argument("--dataset", nargs="+", action="extend", metavar="NAME",

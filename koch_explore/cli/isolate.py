@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
+from ..culture.cut import DEFAULT_RULE, RULE_THRESHOLDS, RULES, parse_threshold
 from ..culture.isolation import DEFAULT_MIN_SHARE
 from ..evidence.base import DEFAULT_METHOD, METHODS
 from .grader import load_model_from_args, model_options
@@ -26,8 +26,9 @@ def _evidence_options(method_default: str | None, method_help: str) -> argparse.
 
 def _cut_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threshold", type=parse_threshold, default=DEFAULT_THRESHOLD,
-                   help=f"'otsu' or a fraction of the maximum (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--threshold", type=parse_threshold, default=None,
+                   help="'otsu' or a fraction of the maximum (default: the rule's, "
+                        + ", ".join(f"{r} {t}" for r, t in RULE_THRESHOLDS.items()) + ")")
     p.add_argument("--rule", choices=list(RULES), default=DEFAULT_RULE,
                    help="global: every pixel above the cut, components as they connect (the paper's); peaks: one component "
                         "per local maximum above the cut, grown to a fraction of its own height (default %(default)s)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, RULES, parse_threshold
-from ..koch.hosts import HOSTS
+from ..culture.cut import DEFAULT_RULE, RULE_THRESHOLDS, RULES, parse_threshold
+from ..koch.hosts import HOSTS, POPULATIONS
 from ..koch.test import KochConfig
 from ..synthesis.synthesizer import MODES
 from .grader import load_model_from_args, model_options
@@ -42,15 +42,20 @@ def _common(p) -> None:
                    help="layer the evidence starts from: the deconvnet's start, Grad-CAM's conv "
                         "(default: the bank's own when --method is the bank's and the model has that layer, else the model's default)")
     p.add_argument("--threshold", type=parse_threshold, default=None,
-                   help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own, else "
-                        f"{DEFAULT_THRESHOLD})")
+                   help="re-isolation cut: 'otsu' or a fraction of the map's maximum (default: the bank's own when it was cut "
+                        "by the same rule, else the rule's: " + ", ".join(f"{r} {t}" for r, t in RULE_THRESHOLDS.items()) + ")")
     p.add_argument("--rule", default=None, choices=list(RULES),
-                   help="re-isolation rule: one global cut, or one component per local peak (default: the bank's own, else "
-                        f"{DEFAULT_RULE})")
+                   help=f"re-isolation rule: one component per local peak, or one global cut (default {DEFAULT_RULE}: boxes "
+                        "that grow with every cluster of lesions make the hit rate chance)")
     p.add_argument("--independent-layouts", action="store_true",
                    help="draw an independent layout per count instead of the nested dose series")
     p.add_argument("--no-control", action="store_true",
-                   help="skip the transplant control (the same layouts pasted into the healthy synthesis as the real lesions)")
+                   help="skip the transplant control (the same layouts pasted into the healthy synthesis as the real lesions; "
+                        "without it a flat response is inconclusive)")
+    p.add_argument("--population", default="auto", choices=["auto", *POPULATIONS, "none"],
+                   help="graded photos the model's competence is measured on before a flat response may read "
+                        "'not-lesion-driven' (auto: the hosts' own population where the kit has graded photos of it; "
+                        "none: not measured, a flat response is then inconclusive)")
 
 
 def add_cli(sub) -> None:
@@ -68,7 +73,7 @@ def add_cli(sub) -> None:
 def _run(args):
     """(report, data) for a CLI call."""
     from ..core.runtime import determinism_note, resolve_device
-    from ..koch import default_setup, koch_test
+    from ..koch import default_setup, hosts_population, koch_test, population_competence
 
     device = resolve_device(args.device)
     if note := determinism_note(device):
@@ -78,7 +83,9 @@ def _run(args):
                                                   device, args.hosts, args.host_count, args.mode)
     cfg = KochConfig(trials=args.trials, seed=args.seed, method=args.method, threshold=args.threshold, start=args.start, rule=args.rule,
                      nested=not args.independent_layouts, control=not args.no_control)
-    return koch_test(det, synth, bank, hosts, config=cfg), data
+    population = hosts_population(data, args.hosts, args.root) if args.population == "auto" else args.population
+    competence = None if population in (None, "none") else population_competence(det, population, args.root)
+    return koch_test(det, synth, bank, hosts, config=cfg, competence=competence), data
 
 
 def _koch_test(args) -> int:

@@ -77,9 +77,11 @@ def _segment(args) -> int:
 
 
 def _eval(args) -> int:
+    from ..core.runtime import resolve_device
     from ..vessels.evaluate import evaluate_dataset
 
-    rep = evaluate_dataset(args.weights, args.dataset, args.split, args.root, device=args.device,
+    # the device is checked before the dataset is searched and read, not after
+    rep = evaluate_dataset(args.weights, args.dataset, args.split, args.root, device=resolve_device(args.device),
                            tta=args.tta, progress=not args.json)
     if args.json:
         print(json.dumps(rep))

@@ -105,10 +105,31 @@ def determinism_note(device) -> str | None:
             "on CPU they are byte-identical (docs/gpu.md#determinism)")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+DEVICES = "auto, cpu, cuda or cuda:N"
+"""The device names every ``--device`` and every ``device=`` of the loaders accept."""
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device for ``name``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``. Anything else, or CUDA where there is none, or a GPU index past the last, raises
+    ValueError saying which, before any model or photo is read (torch's own errors come later and
+    read as a bug: "Torch not compiled with CUDA enabled", "Expected one of cpu, cuda, ipu, ...")."""
+    text = str(name) if isinstance(name, torch.device) else name
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if text == "cpu":
+        return torch.device("cpu")
+    index = text[len("cuda:"):] if isinstance(text, str) and text.startswith("cuda:") else None
+    if text != "cuda" and not (index and index.isascii() and index.isdigit()):
+        raise ValueError(f"device {name!r}: expected {DEVICES}")
+    if not torch.cuda.is_available():
+        why = "a CPU build of torch" if torch.version.cuda is None else "no GPU visible"
+        raise ValueError(f"device {text!r}: CUDA is not available on this machine ({why}): use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if index is not None and int(index) >= count:
+        raise ValueError(f"device {text!r}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                         f"(cuda:0 to cuda:{count - 1})")
+    return torch.device(text)
 
 
 def bf16_is_native(device) -> bool:
@@ -132,7 +153,8 @@ def resolve_amp(amp: bool | None, device) -> bool:
 
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(world size, rank, device) under ``torchrun`` (process group started: NCCL on CUDA, gloo on
-    CPU) or (1, 0, device) in a plain process."""
+    CPU) or (1, 0, device) in a plain process. ``device_name`` is checked by :func:`resolve_device`
+    first, so a bad one is a ValueError before any process group is started."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -17,10 +17,14 @@ from .bank import (
            load_bank,
 )
 from .cut import (
+           DEFAULT_RULE,
            DEFAULT_THRESHOLD,
+           RULE_THRESHOLDS,
+           RULES,
            Segmentation,
            cut_components,
            default_min_area,
+           default_threshold,
            parse_threshold,
            segment,
 )
@@ -35,7 +39,8 @@ from .evaluate import (
 )
 from .isolation import DEFAULT_MIN_SHARE, default_feature_layers, isolate
 
-__all__ = ["BankFormatError", "BankMismatchError", "DEFAULT_MIN_SHARE", "DEFAULT_THRESHOLD", "Descriptor", "DescriptorBank",
+__all__ = ["BankFormatError", "BankMismatchError", "DEFAULT_MIN_SHARE", "DEFAULT_RULE", "DEFAULT_THRESHOLD", "RULES", "RULE_THRESHOLDS",
+           "default_threshold", "Descriptor", "DescriptorBank",
            "Lesion", "PointingResult", "RenderedLayout", "Segmentation", "assign_types", "cut_components",
            "default_feature_layers", "default_min_area", "evaluate_isolation", "isolate", "lesion_instances", "load_bank",
            "parse_threshold", "pointing_game", "segment"]

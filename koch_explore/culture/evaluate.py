@@ -40,7 +40,7 @@ from ..core.geometry import Box, as_box, box_contains
 from ..core.stats import roc_auc
 from ..data.samples import LesionSample
 from ..evidence.base import DEFAULT_METHOD, explain, used_start
-from .cut import DEFAULT_THRESHOLD
+from .cut import DEFAULT_RULE, default_threshold
 from .descriptor import Descriptor
 from .isolation import DEFAULT_MIN_SHARE, isolate
 
@@ -247,13 +247,13 @@ def evaluate_isolation(
     method: str = DEFAULT_METHOD,
     start: str | None = None,
     channels=None,
-    threshold: str | float = DEFAULT_THRESHOLD,
+    threshold: str | float | None = None,
     blur_sigma: float | None = None,
     min_area: int | None = None,
     batch_size: int = 8,
     min_share: float | None = DEFAULT_MIN_SHARE,
     require_disease: bool = True,
-    rule: str = "global",
+    rule: str = DEFAULT_RULE,
 ) -> dict[str, Any]:
     """Explain, isolate and score every sample; returns the ``isolate eval --json`` object."""
     import torch
@@ -304,7 +304,7 @@ def evaluate_isolation(
         **instances.figures(types),
         "method": method,
         "start": used_start(detector, method, start),
-        "threshold": threshold,
+        "threshold": default_threshold(rule) if threshold is None else threshold,
         "blur_sigma": blur_sigma,
         "min_area": min_area,
         "min_share": min_share,

@@ -9,7 +9,8 @@ valid row in the label table.
 
 Status, worst first: ``corrupt`` (a file is damaged or inconsistent - exit code 1), ``partial``
 (files are missing, or no checksum list to verify against), ``found``, and ``missing`` (no folder:
-not an error, most users have only some datasets).
+not an error, most users have only some datasets). A root where every dataset checked is missing
+is refused by :func:`require_some_found` (exit code 2): it is most likely the wrong folder.
 """
 
 from __future__ import annotations
@@ -337,6 +338,22 @@ def check_all(
             continue
         results.append(check_dataset(manifest, base, progress=progress))
     return results
+
+
+def require_some_found(root: Path | None, statuses: list[DatasetStatus]) -> None:
+    """Raise when none of ``statuses`` found its dataset: a root (``--root``, ``KOCH_DATA`` or a
+    default one) that holds nothing checked is a mistyped or wrong folder far more often than a
+    fresh install, and a table of "missing" rows with exit status 0 would pass for a check."""
+    if not statuses or any(s.status != "missing" for s in statuses):
+        return
+    names = ", ".join(s.name for s in statuses)
+    if root is None:
+        from .roots import ENV_VAR, candidate_roots
+
+        tried = ", ".join(str(p) for p in candidate_roots(None))
+        raise FileNotFoundError(f"no fundus data root found (tried {tried}); set {ENV_VAR} or pass --root")
+    raise FileNotFoundError(f"{root}: holds none of the datasets checked ({names}); each goes in its own folder "
+                            "right under the data root (see docs/findings/data.md)")
 
 
 # --------------------------------------------------------------------------- command line

@@ -14,6 +14,7 @@ import os
 import cv2
 import numpy as np
 
+from ..core.images import ImageValueError, as_unit_float
 from .io import FundusReadError
 
 # FOV estimation runs on a copy whose long side is at most this. The FOV is a large smooth disc:
@@ -36,22 +37,21 @@ def _name(img: np.ndarray, path: str | os.PathLike | None) -> str | os.PathLike:
 
 
 def as_float(img: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
-    """float32 [0, 1] from uint8/uint16/bool/float (H, W) or (H, W, 1|3|4) arrays; a bad array raises
-    :class:`FundusReadError` naming ``path`` when known. Every fundus the kit reads passes through it."""
-    arr = np.asarray(img)
+    """float32 [0, 1] (H, W[, C]) from uint8/uint16/bool/float (H, W), (H, W, 1|3|4) or (1|3, H, W) arrays or
+    tensors, pixel values read by
+    :func:`~koch_explore.core.images.as_unit_float` (a float image outside [0, 1] is refused); a bad array
+    raises :class:`FundusReadError` naming ``path`` when known. Every fundus the kit reads passes through it."""
+    arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)  # a torch tensor too
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # channels first (C, H, W), as torch lays an image out
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise FundusReadError(_name(arr, path), f"expected an (H, W) or (H, W, 1|3|4) image, got shape {arr.shape}")
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise FundusReadError(_name(arr, path), f"image of shape {arr.shape} is too small")
-    if arr.dtype == np.float32:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-    if np.issubdtype(arr.dtype, np.floating):
-        return arr.astype(np.float32)
-    raise FundusReadError(_name(arr, path), f"unsupported pixel type {arr.dtype}")
+    try:
+        return as_unit_float(arr, str(_name(arr, path)))
+    except ImageValueError as exc:  # one error type for every bad fundus array or file
+        raise FundusReadError(_name(arr, path), exc.problem) from exc
 
 
 def _convex_hull(mask: np.ndarray) -> np.ndarray:

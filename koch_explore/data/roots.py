@@ -33,15 +33,25 @@ def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
 def resolve_data_root(root: str | os.PathLike | None = None, *, must_exist: bool = False) -> Path | None:
     """Return the first existing data root.
 
-    An explicit ``root`` is authoritative: if it does not exist we raise instead of silently
-    falling back, because a typo would otherwise evaluate on a different dataset.
-    Returns ``None`` when nothing exists (callers then use the embedded phantom) unless
+    An explicit ``root``, and else a set ``KOCH_DATA``, is authoritative: if it is not a directory
+    we raise instead of silently falling back, because a typo would otherwise evaluate on a
+    different dataset. One that exists but holds no dataset is returned as it is (callers fall back
+    to the embedded data per dataset; a command that needs real data names what is missing).
+    Returns ``None`` when no default root exists (callers then use the embedded phantom) unless
     ``must_exist`` is set.
     """
     if root is not None:
         p = Path(root).expanduser()
         if not p.is_dir():
             raise FileNotFoundError(f"data root {p} does not exist or is not a directory")
+        return p.resolve()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        # As authoritative as --root: a mistyped KOCH_DATA would otherwise fall through to
+        # ../shared/data or the embedded data, and the figures would come from another dataset.
+        p = Path(env).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"{ENV_VAR}={env}: data root does not exist or is not a directory")
         return p.resolve()
     for p in candidate_roots(None):
         if p.is_dir():

@@ -400,8 +400,17 @@ def load_model(factory: str | Callable[[], nn.Module], weights: str | os.PathLik
     :func:`adapt` it. The options come from ``adapter_options``; those left at their
     :class:`AdapterConfig` default (or ``None``) are taken from the file's header when
     :meth:`AdaptedModel.save` wrote one. No pickles are ever read."""
+    from ..core.runtime import resolve_device
+
+    if isinstance(device, str):  # a bad name is refused before the user's code runs
+        device = resolve_device(device)
     build = resolve_factory(factory) if isinstance(factory, str) else factory
-    model = build()
+    name = getattr(build, "__name__", type(build).__name__)
+    label = f"--model {factory!r}" if isinstance(factory, str) else f"factory {name}"
+    try:
+        model = build()
+    except Exception as exc:  # the user's code: its failure is their input, not the kit's bug (Ctrl-C passes)
+        raise AdapterError(f"{label}: calling {name}() raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise AdapterError(f"factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -423,11 +432,11 @@ def resolve_factory(spec: str) -> Callable[[], nn.Module]:
     if ":" not in spec:
         raise AdapterError(f"--model {spec!r}: expected package.module:factory or path/to/file.py:factory")
     target, func = spec.rsplit(":", 1)
+    if target.endswith(".py") and not Path(target).is_file():
+        raise AdapterError(f"{target}: model file not found")
     try:
         if target.endswith(".py"):
             path = Path(target)
-            if not path.is_file():
-                raise AdapterError(f"{path}: model file not found")
             spec_ = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec_)
             spec_.loader.exec_module(module)
@@ -437,6 +446,8 @@ def resolve_factory(spec: str) -> Callable[[], nn.Module]:
             module = importlib.import_module(target)
     except ImportError as exc:
         raise AdapterError(f"--model {spec!r}: cannot import {target!r} ({exc})") from exc
+    except Exception as exc:  # the user's module runs here: a SyntaxError or its own failure is their input (Ctrl-C passes)
+        raise AdapterError(f"--model {spec!r}: importing {target} raised {type(exc).__name__}: {exc}") from exc
     fn = getattr(module, func, None)
     if not callable(fn):
         raise AdapterError(f"--model {spec!r}: {target} has no callable {func!r}")
@@ -483,7 +494,8 @@ def _same(a, b) -> bool:
 
 def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: int = 16, lr: float = 2e-3,
               seed: int = 0, progress: bool = True) -> list[float]:
-    """Train an adapted model on graded images (uint8 (N, S, S, 3), grades (N,)) with the loss its
+    """Train an adapted model on graded images ((N, S, S, 3) uint8, or anything
+    :func:`~koch_explore.core.images.as_image_batch` reads; grades (N,)) with the loss its
     output reading implies (cross-entropy for softmax, MSE for regression, logistic on grade >= 2
     for referable); flips and 90-degree rotations as augmentation. Returns the loss per step.
     Meant for brief trainings (phantoms in tests and notebooks); the real recipe is
@@ -491,10 +503,13 @@ def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: in
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .predict import dihedral, to_tensor
+    from ..core.images import as_image_batch
+    from .predict import dihedral
 
     graded = adapt(model)
     dev = _device_of(graded)
+    was_training = graded.training
+    pixels = as_image_batch(images)  # uint8 and float [0, 1] alike, read once
     grades_t = torch.as_tensor(np.asarray(grades), dtype=torch.long)
     opt = torch.optim.AdamW(graded.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
@@ -502,7 +517,7 @@ def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: in
     graded.train()
     for step in tqdm(range(steps), desc="fine-tune", disable=not progress, mininterval=2):
         idx = rng.choice(len(grades_t), size=min(batch_size, len(grades_t)), replace=False)
-        x = dihedral(to_tensor(np.asarray(images)[idx], dev), int(rng.integers(8)))
+        x = dihedral(pixels[torch.as_tensor(idx)].to(dev), int(rng.integers(8)))
         y = grades_t[idx].to(dev)
         out = graded.model(graded.norm(x)) if isinstance(graded, AdaptedModel) else None
         if out is None or graded.output == "regression":
@@ -515,7 +530,7 @@ def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: in
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    graded.eval()
+    graded.train(was_training)  # the mode it was found in
     return losses
 
 

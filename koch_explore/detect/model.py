@@ -516,5 +516,8 @@ def conv_strides(model) -> dict[str, int]:
 
 def load_detector(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Detector:
     """A detector by shipped name ("eyepacs", the default; "phantom") or from a user's safetensors
-    file (see :data:`koch_explore.core.weights.SHIPPED`). Loading is strict (see :meth:`Detector.load`)."""
-    return Detector.load(resolve_weights("detector", name_or_path), map_location=device)
+    file (see :data:`koch_explore.core.weights.SHIPPED`). Loading is strict (see :meth:`Detector.load`);
+    ``device`` is checked first (:func:`~koch_explore.core.runtime.resolve_device`)."""
+    from ..core.runtime import resolve_device
+
+    return Detector.load(resolve_weights("detector", name_or_path), map_location=resolve_device(device))

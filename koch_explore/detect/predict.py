@@ -11,6 +11,7 @@ import torch
 
 from ..core import stats
 from ..core.images import as_image_batch, model_device
+from ..core.runtime import eval_mode
 from ..data.graded import GradedArrays
 from .model import Detector
 
@@ -36,12 +37,13 @@ def severity_of(model: Detector, x: torch.Tensor, tta: bool = False) -> torch.Te
 
 @torch.no_grad()
 def predict_arrays(model: Detector, images: np.ndarray, device, batch_size: int = 64, tta: bool = False, amp: bool = False) -> np.ndarray:
-    model.eval()
+    """Severity of uint8 (N, S, S, 3) ``images`` in batches, in eval mode (the model's own mode restored)."""
     out = []
-    for s in range(0, len(images), batch_size):
-        x = to_tensor(images[s : s + batch_size], device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-            out.append(severity_of(model, x, tta).cpu().numpy())
+    with eval_mode(model):
+        for s in range(0, len(images), batch_size):
+            x = to_tensor(images[s : s + batch_size], device)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                out.append(severity_of(model, x, tta).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -69,12 +71,9 @@ def grading_figures(model, data: str = "eyepacs", split: str = "val", root: str 
 def predict_severity(detector, images, tta: bool = False) -> np.ndarray:
     """Severity (0-4 ICDR scale) of ``images`` (one image or a batch, numpy or tensor, see
     :func:`~koch_explore.core.images.as_image_batch`); ``tta`` averages the 8 flips/rotations."""
-    was = detector.training
-    detector.eval()
-    try:
-        return severity_of(detector, as_image_batch(images).to(model_device(detector)), tta).cpu().numpy()
-    finally:
-        detector.train(was)
+    x = as_image_batch(images).to(model_device(detector))
+    with eval_mode(detector):
+        return severity_of(detector, x, tta).cpu().numpy()
 
 
 def load_for_detector(paths, size: int) -> np.ndarray:

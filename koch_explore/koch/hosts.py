@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..culture.bank import load_bank
@@ -20,6 +19,7 @@ from ..data.io import read_image
 from ..data.preprocess import prepare_fundus
 from ..data.roots import resolve_data_root
 from ..detect.model import load_detector
+from ..synthesis.base import photo_host
 from ..synthesis.synthesizer import MODES, load_synthesizer
 from ..synthesis.trainer import SynthTrainConfig, healthy_set
 from ..vessels import load_vessels
@@ -50,17 +50,6 @@ their trees from the shipped vessel segmenter; "embedded", ``skimage.data.retina
 healthy photos works too (:func:`folder_hosts`)."""
 
 
-def _segmented_host(img: np.ndarray, fov: np.ndarray, name: str, segmenter) -> dict:
-    """A host from a prepared photo: its tree from the vessel segmenter, inside the FOV less its rim
-    (``segmenter`` None: no tree, for local mode, which grows lesions in the photo and never reads one)."""
-    if segmenter is None:
-        return {"image": img.astype(np.float32), "fov": fov.astype(bool), "name": name}
-    _, tree = segmenter.segment(img, fov)
-    # the segmenter traces the bright FOV rim of colour-enhanced photos (EyePACS) as a vessel
-    tree = tree.astype(bool) & cv2.erode(fov.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)
-    return {"image": img.astype(np.float32), "vessels": tree.astype(np.float32), "fov": fov.astype(bool), "name": name}
-
-
 def folder_hosts(folder, size: int = 256, count: int = 68, seed: int = 0, progress: bool = False, trees: bool = True) -> list[dict]:
     """Up to ``count`` of the user's healthy photos under ``folder`` (recursive; drawn with ``seed`` when
     there are more; a single photo file works too), prepared to ``size``, their trees from the shipped
@@ -80,7 +69,7 @@ def folder_hosts(folder, size: int = 256, count: int = 68, seed: int = 0, progre
     out = []
     for p in tqdm(paths, desc="hosts", disable=not progress):
         img, fov = prepare_fundus(read_image(p), size, path=p)
-        out.append(_segmented_host(img, fov, str(p), segmenter))
+        out.append(photo_host(img, fov, str(p), segmenter, trees=trees))
     return out
 
 
@@ -108,7 +97,7 @@ def unseen_hosts(source: str, root=None, size: int = 256, count: int = 68, seed:
     for i in tqdm(pick, desc=f"{source} hosts", disable=not progress):
         it = by_name[healthy[i]]
         img, fov = prepare_fundus(read_image(it.path), size, path=it.path)
-        out.append(_segmented_host(img, fov, f"{source}/{it.name}", segmenter))
+        out.append(photo_host(img, fov, f"{source}/{it.name}", segmenter, trees=trees))
     return out
 
 
@@ -163,6 +152,25 @@ def default_setup(data: str = "auto", root=None, detector=None, weights=None, ba
     host_set = healthy_hosts(data, "embedded" if data == "embedded" and hosts == "trees" else hosts, root, synth.size, host_count,
                              trees=synth.mode != "local")
     return det, synth, descriptors, host_set, data
+
+
+POPULATIONS = ("phantom", "eyepacs", "aptos")
+"""Graded populations a model's competence is measured on (:func:`~koch_explore.koch.verdict.population_competence`)."""
+
+
+def hosts_population(data: str, hosts: str, root=None) -> str | None:
+    """The graded population the hosts of a data setting come from, where the kit has graded photos of it:
+    "phantom" for phantom hosts; "aptos" for aptos-val; "eyepacs" for the real trees and eyepacs-val (DRIVE,
+    CHASE_DB1 and EyePACS are all colour fundus photos graded on the same scale), and for the embedded photo
+    when EyePACS is under the data root; None otherwise (a user's folder: its population is not known)."""
+    if data == "phantom":
+        return "phantom"
+    if hosts == "aptos-val":
+        return "aptos"
+    if hosts in ("trees", "eyepacs-val", "embedded"):
+        base = resolve_data_root(root)
+        return "eyepacs" if base is not None and (base / "EyePACS").is_dir() else None
+    return None
 
 
 def healthy_hosts(data: str, hosts: str, root=None, size: int = 256, count: int = 68, trees: bool = True) -> list[dict]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..plotting import colourise, draw_boxes, mosaic, pyplot
 
-__all__ = ["write_report", "figure_cases", "figure_severity", "figure_hits", "figure_distributions"]
+__all__ = ["write_report", "figure_cases", "figure_severity", "figure_hits", "figure_distributions", "verdict_block"]
 
 
 def _png(fig) -> str:
@@ -91,11 +91,18 @@ def figure_severity(report, ax=None):
     boot = sev[rng.integers(0, len(sev), size=(500, len(sev)))].mean(1)
     lo, hi = np.percentile(boot, 2.5, axis=0), np.percentile(boot, 97.5, axis=0)
     ax.fill_between(x, lo, hi, color="tab:red", alpha=0.25, lw=0)
-    ax.plot(x, sev.mean(0), color="tab:red", marker="o", lw=2, label="mean (95% CI)")
+    ax.plot(x, sev.mean(0), color="tab:red", marker="o", lw=2, label="synthesized lesions: mean (95% CI)")
+    if getattr(report, "control_severity", None):
+        ctl = np.asarray(report.control_severity)
+        ax.plot(x, np.r_[sev[:, report.counts.index(0)].mean(), ctl.mean(0)], color="tab:gray", marker="s", lw=1.5, ls="--",
+                label="real lesions transplanted: mean")
     ax.set_xticks(x, [str(c) for c in report.counts])
     ax.set_xlabel("placed lesions")
-    ax.set_ylabel("severity")
-    ax.set_title(f"rho = {report.spearman_severity_count:.2f} [{report.spearman_ci[0]:.2f}, {report.spearman_ci[1]:.2f}]", fontsize=9)
+    ax.set_ylabel("severity (grade units, 0-4)")
+    change = (getattr(report, "effects", None) or {}).get("severity_change")
+    if change:
+        ax.set_title(f"change 0 -> {report.counts[-1]}: {change['mean']:+.2f} [{change['ci'][0]:+.2f}, {change['ci'][1]:+.2f}] grades",
+                     fontsize=9)
     ax.legend(fontsize=7)
     return fig if fig is not None else ax.figure
 
@@ -137,11 +144,24 @@ def figure_hits(report):
             ax.text(i - (0.2 if ax is axes[2] else 0), 0.02, f"n={table[k]['placed']}", ha="center", fontsize=7, color="white")
     titles = ["hit rate by lesion count", "hit rate by lesion type", "by ring of the field of view",
               "by evidence in the source eye"]
-    for ax, title in zip(axes, titles):
-        ax.axhline(report.chance_hit_rate, color="k", ls="--", lw=1, label=f"chance {report.chance_hit_rate:.2f}")
+    chance_by_count = getattr(report, "chance_hit_rate_by_count", None) or {}
+    if chance_by_count:  # boxes grow with the count: each count has its own chance level
+        axes[0].plot(np.arange(len(ks)), [chance_by_count.get(k, np.nan) for k in ks], "k_", ms=22, mew=2, label="chance at this count")
+    axes[0].set_xlabel("placed lesions")
+    axes[1].set_xlabel("lesion type (the descriptor's)")
+    axes[2].set_xlabel("ring of the field of view")
+    axes[3].set_xlabel("evidence in the source eye (tercile)")
+    for i, (ax, title) in enumerate(zip(axes, titles)):
+        # the count panel marks each count's own chance, the ring panel a decoy bar per ring: one overall line elsewhere
+        if not (i == 0 and chance_by_count) and i != 2:
+            ax.axhline(report.chance_hit_rate, color="k", ls="--", lw=1, label=f"chance, all counts {report.chance_hit_rate:.2f}")
         ax.set_ylim(0, 1)
+        ax.set_ylabel("share re-found")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        if i == 0:  # four entries: below the panel, not over its bars
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+        else:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -163,6 +183,34 @@ def figure_distributions(report):
     axes[1].set_ylabel("severity")
     fig.tight_layout()
     return fig
+
+
+VERDICT_COLOURS = {"lesion-driven": "#1b7837", "inconclusive": "#8c6d1f", "not-lesion-driven": "#b2182b"}
+
+
+def verdict_block(report) -> str:
+    """The report's first paragraph: the verdict, its reasons, and the rule that decided it, stated."""
+    rule = report.verdict_rule or {}
+    colour = VERDICT_COLOURS.get(report.verdict, "#444")
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in report.verdict_reasons)
+    stated = (f"Lesion-driven: the severity change from 0 to the largest count has its 95% CI above "
+              f"{rule.get('min_change', '?')} grades, the placement AUC's CI lies above 0.5 + {rule.get('auc_margin', '?')}, and "
+              f"real lesions transplanted to the same places raise the severity too. Not lesion-driven: the severity change's CI "
+              f"lies inside +-{rule.get('equivalence', '?')} grades for synthesized and transplanted lesions alike, in a model "
+              f"that grades the hosts' population (referable AUC >= {rule.get('min_referable_auc', '?')}); or it rises with "
+              f"synthesized lesions but not with real ones. Inconclusive otherwise, and with fewer than "
+              f"{rule.get('min_hosts', '?')} distinct hosts. CIs resample distinct hosts, not trials.")
+    comp = report.competence
+    said = ("competence not measured" if not comp else
+            f"competence on {comp.get('n')} graded {comp.get('population')} photos: referable AUC "
+            f"{comp['referable_auc']:.2f}, grade-0 to grade>=2 gap {comp['spread']:.2f} grades" if comp.get("referable_auc") is not None
+            else f"competence: no graded photos of both classes in {comp.get('population')}")
+    res = report.resolution or {}
+    return (f"<div style='border-left:6px solid {colour};padding:0.2em 1em;background:#fafafa'>"
+            f"<p style='font-size:130%'>Verdict: <b style='color:{colour}'>{html.escape(report.verdict)}</b></p>"
+            f"<ul>{reasons}</ul><p class='note'>{report.n_trials} trials on {report.distinct_hosts} distinct hosts; "
+            f"{html.escape(said)}; the model takes {res.get('model_input', '?')} px and was shown {res.get('hosts', '?')} px hosts.</p>"
+            f"<p class='note'>The rule, stated before it was validated on models whose answer is known: {html.escape(stated)}</p></div>")
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -210,15 +258,18 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
     ]
     table = "".join(f"<tr><th style='text-align:left'>{html.escape(a)}</th><td>{html.escape(b)}</td>"
                     f"<td class='note' style='text-align:left'>{html.escape(c)}</td></tr>" for a, b, c in rows)
+    effects = "".join(f"<li>{html.escape(line)}</li>" for line in report.effect_lines())
     sev = "".join(f"<td>{v:.3f}</td>" for v in report.severity_by_count.values())
     figs = [("The four postulates, case by case", figure_cases(report.cases, mode="local" if local else "whole")) if report.cases else None,
-            ("Severity rises with the lesion count", figure_severity(report)),
+            ("Severity by placed lesions", figure_severity(report)),
             ("Which lesions are re-found", figure_hits(report)),
             ("Distributions", figure_distributions(report))]
     body = "".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{_png(f)}'/>" for t, f in (x for x in figs if x))
     cfg = html.escape(json.dumps(report.config))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>
+{verdict_block(report)}
+<h3>Effect sizes (95% CIs from a bootstrap over distinct hosts)</h3><ul>{effects}</ul>
 <p>Koch's fourth postulate, measured: {report.n_trials} healthy hosts were inoculated with
 {", ".join(map(str, report.counts))} descriptors each ({"a dose series: same noise per host, each count adds lesions to the last"
 if report.config.get("nested", True) else "same noise per host, an independent layout per count"}; {"local mode: the lesions grown inside each "

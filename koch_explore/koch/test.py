@@ -42,14 +42,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..core.geometry import Box, box_contains, boxes_overlap
-from ..core.stats import roc_auc, spearman
-from ..culture.cut import DEFAULT_RULE, DEFAULT_THRESHOLD, segment
+from ..core.geometry import Box
+from ..core.runtime import eval_mode
+from ..core.stats import spearman
+from ..culture.cut import DEFAULT_RULE, default_threshold, segment
 from ..detect.predict import predict_severity
 from ..evidence.base import DEFAULT_METHOD, explain
 from ..synthesis.synthesizer import random_layout
 from ..synthesis.transplant import transplant
 from ..vessels import load_vessels
+from .scoring import Tally, host_resamples, percentile_ci, score_image
+from .verdict import VerdictRule, decide, effect_sizes
 
 __all__ = ["COUNTS", "KochConfig", "KochReport", "TrialCase", "dose_layouts", "koch_test", "transplant"]
 
@@ -71,11 +74,12 @@ class KochConfig:
     """Where the evidence starts (the deconvnet's start layer, Grad-CAM's conv); None: the bank's own
     (its ``info["start"]``) when the audited model has that layer, else the model's default."""
     threshold: float | str | None = None
-    """Isolation threshold (fraction of the map's maximum, or "otsu"); None: the one the bank was
-    isolated with (its ``info["threshold"]``), else isolation's default."""
+    """Re-isolation threshold (fraction of the map's maximum, or "otsu"); None: the one the bank was
+    isolated with (its ``info["threshold"]``) when it was cut by the same rule, else the rule's default."""
     rule: str | None = None
-    """Isolation rule ("global" cut or one component per "peaks", see :data:`~koch_explore.culture.cut.RULES`);
-    None: the bank's own (its ``info["rule"]``), else isolation's default."""
+    """Re-isolation rule ("peaks", one component per local peak, or one "global" cut, see
+    :data:`~koch_explore.culture.cut.RULES`); None: isolation's default, whatever rule cut the bank: the
+    re-isolated boxes are a measurement, and boxes grown around every cluster make a hit rate chance."""
     nested: bool = True
     """Dose series: the n-lesion layout is the first n placements of the largest count's layout, so
     a larger count only adds lesions. False: an independent random layout per count (then the
@@ -132,6 +136,8 @@ class KochReport:
     healthy_components: float
     """Mean number of components re-isolated from the 0-lesion synthesis."""
     hit_rate_by_count: dict[str, float]
+    chance_hit_rate_by_count: dict[str, float]
+    """count -> the decoys' hit rate in the images with that many lesions (boxes grow with the count)."""
     hit_rate_by_type: dict[str, dict[str, float]]
     """type -> {"placed", "found", "rate"}."""
     hit_rate_by_region: dict[str, dict[str, float]]
@@ -165,6 +171,27 @@ class KochReport:
     control_hit_rate_by_count: dict[str, float] | None = None
     control_severity_by_count: dict[str, float] | None = None
     components_per_image: list[int] = field(default_factory=list)
+    placed_counts: list[list[int]] = field(default_factory=list)
+    """trials x counts: the lesions each image was actually given (always the stated count: a host whose
+    FOV cannot take a dose stops the test instead of lowering it)."""
+    hosts: list[str] = field(default_factory=list)
+    """The host of each trial (trials cycle through the hosts when there are more trials than hosts)."""
+    distinct_hosts: int = 0
+    effects: dict = field(default_factory=dict)
+    """Effect sizes with 95% CIs from a bootstrap over distinct hosts (:func:`~koch_explore.koch.verdict.effect_sizes`):
+    the severity change from 0 to the largest count and the slope per lesion (grade units, and relative to
+    the model's own grade-0 to grade >= 2 spread when its competence was measured), placement AUC, hit
+    minus chance, chance per count, and the same for the transplant control."""
+    competence: dict | None = None
+    """Whether the model grades photos of the hosts' population (referable AUC, spread), or None (not measured)."""
+    resolution: dict = field(default_factory=dict)
+    """{"model_input", "hosts"}: the side the model takes and the side of the hosts it was shown."""
+    verdict: str = "inconclusive"
+    """"lesion-driven", "inconclusive" or "not-lesion-driven" (:func:`~koch_explore.koch.verdict.decide`)."""
+    verdict_reasons: list[str] = field(default_factory=list)
+    verdict_rule: dict = field(default_factory=dict)
+    control_severity: list[list[float]] | None = None
+    """trials x counts > 0: severity with the real lesions transplanted (the 0-lesion image is shared)."""
     cases: list[TrialCase] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
@@ -174,34 +201,54 @@ class KochReport:
     def cli_json(self, data: str | None = None, hosts: str | None = None, mode: str | None = None) -> dict:
         """The ``koch-test --json`` object: the headline figures first, then the rest (no per-trial arrays)."""
         out = self.to_json()
-        keys = ["hit_rate", "spurious_rate", "spearman_severity_count", "spearman_ci", "vessel_dice", "n_trials"]
+        keys = ["verdict", "verdict_reasons", "effects", "distinct_hosts", "n_trials", "hit_rate", "spurious_rate",
+                "spearman_severity_count", "spearman_ci", "vessel_dice"]
+        given = {str(n): sorted({row[j] for row in self.placed_counts}) for j, n in enumerate(self.counts)}
+        per_trial = ("severity", "control_severity", "components_per_image", "placed_counts", "hosts")
         return {**{k: out[k] for k in keys}, "data": data, "hosts": hosts, "mode": mode or self.config.get("mode"),
-                **{k: v for k, v in out.items() if k not in keys and k not in ("severity", "components_per_image")}}
+                "lesions_placed_by_count": given, **{k: v for k, v in out.items() if k not in keys and k not in per_trial}}
+
+    def effect_lines(self) -> list[str]:
+        """The effect sizes as short lines (the summary's and the report's)."""
+        e = self.effects
+        if not e:
+            return []
+        ci = lambda d, k="mean": f"{d[k]:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"  # noqa: E731
+        auc = lambda d: f"{d['value']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"  # noqa: E731
+        top = e["largest_count"]
+        lines = [f"severity change 0 -> {top} lesions  {ci(e['severity_change'])} grades (95% CI over {e['distinct_hosts']} "
+                 f"host{'s' if e['distinct_hosts'] != 1 else ''})",
+                 f"slope per lesion  {ci(e['slope_per_lesion'])} grades"]
+        if e.get("relative_change"):
+            lines.append(f"relative to the model's own grade-0 to grade>=2 gap ({e['relative_change']['spread']:.2f})  "
+                         f"{ci(e['relative_change'])}")
+        lines += [f"placement AUC  {auc(e['placement_auc'])}",
+                  f"hit minus chance  {ci(e['hit_minus_chance'], 'value')}; chance by count "
+                  + "  ".join(f"{k}:{v:.2f}" for k, v in e["chance_hit_rate_by_count"].items())]
+        if e.get("control"):
+            c = e["control"]
+            lines.append(f"transplanted real lesions: severity change {ci(c['severity_change'])}, placement AUC "
+                         f"{auc(c['placement_auc'])}")
+        return lines
 
     def reading(self) -> str:
-        """The figures read in one or two plain sentences (what a notebook prints under its figures)."""
+        """The verdict and its reasons in plain sentences (what a notebook prints under its figures)."""
+        text = f"Verdict: {self.verdict} — " + "; ".join(self.verdict_reasons) + "."
         above = self.hit_rate - self.chance_hit_rate
-        found = (f"The placed lesions were re-found at {self.hit_rate:.2f} against {self.chance_hit_rate:.2f} for random places "
-                 f"({'+' if above >= 0 else ''}{above:.2f}; placement AUC {self.placement_auc:.2f}, where 0.5 is chance)")
-        lo, hi = self.spearman_ci
-        if lo > 0:
-            trend = f"severity rose with the number of lesions (rho {self.spearman_severity_count:.2f}, 95% CI {lo:.2f} to {hi:.2f})"
-        elif hi < 0:
-            trend = f"severity fell as lesions were added (rho {self.spearman_severity_count:.2f})"
-        else:
-            trend = f"severity did not follow the number of lesions (rho {self.spearman_severity_count:.2f}, 95% CI {lo:.2f} to {hi:.2f})"
-        text = f"{found}; {trend}."
-        if self.control_hit_rate is not None:
-            text += (f" The real lesions transplanted to the same places were re-found at {self.control_hit_rate:.2f} "
-                     f"(chance {self.control_chance_hit_rate:.2f}).")
+        text += (f" The placed lesions were re-found at {self.hit_rate:.2f} against {self.chance_hit_rate:.2f} for random places "
+                 f"({'+' if above >= 0 else ''}{above:.2f}), over {self.distinct_hosts} distinct host"
+                 f"{'s' if self.distinct_hosts != 1 else ''}.")
         return text
 
     def summary(self, data: str | None = None, hosts: str | None = None, mode: str | None = None) -> str:
         """The figures as a few lines a person reads (what ``koch-explore koch-test`` prints)."""
         where = f" on {data} data" if data else ""
         mode = mode or self.config.get("mode")
-        lines = [f"Koch test{where}{f' ({hosts} hosts)' if hosts else ''}, {self.n_trials} trials"
-                 f"{f', {mode} synthesis' if mode else ''}",
+        lines = [f"Koch test{where}{f' ({hosts} hosts)' if hosts else ''}, {self.n_trials} trials on {self.distinct_hosts} "
+                 f"distinct hosts{f', {mode} synthesis' if mode else ''}",
+                 f"  VERDICT           {self.verdict}",
+                 *(f"    - {r}" for r in self.verdict_reasons),
+                 *(f"  {line}" for line in self.effect_lines()),
                  f"  hit rate          {self.hit_rate:.3f}  95% CI [{self.hit_rate_ci[0]:.3f}, {self.hit_rate_ci[1]:.3f}]"
                  f"  (chance {self.chance_hit_rate:.3f})"]
         if self.mask_hit_rate is not None:
@@ -236,48 +283,10 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearman(a, b))
 
 
-def _decoys(fov: np.ndarray, boxes: Sequence[Box], n: int, margin: int, rng: np.random.Generator) -> list[tuple[float, float]]:
-    """``n`` random FOV points outside every placed box grown by ``margin``."""
-    free = fov.copy()
-    for x0, y0, x1, y1 in boxes:
-        free[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = False
-    ys, xs = np.nonzero(free)
-    if not len(ys):
-        return []
-    k = rng.integers(0, len(ys), size=n)
-    return [(float(xs[i]), float(ys[i])) for i in k]
-
-
-def _score(boxes: Sequence[Box], placed, fov: np.ndarray, margin: int,
-           rng: np.random.Generator) -> tuple[list[bool], list[tuple[float, float]], list[bool]]:
-    """(per placement: is its centroid in a re-isolated box; the decoy points; per decoy: is it in a
-    box): one decoy per placement, drawn from ``rng``."""
-    hit = [any(box_contains(b, d.centroid) for b in boxes) for d in placed]
-    decoys = _decoys(fov, [d.bbox for d in placed], len(placed), margin, rng)
-    return hit, decoys, [any(box_contains(b, p) for b in boxes) for p in decoys]
-
-
 REGIONS = ("centre", "middle", "rim")
 """Rings of the field of view by distance from its centre: within 1/3 of its radius, 1/3-2/3, beyond."""
 STRENGTHS = ("weak", "medium", "strong")
 """Terciles of the bank's descriptor scores (evidence under the lesion as a share of its source map's peak)."""
-
-
-def _values_at(blurred: np.ndarray, points) -> list[float]:
-    """The map at each (x, y) point, rounded to the nearest pixel."""
-    h, w = blurred.shape
-    return [float(blurred[min(h - 1, max(0, int(round(y)))), min(w - 1, max(0, int(round(x))))]) for x, y in points]
-
-
-def _pooled_auc(pos_by_trial: Sequence[Sequence[float]], neg_by_trial: Sequence[Sequence[float]], trials=None) -> float:
-    """Mann–Whitney AUC of the pooled positives against the pooled negatives of ``trials`` (all by
-    default; indices may repeat, for the bootstrap). Ties count one half."""
-    trials = range(len(pos_by_trial)) if trials is None else trials
-    pos = [v for t in trials for v in pos_by_trial[t]]
-    neg = [v for t in trials for v in neg_by_trial[t]]
-    if not pos or not neg:
-        return float("nan")
-    return float(roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def _fov_geometry(fov: np.ndarray) -> tuple[float, float, float]:
@@ -313,29 +322,36 @@ def _rate_row(placed: int, found: int) -> dict:
 
 
 def _inoculate(synthesizer, host: dict, layout, seed: int) -> np.ndarray:
-    """One inoculated host: the synthesizer's own ``synthesize_host`` (whole-fundus or local mode), else, for
-    a stand-in written against the whole-fundus signature, ``synthesize(vessels, fov, layout, seed=)``."""
-    draw = getattr(synthesizer, "synthesize_host", None)
-    if draw is not None:
-        return draw(host, layout, seed=seed)
-    return synthesizer.synthesize(np.asarray(host["vessels"], np.float32), np.asarray(host["fov"], bool), layout, seed=seed)
+    """One inoculated host, through the synthesizer protocol (:class:`~koch_explore.synthesis.base.Synthesizer`)."""
+    return synthesizer.synthesize_host(host, layout, seed=seed)
 
 
 def dose_layouts(bank, counts: Sequence[int], fov: np.ndarray, seed: int, nested: bool) -> dict:
-    """count -> placed bank (None for 0): prefixes of one layout when ``nested``, else independent."""
+    """count -> placed bank of exactly that many descriptors (None for 0): prefixes of one layout when
+    ``nested``, else independent. :func:`random_layout` raises when a host's FOV cannot take the dose."""
     if not nested:
         return {n: (random_layout(bank, n, fov, seed=seed * 37 + n) if n else None) for n in counts}
     full = random_layout(bank, max(counts), fov, seed=seed * 37)
-    return {n: (full.select(indices=range(min(n, len(full)))) if n else None) for n in counts}
+    return {n: (full.select(indices=range(n)) if n else None) for n in counts}
 
 
 @torch.no_grad()
 def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: int | None = None, seed: int | None = None,
-                   config: KochConfig | None = None, vessel_model=None, progress: bool = True) -> KochReport:
+              config: KochConfig | None = None, vessel_model=None, progress: bool = True, competence: dict | None = None,
+              rule: VerdictRule | None = None) -> KochReport:
     """Run the Koch test. ``healthy_set``: hosts {"vessels" (S,S), "fov" (S,S) bool, "name", and
     optionally "image" (the real photo, for the Fréchet distance; what a local-mode synthesizer inoculates)}
     at the synthesizer's size.
-    ``vessel_model``: a vessel segmenter, or ``False`` to skip vessel Dice (default: the shipped one)."""
+    ``vessel_model``: a vessel segmenter, or ``False`` to skip vessel Dice (default: the shipped one).
+    ``competence``: whether the model grades photos of the hosts' population
+    (:func:`~koch_explore.koch.verdict.population_competence`); without it a flat response is inconclusive.
+    ``rule``: the verdict's thresholds (default :class:`~koch_explore.koch.verdict.VerdictRule`).
+    The detector runs in eval mode; the mode it was found in is restored."""
+    with eval_mode(detector):
+        return _koch_test(detector, synthesizer, bank, healthy_set, trials, seed, config, vessel_model, progress, competence, rule)
+
+
+def _koch_test(detector, synthesizer, bank, healthy_set, trials, seed, config, vessel_model, progress, competence, rule) -> KochReport:
     from tqdm.auto import tqdm
 
     cfg = replace(config or KochConfig())  # a copy: the caller's config is never changed
@@ -345,18 +361,24 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         cfg.seed = int(seed)
     if cfg.trials < 1:
         raise ValueError(f"trials must be >= 1, got {cfg.trials}")
+    if not callable(getattr(synthesizer, "synthesize_host", None)):
+        raise TypeError(f"{type(synthesizer).__name__} is not a synthesizer: it needs synthesize_host(host, layout, seed) "
+                        "(koch_explore.Synthesizer)")
     if not len(healthy_set):
         raise ValueError("no healthy host to inoculate")
     if not len(bank):
         raise ValueError("the descriptor bank is empty: nothing to inoculate")
     counts = list(cfg.counts)
+    if 0 not in counts or len(counts) < 2 or min(counts) < 0:
+        raise ValueError(f"counts must hold 0 (the host's own control) and at least one dose, got {counts}")
     info = getattr(bank, "info", {})  # re-isolate as the bank was cultured
     if cfg.method is None:
         cfg.method = str(info.get("method") or DEFAULT_METHOD)
-    if cfg.threshold is None:
-        cfg.threshold = info.get("threshold") or DEFAULT_THRESHOLD
     if cfg.rule is None:
-        cfg.rule = str(info.get("rule") or DEFAULT_RULE)
+        cfg.rule = DEFAULT_RULE
+    if cfg.threshold is None:  # a bank saved before rules were recorded was cut by the global rule
+        own = info.get("threshold") if (info.get("rule") or "global") == cfg.rule else None
+        cfg.threshold = own or default_threshold(cfg.rule)
     if cfg.start is None:  # the bank's start layer belongs to the bank's method and the bank's detector
         own = info.get("start")
         cfg.start = own if cfg.method == info.get("method") and own in detector.layer_names else detector.default_start
@@ -371,129 +393,64 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         vessel_model = False
     elif vessel_model is None:
         vessel_model = load_vessels()
-    detector.eval()
 
-    hits_by_trial, placed_by_trial, decoy_hits, decoy_n = [], [], 0, 0
-    mask_hits, mask_decoy_hits = 0, 0
-    pos_by_trial, neg_by_trial, ctl_pos_by_trial, ctl_neg_by_trial = [], [], [], []
-    values_by_count = {n: ([], []) for n in counts if n > 0}  # placements, decoys
-    by_count = {n: [0, 0] for n in counts if n > 0}
-    by_type: dict[str, list[int]] = {}
-    by_region = {r: [0, 0, 0, 0] for r in REGIONS}  # placed, found, decoys, decoys found
-    edges = _strength_edges(bank)
-    by_strength = {k: [0, 0] for k in STRENGTHS} if edges is not None else {}
-    spurious, components, healthy_components, per_image = 0, 0, [], []
-    severity, dice, healthy_images, real_images, cases = [], [], [], [], []
-    case_count = max([n for n in counts if 0 < n <= 8] or [max(counts)])
+    doses = [n for n in counts if n > 0]
+    main, control = Tally(), Tally()
+    hosts, severity, control_severity, placed_counts = [], [], [], []
+    healthy_components, per_image, dice, healthy_images, real_images, cases = [], [], [], [], [], []
+    case_count = max([n for n in doses if n <= 8] or [max(doses)])
     run_control = cfg.control and all(d.norm_patch is not None for d in bank)
-    ctl_counts = [n for n in counts if n > 0]
-    ctl_by_count = {n: [0, 0] for n in ctl_counts}
-    ctl_hits_by_trial, ctl_placed_by_trial, ctl_decoy, ctl_severity = [], [], [0, 0], []
+
+    def rescore(images, layouts, counts_of, rng, fov):
+        """(maps, segmentations, {count: ImageScore}) of images inoculated with ``layouts``, re-isolated as cultured."""
+        maps = explain(detector, images, cfg.method, start=cfg.start).maps
+        segs = [segment(m, fov, cfg.threshold, rule=cfg.rule) for m in maps]
+        scores = {n: score_image(seg, list(layouts[n]), fov, cfg.margin, rng) for n, seg in zip(counts_of, segs) if n > 0}
+        return maps, segs, scores
 
     for t in tqdm(range(cfg.trials), desc="koch test", disable=not progress):
         host = healthy_set[t % len(healthy_set)]
+        name = str(host.get("name", t % len(healthy_set)))
         fov = np.asarray(host["fov"], bool)
-        # a local-mode host may come without a tree (the photo is inoculated, not drawn)
-        ves = None if host.get("vessels") is None else np.asarray(host["vessels"], np.float32)
         tseed = cfg.seed * 100_003 + t
-        rng = np.random.default_rng(tseed)
-        geom = _fov_geometry(fov)
-        layouts = dose_layouts(bank, counts, fov, tseed, cfg.nested)
+        try:
+            layouts = dose_layouts(bank, counts, fov, tseed, cfg.nested)
+        except ValueError as exc:
+            raise ValueError(f"host {name!r}: {exc}") from exc
+        hosts.append(name)
+        placed_counts.append([0 if layouts[n] is None else len(layouts[n]) for n in counts])
         images = np.stack([_inoculate(synthesizer, host, layouts[n], tseed) for n in counts])
         severity.append(predict_severity(detector, images).tolist())
-        maps = explain(detector, images, cfg.method, start=cfg.start).maps
-        t_hits, t_placed, t_pos, t_neg = 0, 0, [], []
-        for j, n in enumerate(counts):
-            seg = segment(maps[j], fov, cfg.threshold, rule=cfg.rule)
-            per_image.append(len(seg.boxes))
-            if n == 0:
-                healthy_components.append(len(seg.boxes))
-                healthy_images.append(images[j])
-                if "image" in host:
-                    real_images.append(np.asarray(host["image"], np.float32))
-                if vessel_model is not False:
-                    _, binary = vessel_model.segment(images[j], fov, tta=1)
-                    truth = (ves > 0.5) & fov
-                    dice.append(float(2 * (binary & truth).sum() / max(1, binary.sum() + truth.sum())))
-                continue
-            placed = list(layouts[n])
-            hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, rng)
-            found_decoys, n_decoys = sum(decoy_hit), len(decoys)
-            cents = [d.centroid for d in placed]
-            pos, neg = _values_at(seg.blurred, cents), _values_at(seg.blurred, decoys)
-            mask_hits += int(sum(_values_at(seg.mask, cents)))  # the bool mask reads 1.0 on a component
-            mask_decoy_hits += int(sum(_values_at(seg.mask, decoys)))
-            t_pos += pos
-            t_neg += neg
-            values_by_count[n][0].append(pos)
-            values_by_count[n][1].append(neg)
-            spur = [not any(boxes_overlap(b, d.bbox, cfg.margin) for d in placed) for b in seg.boxes]
-            for d, h in zip(placed, hit):
-                ty = d.type or "unknown"
-                by_type.setdefault(ty, [0, 0])
-                by_type[ty][0] += 1
-                by_type[ty][1] += int(h)
-                ring = by_region[_region(d.centroid, geom)]
-                ring[0] += 1
-                ring[1] += int(h)
-                st = _strength(d.score, edges)
-                if st is not None:
-                    by_strength[st][0] += 1
-                    by_strength[st][1] += int(h)
-            for p, h in zip(decoys, decoy_hit):
-                ring = by_region[_region(p, geom)]
-                ring[2] += 1
-                ring[3] += int(h)
-            by_count[n][0] += len(placed)
-            by_count[n][1] += sum(hit)
-            t_placed += len(placed)
-            t_hits += sum(hit)
-            spurious += sum(spur)
-            components += len(seg.boxes)
-            decoy_n, decoy_hits = decoy_n + n_decoys, decoy_hits + found_decoys
-            if n == case_count and len(cases) < cfg.keep_cases:
-                cases.append(TrialCase(str(host.get("name", t)), ves, fov, images[counts.index(0)] if 0 in counts else images[0],
-                                       images[j], maps[j], [d.bbox for d in placed], [d.type or "unknown" for d in placed],
-                                       list(seg.boxes), hit, spur, placed, {c: float(s) for c, s in zip(counts, severity[-1])}))
-        hits_by_trial.append(t_hits)
-        placed_by_trial.append(t_placed)
-        pos_by_trial.append(t_pos)
-        neg_by_trial.append(t_neg)
-        if run_control and ctl_counts:
-            base = images[counts.index(0)] if 0 in counts else _inoculate(synthesizer, host, None, tseed)
-            ctl_images = np.stack([transplant(detector, base, layouts[n]) for n in ctl_counts])
-            ctl_severity.append(predict_severity(detector, ctl_images).tolist())
-            ctl_maps = explain(detector, ctl_images, cfg.method, start=cfg.start).maps
-            crng = np.random.default_rng([tseed, 1])  # its own decoys: the main figures do not move
-            c_hits = c_placed = 0
-            c_pos, c_neg = [], []
-            for j, n in enumerate(ctl_counts):
-                seg = segment(ctl_maps[j], fov, cfg.threshold, rule=cfg.rule)
-                placed = list(layouts[n])
-                hit, decoys, decoy_hit = _score(seg.boxes, placed, fov, cfg.margin, crng)
-                found_decoys, n_decoys = sum(decoy_hit), len(decoys)
-                c_pos += _values_at(seg.blurred, [d.centroid for d in placed])
-                c_neg += _values_at(seg.blurred, decoys)
-                ctl_by_count[n][0] += len(placed)
-                ctl_by_count[n][1] += sum(hit)
-                c_hits, c_placed = c_hits + sum(hit), c_placed + len(placed)
-                ctl_decoy[0] += n_decoys
-                ctl_decoy[1] += found_decoys
-            ctl_hits_by_trial.append(c_hits)
-            ctl_placed_by_trial.append(c_placed)
-            ctl_pos_by_trial.append(c_pos)
-            ctl_neg_by_trial.append(c_neg)
+        maps, segs, scores = rescore(images, layouts, counts, np.random.default_rng(tseed), fov)
+        main.add(scores)
+        per_image += [len(seg.boxes) for seg in segs]
+        healthy = images[counts.index(0)]
+        healthy_components.append(len(segs[counts.index(0)].boxes))
+        healthy_images.append(healthy)
+        if "image" in host:
+            real_images.append(np.asarray(host["image"], np.float32))
+        if vessel_model is not False:
+            ves = np.asarray(host["vessels"], np.float32)
+            _, binary = vessel_model.segment(healthy, fov, tta=1)
+            truth = (ves > 0.5) & fov
+            dice.append(float(2 * (binary & truth).sum() / max(1, binary.sum() + truth.sum())))
+        if len(cases) < cfg.keep_cases:
+            j, sc = counts.index(case_count), scores[case_count]
+            cases.append(TrialCase(name, None if host.get("vessels") is None else np.asarray(host["vessels"], np.float32), fov,
+                                   healthy, images[j], maps[j], [d.bbox for d in sc.placed], [d.type or "unknown" for d in sc.placed],
+                                   sc.boxes, sc.hits, sc.spurious, sc.placed, {c: float(v) for c, v in zip(counts, severity[-1])}))
+        if run_control:
+            # the same layouts pasted as real lesions into the same 0-lesion image, with their own decoys
+            ctl_images = np.stack([transplant(detector, healthy, layouts[n]) for n in doses])
+            control_severity.append(predict_severity(detector, ctl_images).tolist())
+            control.add(rescore(ctl_images, layouts, doses, np.random.default_rng([tseed, 1]), fov)[2])
 
     sev = np.asarray(severity, np.float64)
-    boot = np.random.default_rng(cfg.seed)
-    hits_arr, placed_arr = np.asarray(hits_by_trial, np.float64), np.asarray(placed_by_trial, np.float64)
-    hit_rate = float(hits_arr.sum() / max(1.0, placed_arr.sum()))
-    idx = boot.integers(0, len(hits_arr), size=(cfg.n_boot, len(hits_arr)))
-    hr_boot = hits_arr[idx].sum(1) / np.maximum(1.0, placed_arr[idx].sum(1))
-    auc_boot = [_pooled_auc(pos_by_trial, neg_by_trial, row) for row in idx]
-    rhos = np.array([_spearman(counts, row) for row in sev])
-    rhos_ok = np.nan_to_num(rhos, nan=0.0)  # a flat severity row shows no rise: rho 0
-    rho_boot = rhos_ok[idx].mean(1)
+    effects = effect_sizes(counts, sev, hosts, main, control if run_control else None, control_severity if run_control else None,
+                           competence, cfg.n_boot, cfg.seed)
+    verdict, reasons = decide(effects, competence, rule)
+    boots = host_resamples(hosts, cfg.n_boot, np.random.default_rng(cfg.seed))
+    rhos = np.nan_to_num(np.array([_spearman(counts, row) for row in sev]), nan=0.0)  # a flat row shows no rise: rho 0
     fd = fd_ci = None
     if not local and len(real_images) >= 8 and len(real_images) == len(healthy_images):
         from ..synthesis.evaluate import embedding_features, frechet_with_ci
@@ -502,46 +459,71 @@ def koch_test(detector, synthesizer, bank, healthy_set: Sequence[dict], trials: 
         real_f, _ = embedding_features(detector, np.stack(real_images))
         fd, ci = frechet_with_ci(fake_f, real_f, seed=cfg.seed)
         fd_ci = list(ci)
-    control = {}
-    if ctl_hits_by_trial:
-        ch, cp = np.asarray(ctl_hits_by_trial, np.float64), np.asarray(ctl_placed_by_trial, np.float64)
-        ch_boot = ch[idx].sum(1) / np.maximum(1.0, cp[idx].sum(1))
-        csev = np.asarray(ctl_severity, np.float64)
-        control = dict(
-            control_hit_rate=float(ch.sum() / max(1.0, cp.sum())),
-            control_hit_rate_ci=[float(np.percentile(ch_boot, 2.5)), float(np.percentile(ch_boot, 97.5))],
-            control_chance_hit_rate=float(ctl_decoy[1] / max(1, ctl_decoy[0])),
-            control_placement_auc=_pooled_auc(ctl_pos_by_trial, ctl_neg_by_trial),
-            control_hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in ctl_by_count.items()},
-            control_severity_by_count={str(n): float(csev[:, j].mean()) for j, n in enumerate(ctl_counts)},
+    extra = {}
+    if run_control:
+        csev = np.asarray(control_severity, np.float64)
+        extra = dict(
+            control_hit_rate=control.hit_rate(), control_hit_rate_ci=percentile_ci([control.hit_rate(r) for r in boots]),
+            control_chance_hit_rate=control.chance_hit_rate(), control_placement_auc=control.placement_auc(),
+            control_hit_rate_by_count={str(n): control.hit_rate(count=n) for n in doses},
+            control_severity_by_count={str(n): float(csev[:, j].mean()) for j, n in enumerate(doses)},
         )
+    spurious, components = main.spurious()
+    on_component, decoy_on_component = main.on_component_rate()
     return KochReport(
-        n_trials=cfg.trials, counts=counts, hit_rate=hit_rate,
-        hit_rate_ci=[float(np.percentile(hr_boot, 2.5)), float(np.percentile(hr_boot, 97.5))],
-        chance_hit_rate=float(decoy_hits / max(1, decoy_n)),
-        hit_above_chance=hit_rate - float(decoy_hits / max(1, decoy_n)),
-        placement_auc=_pooled_auc(pos_by_trial, neg_by_trial),
-        placement_auc_ci=[float(np.nanpercentile(auc_boot, 2.5)), float(np.nanpercentile(auc_boot, 97.5))],
-        placement_auc_by_count={str(n): _pooled_auc(*v) for n, v in values_by_count.items()},
+        n_trials=cfg.trials, counts=counts, hit_rate=main.hit_rate(), hit_rate_ci=percentile_ci([main.hit_rate(r) for r in boots]),
+        chance_hit_rate=main.chance_hit_rate(), hit_above_chance=main.hit_minus_chance(),
+        placement_auc=main.placement_auc(), placement_auc_ci=effects["placement_auc"]["ci"],
+        placement_auc_by_count={str(n): main.placement_auc(count=n) for n in doses},
         spurious_rate=float(spurious / max(1, components)),
-        healthy_components=float(np.mean(healthy_components)) if healthy_components else float("nan"),
-        hit_rate_by_count={str(n): float(v[1] / max(1, v[0])) for n, v in by_count.items()},
-        hit_rate_by_type={k: _rate_row(*v) for k, v in sorted(by_type.items())},
-        hit_rate_by_region={r: {**_rate_row(v[0], v[1]), "chance": float(v[3] / max(1, v[2]))} for r, v in by_region.items()},
-        hit_rate_by_strength={k: {**_rate_row(*v), "score_range": edges[i : i + 2]} for i, (k, v) in enumerate(by_strength.items())},
+        healthy_components=float(np.mean(healthy_components)),
+        hit_rate_by_count={str(n): main.hit_rate(count=n) for n in doses},
+        chance_hit_rate_by_count={str(n): main.chance_hit_rate(count=n) for n in doses},
+        **_breakdowns(main, healthy_set, bank),
         severity_by_count={str(n): float(sev[:, j].mean()) for j, n in enumerate(counts)},
         severity=sev.tolist(),
-        spearman_severity_count=float(rhos_ok.mean()),
-        spearman_ci=[float(np.percentile(rho_boot, 2.5)), float(np.percentile(rho_boot, 97.5))],
+        spearman_severity_count=float(rhos.mean()),
+        spearman_ci=percentile_ci([rhos[r].mean() for r in boots]),
         spearman_mean_curve=_spearman(counts, sev.mean(0)),
         vessel_dice=float(np.mean(dice)) if dice else None,
         fd=fd, fd_ci=fd_ci,
-        mask_hit_rate=float(mask_hits / max(1.0, placed_arr.sum())),
-        mask_chance_hit_rate=float(mask_decoy_hits / max(1, decoy_n)),
+        mask_hit_rate=on_component, mask_chance_hit_rate=decoy_on_component,
         config={**asdict(cfg), "counts": counts, "mode": getattr(synthesizer, "mode", "whole")},
-        components_per_image=per_image,
-        cases=cases,
-        **control,
+        components_per_image=per_image, placed_counts=placed_counts, hosts=hosts,
+        distinct_hosts=effects["distinct_hosts"], effects=effects, competence=competence,
+        resolution={"model_input": int(detector.input_size), "hosts": int(fov.shape[0])},
+        verdict=verdict, verdict_reasons=reasons, verdict_rule=(rule or VerdictRule()).to_json(),
+        control_severity=np.asarray(control_severity, np.float64).tolist() if run_control else None,
+        cases=cases, **extra,
+    )
+
+
+def _breakdowns(main: Tally, healthy_set, bank) -> dict:
+    """Hit rate by lesion type, by FOV ring (with the decoys' rate in the same ring) and by the strength of
+    each descriptor's evidence in its source eye."""
+    by_type: dict[str, list[int]] = {}
+    by_region = {r: [0, 0, 0, 0] for r in REGIONS}  # placed, found, decoys, decoys found
+    edges = _strength_edges(bank)
+    by_strength = {k: [0, 0] for k in STRENGTHS} if edges is not None else {}
+    for t, scores in enumerate(main.trials):
+        geom = _fov_geometry(np.asarray(healthy_set[t % len(healthy_set)]["fov"], bool))
+        for sc in scores.values():
+            for d, h in zip(sc.placed, sc.hits):
+                row = by_type.setdefault(d.type or "unknown", [0, 0])
+                row[0], row[1] = row[0] + 1, row[1] + int(h)
+                ring = by_region[_region(d.centroid, geom)]
+                ring[0], ring[1] = ring[0] + 1, ring[1] + int(h)
+                st = _strength(d.score, edges)
+                if st is not None:
+                    by_strength[st][0] += 1
+                    by_strength[st][1] += int(h)
+            for p, h in zip(sc.decoys, sc.decoy_hits):
+                ring = by_region[_region(p, geom)]
+                ring[2], ring[3] = ring[2] + 1, ring[3] + int(h)
+    return dict(
+        hit_rate_by_type={k: _rate_row(*v) for k, v in sorted(by_type.items())},
+        hit_rate_by_region={r: {**_rate_row(v[0], v[1]), "chance": float(v[3] / max(1, v[2]))} for r, v in by_region.items()},
+        hit_rate_by_strength={k: {**_rate_row(*v), "score_range": edges[i : i + 2]} for i, (k, v) in enumerate(by_strength.items())},
     )
 
 

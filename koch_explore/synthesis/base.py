@@ -1,9 +1,15 @@
 """What every synthesizer is, whatever it draws: a trained generator network, its config, the detector
 hash of the descriptors it was trained with, and one safetensors file (fp16 on disk, a format name and
-version and the config in the header, loaded strictly).
+version and the config in the header, loaded strictly); and the two calls every one answers, whatever
+its mode (the protocol the Koch test, the widgets and the notebooks use)::
 
-:class:`~koch_explore.synthesis.synthesizer.LesionSynthesizer` (whole-fundus mode) and
-:class:`~koch_explore.synthesis.local.LocalSynthesizer` (local mode) add what they draw.
+    image = synth.synthesize_host(host, layout, seed=0)   # a host dict {"image", "vessels", "fov", "name"}
+    image = synth.inoculate(photo, fov, layout, seed=0)   # a prepared healthy photo (S, S, 3) and its FOV
+
+:class:`~koch_explore.synthesis.synthesizer.LesionSynthesizer` (whole-fundus mode) draws the whole fundus
+around the host's vessel tree (for a photo, the tree the shipped vessel segmenter finds in it);
+:class:`~koch_explore.synthesis.local.LocalSynthesizer` (local mode) grows the lesions inside the photo
+itself. A stand-in (a test's, a lesson's) needs only ``synthesize_host``.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+import cv2
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..core.weights import check_config, load_state_strict, read_weights, save_weights
 
-__all__ = ["Synthesizer"]
+__all__ = ["Synthesizer", "photo_host"]
 
 
 class Synthesizer:
@@ -52,6 +60,18 @@ class Synthesizer:
         self.generator.to(device)
         return self
 
+    def synthesize_host(self, host: dict, layout=None, seed: int = 0) -> np.ndarray:
+        """(S, S, 3) float32 in [0, 1]: ``host`` ({"image", "vessels", "fov", "name"} at :attr:`size`) with the
+        placed descriptors of ``layout`` (a placed :class:`~koch_explore.culture.bank.DescriptorBank`, or
+        None: the healthy host); ``seed`` draws whatever the synthesizer draws at random."""
+        raise NotImplementedError
+
+    def inoculate(self, image: np.ndarray, fov: np.ndarray, layout=None, seed: int = 0) -> np.ndarray:
+        """The same for a prepared healthy photo (``prepare_fundus(photo, synth.size)``): its host is the
+        photo, its FOV and (for a whole-fundus synthesizer) the vessel tree segmented from it
+        (:func:`photo_host`)."""
+        return self.synthesize_host(photo_host(image, fov, "photo", trees=self.mode == "whole"), layout, seed=seed)
+
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """fp16 tensors (half the file; the generators draw the same to 8-bit precision) and the header."""
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in self.generator.state_dict().items()}
@@ -71,3 +91,24 @@ class Synthesizer:
         load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path, cls.KIND)
         extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
         return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)
+
+
+def photo_host(image: np.ndarray, fov: np.ndarray, name: str, segmenter=None, trees: bool = True) -> dict:
+    """A host from a prepared photo: {"image", "fov", "name"} and, with ``trees``, "vessels", the tree the
+    vessel segmenter (``segmenter``, default the shipped one) finds inside the FOV less its rim. Local mode
+    grows lesions in the photo and never reads a tree (``trees`` False)."""
+    from ..core.images import as_unit_float
+
+    img = np.ascontiguousarray(as_unit_float(image, name), np.float32)
+    fov = np.asarray(fov, bool)
+    host = {"image": img, "fov": fov, "name": name}
+    if not trees:
+        return host
+    if segmenter is None:
+        from ..vessels import load_vessels
+
+        segmenter = load_vessels()
+    _, tree = segmenter.segment(img, fov)
+    # the segmenter traces the bright FOV rim of colour-enhanced photos (EyePACS) as a vessel
+    tree = tree.astype(bool) & cv2.erode(fov.astype(np.uint8), np.ones((11, 11), np.uint8)).astype(bool)
+    return {**host, "vessels": tree.astype(np.float32)}

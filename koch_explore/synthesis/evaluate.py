@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.images import as_image_batch, model_device
+from ..core.runtime import eval_mode
 from .disc import LUMA, find_disc
 
 __all__ = ["disc_contrast", "embedding_features", "evaluate_synthesizer", "find_disc", "frechet_distance",
@@ -141,14 +143,14 @@ def embedding_features(detector, images: np.ndarray, batch: int = 16) -> tuple[n
     ``embedding_layer`` (``dense1`` of the o_O detector, 512 values; an adapted model's Grad-CAM
     block averaged over positions), what the Fréchet distance compares."""
     feats, sev = [], []
-    detector.eval()
     layer = detector.embedding_layer
-    for s in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch])).permute(0, 3, 1, 2).float()
-        out, acts = detector.forward_features(x.to(next(detector.parameters()).device), keep={layer})
-        a = acts[layer].float()
-        feats.append((a.mean(dim=(2, 3)) if a.dim() == 4 else a.flatten(1)).cpu().numpy())
-        sev.append(out.float().cpu().numpy())
+    with eval_mode(detector):
+        for s in range(0, len(images), batch):
+            x = as_image_batch(images[s : s + batch]).to(model_device(detector))
+            out, acts = detector.forward_features(x, keep={layer})
+            a = acts[layer].float()
+            feats.append((a.mean(dim=(2, 3)) if a.dim() == 4 else a.flatten(1)).cpu().numpy())
+            sev.append(out.float().cpu().numpy())
     return np.concatenate(feats), np.concatenate(sev)
 
 

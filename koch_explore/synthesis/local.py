@@ -196,10 +196,11 @@ class LocalSynthesizer(Synthesizer):
     mode = "local"
 
     def _check(self, image: np.ndarray, fov: np.ndarray, layout):
+        from ..core.images import as_unit_float
         from ..culture.bank import BankMismatchError, DescriptorBank
 
         s = self.size
-        img = np.asarray(image, np.float32)
+        img = np.asarray(as_unit_float(image, "photo"), np.float32)
         if img.shape != (s, s, 3) or np.asarray(fov).shape != (s, s):
             raise ValueError(f"photo {img.shape} and fov {np.asarray(fov).shape} must be ({s}, {s}, 3) and ({s}, {s}) "
                              f"for this synthesizer (prepare_fundus(photo, {s}))")
@@ -214,10 +215,10 @@ class LocalSynthesizer(Synthesizer):
         return img
 
     @torch.no_grad()
-    def inoculate(self, image: np.ndarray, fov: np.ndarray, layout=None) -> np.ndarray:
-        """``image`` (S, S, 3) in [0, 1] with the lesions of ``layout`` (a placed DescriptorBank, or None:
-        the photo itself) grown into it; pixels beyond every placement's :func:`placement_region` are
-        the photo's own."""
+    def inoculate(self, image: np.ndarray, fov: np.ndarray, layout=None, seed: int = 0) -> np.ndarray:
+        """``image`` (S, S, 3) in [0, 1] (or uint8) with the lesions of ``layout`` (a placed DescriptorBank, or
+        None: the photo itself) grown into it; pixels beyond every placement's :func:`placement_region` are
+        the photo's own. ``seed`` is unused (the result is determined)."""
         from .transplant import transplant
 
         img = self._check(image, fov, layout)
@@ -237,9 +238,3 @@ class LocalSynthesizer(Synthesizer):
             raise ValueError(f"host {host.get('name', '?')!r} has no photo: local inoculation needs a real healthy photo "
                              "(use --mode whole for a vessel tree)")
         return self.inoculate(host["image"], host["fov"], layout)
-
-    def synthesize(self, vessels, fov, layout=None, z=None, seed: int = 0, image: np.ndarray | None = None) -> np.ndarray:
-        """The whole-fundus synthesizer's signature, for code written against it: ``image`` is required."""
-        if image is None:
-            raise ValueError("local inoculation draws on a real photo: pass image=, or call inoculate(image, fov, layout)")
-        return self.inoculate(image, fov, layout)

@@ -4,7 +4,8 @@
 
     synth = load_synthesizer("real")                                  # or a path to your own weights
     layout = random_layout(bank, count=4, fov=fov, seed=0)          # or bank.relocate(...) by hand
-    image = synth.synthesize(vessels, fov, layout, z=None)           # (S, S, 3) float32 in [0, 1]
+    image = synth.inoculate(photo, fov, layout)                      # around the photo's own vessel tree
+    image = synth.synthesize(vessels, fov, layout, z=None)           # around any tree: (S, S, 3) float32 in [0, 1]
     image4 = synth.synthesize(vessels, fov, synth.set_count(layout, 16, fov))
 
 Weights are safetensors (fp16 on disk) with the generator config and the detector hash of the
@@ -27,10 +28,17 @@ from .generator import Generator, GeneratorConfig, canvas_tensors
 __all__ = ["LesionSynthesizer", "random_layout", "layout_placements", "layout_severity_share"]
 
 
-def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 8, tries: int = 100, rng=None):
-    """``count`` descriptors drawn from ``bank`` (with replacement when ``count > len(bank)``), each
-    moved to a random position whose snapped centroid lies inside ``fov`` and whose box stays inside
-    the FOV's bounding box and overlaps no earlier placement (when ``tries`` allow)."""
+def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 8, tries: int = 100, rng=None,
+                  redraws: int = 20):
+    """Exactly ``count`` descriptors drawn from ``bank`` (with replacement when ``count > len(bank)``), each
+    moved to a random position whose snapped centroid lies inside ``fov``, whose lesion lies inside the
+    FOV and whose box overlaps no earlier placement (when ``tries`` allow; else the first valid place).
+
+    A descriptor that finds no valid place in ``tries`` (a lesion larger than the FOV allows) is replaced
+    by another draw from the bank, up to ``redraws`` times in all; when that is not enough the call
+    raises ``ValueError`` with the shortfall and why, never returning fewer descriptors than asked for
+    (a Koch test dose must be the dose it reports). The placed bank's ``info["redrawn"]`` counts the
+    replacements."""
     from ..culture.bank import DescriptorBank
 
     if count < 0:
@@ -40,9 +48,10 @@ def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 
     rng = np.random.default_rng(seed) if rng is None else rng
     fov = np.asarray(fov, bool)
     ys, xs = np.nonzero(fov)
-    placed = []
-    for j in rng.choice(len(bank), size=count, replace=count > len(bank)) if count else []:
-        d = bank[int(j)]
+    if count and not len(ys):
+        raise ValueError(f"cannot place {count} descriptors: the field of view ({fov.shape[1]}x{fov.shape[0]} px) is empty")
+
+    def place(d):
         if d.image_size != fov.shape:
             raise ValueError(f"descriptor from {d.source!r} was cut from a {d.image_size} image, the FOV is {fov.shape}")
         best = None
@@ -56,11 +65,26 @@ def random_layout(bank, count: int, fov: np.ndarray, seed: int = 0, snap: int = 
                 continue  # the lesion must lie inside the FOV, not on the black frame
             best = best or cand
             if not any(boxes_overlap(cand.bbox, o.bbox) for o in placed):
-                best = cand
-                break
-        if best is not None:
-            placed.append(best)
-    return DescriptorBank(placed, detector_hash=bank.detector_hash, info=dict(bank.info))
+                return cand
+        return best
+
+    placed, redrawn, unplaced = [], 0, []
+    for j in rng.choice(len(bank), size=count, replace=count > len(bank)) if count else []:
+        d = bank[int(j)]
+        spot = place(d)
+        while spot is None and redrawn < redraws:
+            unplaced.append(d)
+            redrawn += 1
+            d = bank[int(rng.integers(len(bank)))]
+            spot = place(d)
+        if spot is None:
+            unplaced.append(d)
+            sizes = sorted({f"{x1 - x0}x{y1 - y0}" for x0, y0, x1, y1 in (u.bbox for u in unplaced)})[:4]
+            raise ValueError(f"placed {len(placed)} of {count} descriptors: {len(unplaced)} draws (boxes {', '.join(sizes)} px) "
+                             f"found no place in {tries} tries each with the lesion inside the field of view "
+                             f"({int(fov.sum())} px of a {fov.shape[1]}x{fov.shape[0]} canvas); use a larger FOV or smaller descriptors")
+        placed.append(spot)
+    return DescriptorBank(placed, detector_hash=bank.detector_hash, info={**bank.info, "redrawn": redrawn})
 
 
 def layout_severity_share(layout_bank) -> float:
@@ -163,13 +187,16 @@ MODES = {"whole": "real", "local": "local"}
 whole fundus around a vessel tree; "local", lesions grown inside a real healthy photo (:mod:`.local`)."""
 
 
-def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu"):
+def load_synthesizer(name_or_path: str | os.PathLike | None = None, device="cpu") -> Synthesizer:
     """A synthesizer by shipped name ("real", the default whole-fundus one; "local"; "deconvnet"; "phantom")
     or from a user's safetensors file (see :data:`koch_explore.core.weights.SHIPPED`): a
     :class:`LesionSynthesizer` or a :class:`~koch_explore.synthesis.local.LocalSynthesizer`, as the file's
-    header says. Its bank: :func:`~koch_explore.culture.load_bank` with the same name."""
+    header says; either answers the :class:`~koch_explore.synthesis.base.Synthesizer` calls
+    (``synthesize_host``, ``inoculate``). Its bank: :func:`~koch_explore.culture.load_bank` with the same name."""
+    from ..core.runtime import resolve_device
     from .local import LocalSynthesizer
 
+    device = resolve_device(device)  # a bad name is one line before any file is read
     path = resolve_weights("synthesizer", name_or_path)
     # an unreadable file has no format: the strict loader names the problem
     kind = LocalSynthesizer if weights_format(path) == LocalSynthesizer.FORMAT else LesionSynthesizer

@@ -36,9 +36,10 @@ from .painter import (
 
 
 def generate_phantom(
-    seed: int, size: int = 512, grade: int | None = None, config: PhantomConfig | None = None
+    seed: int, size: int = 256, grade: int | None = None, config: PhantomConfig | None = None
 ) -> PhantomFundus:
-    """Draw one phantom fundus photograph, deterministically from ``seed``.
+    """Draw one phantom fundus photograph, deterministically from ``seed``, ``size`` px square (default 256,
+    the input size of every shipped model; lengths are set at 512 px and scaled).
 
     ``grade`` (0..4) fixes the severity; when None it is sampled from ``config.grade_probs``.
     Either way the returned ``grade`` is recomputed from the drawn lesions by
