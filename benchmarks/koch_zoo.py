@@ -8,6 +8,7 @@
     # only once the verdict rule is frozen:
     OMP_NUM_THREADS=1 python benchmarks/koch_zoo.py measure --half held-out --rule-frozen
     python benchmarks/koch_zoo.py verdicts --half held-out      # the confusion table of docs/findings/koch-test.md#verdict
+    # the same for the second held-out half (--half held-out-2), scored once under the second rule
 
 Weights go to ``runs/zoo/<half>/<name>.safetensors`` (with ``<name>.train.json``), Koch figures to
 ``runs/zoo/<half>/<name>.json``. Both steps are resumable: a model whose file exists is skipped.
@@ -176,12 +177,12 @@ def _print(name: str, r: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("step", choices=("train", "measure", "table", "verdicts"))
-    ap.add_argument("--half", choices=("dev", "held-out"), required=True)
+    ap.add_argument("--half", choices=zoo.HALVES, required=True)
     ap.add_argument("--only", nargs="*", default=[], help="member names (default: all of the half)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: each member's own)")
     ap.add_argument("--root", default="runs/zoo")
     ap.add_argument("--no-reference", action="store_true", help="measure: skip the shipped phantom detector")
-    ap.add_argument("--rule-frozen", action="store_true", help="measure --half held-out: the verdict rule is frozen")
+    ap.add_argument("--rule-frozen", action="store_true", help="measure a held-out half: the verdict rule is frozen")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared: one core per process
     paths = ZooPaths(Path(args.root))
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "verdicts":
         verdicts(args.half, paths)
     else:
-        if args.half == "held-out" and not args.rule_frozen:
+        if args.half.startswith("held-out") and not args.rule_frozen:
             print("the held-out half is measured only once the verdict rule is frozen (--rule-frozen)", file=sys.stderr)
             return 2
         measure(args.half, args.only, paths, reference=args.half == "dev" and not args.no_reference)

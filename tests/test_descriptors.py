@@ -501,6 +501,9 @@ def test_the_peaks_rule_gives_clustered_lesions_a_box_each():
     assert peaks.labels.max() == 2 and (peaks.labels > 0).sum() == sum(peaks.areas)
     with pytest.raises(ValueError, match="isolation rule 'blobs'"):
         segment(ev, rule="blobs")
+    # a plateau is one peak: a flat map (a constructed colour grader's) is one component, not one per pixel
+    flat = segment(np.ones((128, 128), np.float32), rule="peaks")
+    assert len(flat.boxes) == 1 and flat.areas[0] == 128 * 128
 
 
 def test_instance_match_counts_lesions_one_by_one():

@@ -166,7 +166,12 @@ def peak_components(blurred: np.ndarray, fov: np.ndarray, floor: float, min_area
     fraction = PEAK_FRACTION if fraction is None else fraction
     b = np.where(fov, blurred, 0.0).astype(np.float32)
     local_max = ndi.maximum_filter(b, size=2 * min_distance + 1, mode="constant")
-    peaks = np.argwhere((b == local_max) & (b >= floor) & (b > 0) & fov)
+    # a plateau (a flat map, a saturated top) is one peak, not one per pixel: each connected set of maxima
+    # is represented by its first pixel in raster order (an isolated maximum is its own set)
+    tops, _ = ndi.label((b == local_max) & (b >= floor) & (b > 0) & fov, structure=np.ones((3, 3), bool))
+    where = np.flatnonzero(tops)
+    _, first = np.unique(tops.ravel()[where], return_index=True)
+    peaks = np.column_stack(np.unravel_index(where[first], b.shape)) if len(where) else np.zeros((0, 2), np.int64)
     h, w = b.shape
     markers = np.zeros((h, w), np.int32)
     for k, (y, x) in enumerate(peaks):
