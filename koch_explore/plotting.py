@@ -98,7 +98,7 @@ def isolation_steps(image: np.ndarray, evidence: np.ndarray, blurred: np.ndarray
     component boxes over the fundus (:func:`koch_explore.culture.segment` returns all of them)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(4 * size, size))
-    panels = [(evidence, "evidence map", "magma"), (blurred, "blurred / max", "magma"), (mask, "mask", "gray"), (image, f"{len(boxes)} components", None)]
+    panels = [(evidence, "evidence map", "magma"), (blurred, "blurred / max", "magma"), (mask, "mask", "gray"), (image, f"{len(boxes)} component{'' if len(boxes) == 1 else 's'}", None)]
     for ax, (img, name, cmap) in zip(axes, panels):
         img = np.asarray(img)
         ax.imshow(np.clip(img, 0, 1) if img.ndim == 3 else img, cmap=cmap if img.ndim == 2 else None, interpolation="nearest")

@@ -38,10 +38,10 @@ def phantom_u8():
 
 @pytest.fixture(scope="module")
 def graders():
-    return {"shipped": ke.load_detector("phantom"), "adapted": ke.adapt(SmallGrader(), output="regression")}
+    return {"shipped": ke.load_detector(), "phantom": ke.load_detector("phantom"), "adapted": ke.adapt(SmallGrader(), output="regression")}
 
 
-@pytest.mark.parametrize("which", ["shipped", "adapted"])
+@pytest.mark.parametrize("which", ["shipped", "phantom", "adapted"])
 def test_uint8_tensor_and_array_grade_the_same(which, graders, phantom_u8):
     model = graders[which]
     reference = ke.predict_severity(model, phantom_u8)

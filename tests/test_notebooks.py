@@ -119,7 +119,7 @@ def test_quickstart_on_embedded_data_only(empty_root, tmp_path):
     assert "local synthesis" in text  # the mode that measures best (docs/findings/synthesizer.md#local-mode)
     assert "On skimage-retina the photo without lesions is graded" in text and "from healthy to 16 lesions" in text
     assert "severity rose by" in text  # visible lesions the detector grades: more of them, sicker
-    assert "2 inoculations, on the skimage retina photo. The placed lesions were re-found at" in text
+    assert "2 inoculations, on the skimage retina photo. Verdict: inconclusive — only 1 distinct host" in text
     assert "The real lesions transplanted to the same places" in text
     # eyes, isolation steps, culture gallery, inoculation grid and zooms, Koch cases, severity, hits
     assert images_in(nb) >= 8
@@ -307,7 +307,7 @@ def test_reisolate_notebook_in_local_mode_without_data(empty_root, tmp_path):
     """05 with mode="local": the lesions grown in scikit-image's photo, the rest of it untouched."""
     nb = run_notebook("05_reisolate.ipynb", "_local", mode="local", trials=2, compare_methods="", report_dir=str(tmp_path / "report"))
     text = text_of(nb)
-    assert "local synthesis, the synthesizer trained" in text and "Koch test on embedded data, 2 trials, local synthesis" in text
+    assert "local synthesis, the synthesizer trained" in text and "Koch test on embedded data, 2 trials on 1 distinct host, local synthesis" in text
     assert "The placed lesions were re-found at" in text and "transplanted real ones at" in text
     assert (tmp_path / "report" / "index.html").exists()
 
@@ -329,7 +329,7 @@ def test_lesson_notebook_on_embedded_data(empty_root):
     text = text_of(nb)
     assert "Healthy phantoms get severity" in text and "On 3 grade-4 phantoms, deconvnet gives" in text
     assert "Trained against randomised network: Spearman" in text
-    assert "With the synthesizer: The placed lesions were re-found at" in text and "With the noise synthesizer:" in text
+    assert "With the synthesizer: Verdict: inconclusive — only 1 distinct host" in text and "With the noise synthesizer:" in text
     assert "Breaking the synthesizer moved the hit rate" in text
     assert images_in(nb) == 7  # 4 exercise pictures, 3 answer pictures
 
@@ -385,7 +385,7 @@ def test_audit_notebook_builds_trains_and_audits_its_own_model(empty_root, tmp_p
     assert "The adapter reads the output as 'softmax'; Grad-CAM uses 'stage4' (32 px per cell" in text
     assert "phantom validation eyes the model grades at QWK" in text
     assert "methods ran on this model" in text and "deconvnet-excess refused" in text
-    assert "2 phantom hosts. The placed lesions were re-found at" in text
+    assert "2 phantom hosts. Verdict: inconclusive — only 2 distinct hosts" in text and "The placed lesions were re-found at" in text
     assert images_in(nb) >= 4  # grading bars, evidence row, Koch cases, severity curve
     page = (tmp_path / "report" / "index.html").read_text()
     assert "data:image/png;base64," in page and "your model on phantom hosts" in page

@@ -238,6 +238,9 @@ class KochReport:
         text += (f" The placed lesions were re-found at {self.hit_rate:.2f} against {self.chance_hit_rate:.2f} for random places "
                  f"({'+' if above >= 0 else ''}{above:.2f}), over {self.distinct_hosts} distinct host"
                  f"{'s' if self.distinct_hosts != 1 else ''}.")
+        if self.control_hit_rate is not None:
+            text += (f" The real lesions transplanted to the same places were re-found at {self.control_hit_rate:.2f} "
+                     f"(chance {self.control_chance_hit_rate:.2f}).")
         return text
 
     def summary(self, data: str | None = None, hosts: str | None = None, mode: str | None = None) -> str:
@@ -245,7 +248,7 @@ class KochReport:
         where = f" on {data} data" if data else ""
         mode = mode or self.config.get("mode")
         lines = [f"Koch test{where}{f' ({hosts} hosts)' if hosts else ''}, {self.n_trials} trials on {self.distinct_hosts} "
-                 f"distinct hosts{f', {mode} synthesis' if mode else ''}",
+                 f"distinct host{'' if self.distinct_hosts == 1 else 's'}{f', {mode} synthesis' if mode else ''}",
                  f"  VERDICT           {self.verdict}",
                  *(f"    - {r}" for r in self.verdict_reasons),
                  *(f"  {line}" for line in self.effect_lines()),
