@@ -18,9 +18,12 @@ next only lesions are *added* — and
   on the map or on the cut: the rule sweeps move hit and chance rates together, this does not move;
 * **spurious rate** — of the re-isolated components, the share overlapping no placed lesion
   (``margin`` px of slack), and the components found on the healthy (0 lesion) synthesis;
-* **severity vs count** — the detector's severity for 0..16 copies; per trial the Spearman rho
-  between count and severity (each host its own control), averaged, with a bootstrap 95% CI over
-  trials; the mean curve's rho beside it;
+* **severity vs count** — the detector's severity for 0..16 copies: the change from 0 to the largest
+  count and the slope per lesion with 95% CIs from a bootstrap over distinct hosts (:mod:`.verdict`),
+  and, kept for reference, the per-trial Spearman rho (a rank says nothing of a change's size);
+* the **verdict** — lesion-driven, not-lesion-driven or inconclusive, with its reasons
+  (:func:`~koch_explore.koch.verdict.decide`), guarded by the number of distinct hosts, the model's
+  competence on the hosts' population and the transplant control;
 * **vessel Dice** of the healthy synthesis (the shipped vessel segmenter vs the host's tree) and,
   with the hosts' real photos, the Fréchet distance of detector ``dense1`` features;
 * per lesion type where the bank's descriptors carry types (phantom and IDRiD banks do);
@@ -374,7 +377,7 @@ def _koch_test(detector, synthesizer, bank, healthy_set, trials, seed, config, v
     counts = list(cfg.counts)
     if 0 not in counts or len(counts) < 2 or min(counts) < 0:
         raise ValueError(f"counts must hold 0 (the host's own control) and at least one dose, got {counts}")
-    info = getattr(bank, "info", {})  # re-isolate as the bank was cultured
+    info = getattr(bank, "info", {})  # re-isolate with the evidence the bank was cultured by; the cut is the default's
     if cfg.method is None:
         cfg.method = str(info.get("method") or DEFAULT_METHOD)
     if cfg.rule is None:
@@ -405,7 +408,7 @@ def _koch_test(detector, synthesizer, bank, healthy_set, trials, seed, config, v
     run_control = cfg.control and all(d.norm_patch is not None for d in bank)
 
     def rescore(images, layouts, counts_of, rng, fov):
-        """(maps, segmentations, {count: ImageScore}) of images inoculated with ``layouts``, re-isolated as cultured."""
+        """(maps, segmentations, {count: ImageScore}) of images inoculated with ``layouts``, re-isolated by ``cfg``."""
         maps = explain(detector, images, cfg.method, start=cfg.start).maps
         segs = [segment(m, fov, cfg.threshold, rule=cfg.rule) for m in maps]
         scores = {n: score_image(seg, list(layouts[n]), fov, cfg.margin, rng) for n, seg in zip(counts_of, segs) if n > 0}
