@@ -208,7 +208,8 @@ def verdict_block(report) -> str:
     res = report.resolution or {}
     return (f"<div style='border-left:6px solid {colour};padding:0.2em 1em;background:#fafafa'>"
             f"<p style='font-size:130%'>Verdict: <b style='color:{colour}'>{html.escape(report.verdict)}</b></p>"
-            f"<ul>{reasons}</ul><p class='note'>{report.n_trials} trials on {report.distinct_hosts} distinct hosts; "
+            f"<ul>{reasons}</ul><p class='note'>{report.n_trials} trials on {report.distinct_hosts} distinct "
+            f"host{'' if report.distinct_hosts == 1 else 's'}; "
             f"{html.escape(said)}; the model takes {res.get('model_input', '?')} px and was shown {res.get('hosts', '?')} px hosts.</p>"
             f"<p class='note'>The rule, stated before it was validated on models whose answer is known: {html.escape(stated)}</p></div>")
 
@@ -226,7 +227,7 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
     local = report.config.get("mode") == "local"
     rows = [
         ("hit rate", f"{report.hit_rate:.3f} [{report.hit_rate_ci[0]:.3f}, {report.hit_rate_ci[1]:.3f}]",
-         "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over trials)"),
+         "placed lesions whose centroid lies in a re-isolated box (95% bootstrap CI over distinct hosts)"),
         ("chance hit rate", f"{report.chance_hit_rate:.3f}", "the same for random points away from every placement"),
     ]
     if report.mask_hit_rate is not None:
@@ -249,7 +250,7 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
         ("spurious rate", f"{report.spurious_rate:.3f}", "re-isolated components overlapping no placed lesion"),
         ("components on healthy synthesis", f"{report.healthy_components:.2f}", "mean per 0-lesion image"),
         ("Spearman severity ~ count", f"{report.spearman_severity_count:.3f} [{report.spearman_ci[0]:.3f}, {report.spearman_ci[1]:.3f}]",
-         "per-trial rho averaged; bootstrap 95% CI over trials"),
+         "per-trial rho averaged (a rank, blind to the change's size: read the effect sizes); 95% CI over distinct hosts"),
         ("Spearman of the mean curve", f"{report.spearman_mean_curve:.3f}", "count vs mean severity"),
         ("vessel Dice", "-" if report.vessel_dice is None else f"{report.vessel_dice:.3f}",
          "vessel segmenter on the healthy synthesis vs the host tree" + (" (local mode: the photo itself, nothing to measure)" if local else "")),
@@ -270,11 +271,13 @@ def write_report(report, out_dir: str | os.PathLike, title: str = "Koch report")
 <style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>
 {verdict_block(report)}
 <h3>Effect sizes (95% CIs from a bootstrap over distinct hosts)</h3><ul>{effects}</ul>
-<p>Koch's fourth postulate, measured: {report.n_trials} healthy hosts were inoculated with
+<p>Koch's fourth postulate, measured: {report.n_trials} inoculations of {report.distinct_hosts} healthy
+host{'' if report.distinct_hosts == 1 else 's'} with
 {", ".join(map(str, report.counts))} descriptors each ({"a dose series: same noise per host, each count adds lesions to the last"
 if report.config.get("nested", True) else "same noise per host, an independent layout per count"}; {"local mode: the lesions grown inside each "
 "host's real photo, every other pixel the photo's own" if local else "whole mode: each fundus drawn around the host's vessel tree"}), and the
-detector re-isolated lesions from the inoculated images with the same evidence method and threshold as postulate 1.</p>
+detector re-isolated lesions from the inoculated images with the evidence method that cultured the bank, cut by the
+{html.escape(str(report.config.get("rule")))} rule at {html.escape(str(report.config.get("threshold")))} of each map's maximum.</p>
 <table>{table}</table>
 <h3>Mean severity by placed lesions</h3>
 <table><tr>{''.join(f'<th>{c}</th>' for c in report.counts)}</tr><tr>{sev}</tr></table>
