@@ -67,7 +67,7 @@ def measure(half: str, only: list[str], paths: ZooPaths, reference: bool) -> Non
     cfg = zoo.MeasureConfig()
     pool = zoo.load_pool(paths.pool)
     hosts = zoo.koch_hosts(cfg)
-    synth, bank = zoo.transplant_setup()
+    synth, bank = zoo.transplant_setup(cfg.bank)
     todo = [m for m in zoo.zoo_members(half) if not only or m.name in only]
     for member in todo:
         target = out / f"{member.name}.json"

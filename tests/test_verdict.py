@@ -3,6 +3,8 @@ change is known, and the guards (hosts, competence, transplant)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -91,7 +93,7 @@ def test_exact_binomial_interval_on_known_values():
 
 # -- two models whose answer is known by construction, through the whole chain ---------------------
 
-ZOO = __import__("pathlib").Path(__file__).parent / "data" / "zoo"
+ZOO = Path(__file__).parent / "data" / "zoo"
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,12 @@ a saturated white eye, divided by 255 silently it would hide the same mistake el
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made or met, not to read a file's pixels
+    import torch
 
 __all__ = ["FLOAT_SLACK", "ImageValueError", "as_image_batch", "as_unit_float", "model_device", "unit_scale"]
 
@@ -27,10 +31,18 @@ class ImageValueError(ValueError):
         super().__init__(f"{name}: {problem}")
 
 
+def _from_torch(obj) -> bool:
+    """Whether ``obj`` is a torch object (a tensor, a dtype), told without importing torch: reading a
+    fundus file (``data check``, ``read_image``) must not pay torch's import."""
+    return type(obj).__module__.split(".")[0] == "torch"
+
+
 def unit_scale(dtype) -> float | None:
     """What an image of ``dtype`` (numpy or torch) is divided by to lie in [0, 1]: the integer range's
     maximum, 1 for bool, None for floating point (already [0, 1], checked by :func:`as_unit_float`)."""
-    if isinstance(dtype, torch.dtype):
+    if _from_torch(dtype):
+        import torch
+
         if dtype == torch.bool:
             return 1.0
         if dtype.is_floating_point:
@@ -49,7 +61,7 @@ def unit_scale(dtype) -> float | None:
 
 
 def _describe(x) -> str:
-    kind = "tensor" if isinstance(x, torch.Tensor) else "array"
+    kind = "tensor" if _from_torch(x) else "array"
     return f"<{kind} {'x'.join(str(s) for s in x.shape)} {str(x.dtype).replace('torch.', '')}>"
 
 
@@ -58,7 +70,7 @@ def as_unit_float(x, name: str | None = None):
     type: integers divided by their dtype's maximum, bool as 0/1, floats checked to lie in [0, 1]
     (within :data:`FLOAT_SLACK`, then clipped). Raises :class:`ImageValueError` naming ``name`` (or the
     array's shape and dtype) otherwise."""
-    is_tensor = isinstance(x, torch.Tensor)
+    is_tensor = _from_torch(x)
     if not is_tensor:
         x = np.asarray(x)
     scale = unit_scale(x.dtype)
@@ -66,7 +78,7 @@ def as_unit_float(x, name: str | None = None):
         return x.detach().float().div(scale) if is_tensor else x.astype(np.float32) / np.float32(scale)
     out = x.detach().float() if is_tensor else x.astype(np.float32, copy=False)
     if out.numel() if is_tensor else out.size:
-        if not (bool(torch.isfinite(out).all()) if is_tensor else bool(np.isfinite(out).all())):
+        if not (bool(out.isfinite().all()) if is_tensor else bool(np.isfinite(out).all())):
             raise ImageValueError(name or _describe(x), "pixel values must be finite (NaN or inf found)")
         lo, hi = float(out.min()), float(out.max())
         if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
@@ -81,6 +93,8 @@ def as_image_batch(images, name: str | None = None) -> torch.Tensor:
     """(B, 3, H, W) float32 tensor in [0, 1] from a torch tensor or a numpy array, (B, H, W, 3) or
     (B, 3, H, W), or one image without the batch axis; pixel values read by :func:`as_unit_float`
     (uint8, uint16, bool, float in [0, 1])."""
+    import torch
+
     if not isinstance(images, torch.Tensor):
         images = np.asarray(images)
     x = as_unit_float(images, name)
@@ -97,6 +111,8 @@ def as_image_batch(images, name: str | None = None) -> torch.Tensor:
 
 def model_device(model) -> torch.device:
     """The device of ``model``'s parameters (CPU for None or a model without parameters)."""
+    import torch
+
     if model is None:
         return torch.device("cpu")
     p = next(iter(model.parameters()), None)

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.images import unit_scale
+
 # Decoding a 4k x 3k photo is normal; refuse only absurd sizes (decompression bombs): fundus cameras
 # take at most ~24 MP, and 80 MP as float32 RGB is already ~1 GB.
 MAX_PIXELS = 80_000_000
@@ -125,21 +127,17 @@ def _looks_truncated(path: Path, data: np.ndarray) -> bool:
 
 
 def _to_float(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    if arr.dtype == bool:
-        return arr.astype(np.float32)
+    """A decoded file's pixels as float32 in [0, 1]: integers and bool by their dtype's range (the one rule,
+    :func:`~koch_explore.core.images.unit_scale`); a float file (a float TIFF) divided by its maximum when
+    that exceeds 1, a convention of files, not of arrays a caller passes (those are refused outside [0, 1])."""
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
+        return np.clip(arr.astype(np.float32) / np.float32(unit_scale(arr.dtype)), 0.0, 1.0)
     if np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32)
         if not np.isfinite(out).all():
             raise FundusReadError(path, "image contains NaN or infinite values")
         hi = float(out.max()) if out.size else 0.0
         return np.clip(out / hi if hi > 1.0 else out, 0.0, 1.0)
-    if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(arr.dtype)
-        return np.clip(arr.astype(np.float32) / float(info.max), 0.0, 1.0)
     raise FundusReadError(path, f"unsupported pixel type {arr.dtype}")
 
 

@@ -68,9 +68,14 @@ def grading_figures(model, data: str = "eyepacs", split: str = "val", root: str 
 
 
 @torch.no_grad()
-def predict_severity(detector, images, tta: bool = False) -> np.ndarray:
+def predict_severity(detector, images, tta: bool = False, batch_size: int | None = None) -> np.ndarray:
     """Severity (0-4 ICDR scale) of ``images`` (one image or a batch, numpy or tensor, see
-    :func:`~koch_explore.core.images.as_image_batch`); ``tta`` averages the 8 flips/rotations."""
+    :func:`~koch_explore.core.images.as_image_batch`); ``tta`` averages the 8 flips/rotations.
+    ``batch_size``: images per forward pass (None: all at once); each batch is read into floats on its
+    own, so a large uint8 array is never held as floats whole."""
+    if batch_size is not None and getattr(images, "ndim", np.ndim(images)) == 4:
+        parts = [predict_severity(detector, images[s : s + batch_size], tta) for s in range(0, len(images), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
     x = as_image_batch(images).to(model_device(detector))
     with eval_mode(detector):
         return severity_of(detector, x, tta).cpu().numpy()

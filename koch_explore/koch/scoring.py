@@ -67,11 +67,12 @@ def score_image(seg, placed: list, fov: np.ndarray, margin: int, rng: np.random.
     cents = [d.centroid for d in placed]
     decoys = _decoys(fov, [d.bbox for d in placed], len(placed), margin, rng)
     in_box = lambda p: any(box_contains(b, p) for b in boxes)  # noqa: E731
+    on_mask = seg.mask.astype(np.float32)
     return ImageScore(
         count=len(placed), placed=placed, boxes=boxes,
-        hits=[in_box(c) for c in cents], on_component=[v > 0 for v in values_at(seg.mask.astype(np.float32), cents)],
+        hits=[in_box(c) for c in cents], on_component=[v > 0 for v in values_at(on_mask, cents)],
         decoys=decoys, decoy_hits=[in_box(p) for p in decoys],
-        decoy_on_component=[v > 0 for v in values_at(seg.mask.astype(np.float32), decoys)],
+        decoy_on_component=[v > 0 for v in values_at(on_mask, decoys)],
         at_placements=values_at(seg.blurred, cents), at_decoys=values_at(seg.blurred, decoys),
         spurious=[not any(boxes_overlap(b, d.bbox, margin) for d in placed) for b in boxes],
     )

@@ -478,13 +478,13 @@ def _koch_test(detector, synthesizer, bank, healthy_set, trials, seed, config, v
     on_component, decoy_on_component = main.on_component_rate()
     return KochReport(
         n_trials=cfg.trials, counts=counts, hit_rate=main.hit_rate(), hit_rate_ci=percentile_ci([main.hit_rate(r) for r in boots]),
-        chance_hit_rate=main.chance_hit_rate(), hit_above_chance=main.hit_minus_chance(),
-        placement_auc=main.placement_auc(), placement_auc_ci=effects["placement_auc"]["ci"],
+        chance_hit_rate=main.chance_hit_rate(), hit_above_chance=effects["hit_minus_chance"]["value"],
+        placement_auc=effects["placement_auc"]["value"], placement_auc_ci=effects["placement_auc"]["ci"],
         placement_auc_by_count={str(n): main.placement_auc(count=n) for n in doses},
         spurious_rate=float(spurious / max(1, components)),
         healthy_components=float(np.mean(healthy_components)),
         hit_rate_by_count={str(n): main.hit_rate(count=n) for n in doses},
-        chance_hit_rate_by_count={str(n): main.chance_hit_rate(count=n) for n in doses},
+        chance_hit_rate_by_count=effects["chance_hit_rate_by_count"],
         **_breakdowns(main, healthy_set, bank),
         severity_by_count={str(n): float(sev[:, j].mean()) for j, n in enumerate(counts)},
         severity=sev.tolist(),

@@ -180,7 +180,7 @@ def model_competence(model, images, grades, population: str) -> dict:
     from ..core.stats import roc_auc
     from ..detect.predict import predict_severity
 
-    sev = np.concatenate([predict_severity(model, images[s : s + 32]) for s in range(0, len(images), 32)]).astype(np.float64)
+    sev = predict_severity(model, images, batch_size=32).astype(np.float64)
     g = np.asarray(grades)
     ref = g >= 2
     healthy = g == 0

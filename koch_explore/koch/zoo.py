@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -393,7 +393,7 @@ def grading_figures(model, member: Member, pool: Pool) -> dict:
     from ..detect.predict import predict_severity
 
     images, labels, gp = labels_and_images(member, pool, pool.val_idx)
-    sev = np.concatenate([predict_severity(model, images[i:i + 32]) for i in range(0, len(images), 32)])
+    sev = predict_severity(model, images, batch_size=32)
     grades = pool.grades[pool.val_idx]
     return {"spearman_own_label": _nan_safe(spearman(sev, labels.astype(float))),
             "qwk_own_label": _nan_safe(quadratic_weighted_kappa(labels, np.clip(np.rint(sev), 0, 4).astype(int))),
@@ -519,7 +519,7 @@ class MeasureConfig:
     seed: int = 0
     counts: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
     bank: str = "phantom"
-    extra: dict = field(default_factory=dict)
+    """The shipped bank whose lesions are transplanted (phantom descriptors, each with its norm patch)."""
 
 
 def koch_hosts(cfg: MeasureConfig, size: int = 256) -> list[dict]:
@@ -536,14 +536,14 @@ def koch_hosts(cfg: MeasureConfig, size: int = 256) -> list[dict]:
     return hosts
 
 
-def transplant_setup(size: int = 256):
+def transplant_setup(bank: str = "phantom", size: int = 256):
     """The local synthesizer with an untrained generator (it returns the transplanted real lesion
-    unchanged: its last conv is zero-initialised) and the shipped phantom bank."""
+    unchanged: its last conv is zero-initialised) and the shipped ``bank``."""
     from ..culture.bank import load_bank
     from ..synthesis.local import LocalConfig, LocalGenerator, LocalSynthesizer
 
     synth = LocalSynthesizer(LocalGenerator(LocalConfig(size=size)), detector_hash=None)
-    return synth, load_bank("phantom")
+    return synth, load_bank(bank)
 
 
 def member_competence(model, member: Member, pool: Pool) -> dict:

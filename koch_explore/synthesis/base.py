@@ -46,6 +46,7 @@ class Synthesizer:
         self.cfg = generator.cfg
         self.detector_hash = detector_hash
         self.metadata = dict(metadata or {})
+        self._segmenter = None  # the vessel segmenter whole-mode inoculate reads photos with, loaded once
 
     @property
     def size(self) -> int:
@@ -70,7 +71,12 @@ class Synthesizer:
         """The same for a prepared healthy photo (``prepare_fundus(photo, synth.size)``): its host is the
         photo, its FOV and (for a whole-fundus synthesizer) the vessel tree segmented from it
         (:func:`photo_host`)."""
-        return self.synthesize_host(photo_host(image, fov, "photo", trees=self.mode == "whole"), layout, seed=seed)
+        whole = self.mode == "whole"
+        if whole and self._segmenter is None:
+            from ..vessels import load_vessels
+
+            self._segmenter = load_vessels()
+        return self.synthesize_host(photo_host(image, fov, "photo", self._segmenter, trees=whole), layout, seed=seed)
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """fp16 tensors (half the file; the generators draw the same to 8-bit precision) and the header."""
