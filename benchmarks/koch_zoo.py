@@ -8,7 +8,8 @@
     # only once the verdict rule is frozen:
     OMP_NUM_THREADS=1 python benchmarks/koch_zoo.py measure --half held-out --rule-frozen
     python benchmarks/koch_zoo.py verdicts --half held-out      # the confusion table of docs/findings/koch-test.md#verdict
-    # the same for the second held-out half (--half held-out-2), scored once under the second rule
+    # the same for the second held-out half (--half held-out-2), scored once under the second rule,
+    # and for the replicated dose series (--half held-out-dose), scored once under the second rule
 
 Weights go to ``runs/zoo/<half>/<name>.safetensors`` (with ``<name>.train.json``), Koch figures to
 ``runs/zoo/<half>/<name>.json``. Both steps are resumable: a model whose file exists is skipped.
@@ -160,6 +161,28 @@ def verdicts(half: str, paths: ZooPaths) -> None:
         print(f"| {d['name']} | {d['known']} | {d.get('lesion_share')} | **{r['verdict']}** | {ch['mean']:+.3f} [{ch['ci'][0]:+.3f}, "
               f"{ch['ci'][1]:+.3f}] | {auc['value']:.2f} [{auc['ci'][0]:.2f}, {auc['ci'][1]:.2f}] | "
               f"{'-' if ref is None else f'{ref:.2f}'} | {'; '.join(r['verdict_reasons'])} |")
+    dose_order([d for d in rows if d["known"] == "dose"])
+
+
+def dose_order(rows: list[dict]) -> None:
+    """The dose series' effect sizes by lesion share: the mean over the members of each share (the order is read
+    on these means), and every member's."""
+    shares = sorted({d["lesion_share"] for d in rows})
+    if not shares:
+        return
+    print("\n| lesion share | members | severity change 0 -> 16: mean (each) | hit minus chance: mean | placement AUC: mean |")
+    print("|---|---|---|---|---|")
+    means = []
+    for share in shares:
+        got = [d["report"]["effects"] for d in rows if d["lesion_share"] == share]
+        change = [e["severity_change"]["mean"] for e in got]
+        above = [e["hit_minus_chance"]["value"] for e in got]
+        auc = [e["placement_auc"]["value"] for e in got]
+        means.append(sum(change) / len(change))
+        print(f"| {share} | {len(got)} | {means[-1]:+.3f} ({', '.join(f'{c:+.3f}' for c in change)}) | "
+              f"{sum(above) / len(above):+.3f} | {sum(auc) / len(auc):.3f} |")
+    ordered = all(a < b for a, b in zip(means, means[1:]))
+    print(f"\nmean severity change rises with the lesion share: {'yes' if ordered else 'no'}")
 
 
 def _write(path: Path, obj: dict) -> None:
