@@ -506,6 +506,29 @@ def test_the_peaks_rule_gives_clustered_lesions_a_box_each():
     assert len(flat.boxes) == 1 and flat.areas[0] == 128 * 128
 
 
+def test_a_faint_peak_on_a_wide_low_map_keeps_a_small_box():
+    # A strong lesion, and a faint one on a broad low swell (what a diffuse map looks like around a weak
+    # peak): 0.3 of the faint peak's height lies below most of the swell, so uncapped its component spreads
+    # over a third of the FOV; capped, it is cut nearer its peak until its box fits MAX_BOX_SHARE.
+    from koch_explore.culture.cut import MAX_BOX_SHARE, peak_components
+
+    yy, xx = np.mgrid[:128, :128]
+    fov = (yy - 64) ** 2 + (xx - 64) ** 2 < 60**2
+    bump = lambda cx, cy, a, s: a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s**2))  # noqa: E731
+    m = (bump(40, 40, 1.0, 3) + bump(80, 80, 0.25, 30) + bump(80, 80, 0.15, 3)).astype(np.float32)
+    m = np.where(fov, m / m[fov].max(), 0).astype(np.float32)
+    share = lambda b: (b[2] - b[0]) * (b[3] - b[1]) / fov.sum()  # noqa: E731
+    uncapped = peak_components(m, fov, 0.3, 4, min_distance=3, max_box_share=1.0)
+    capped = peak_components(m, fov, 0.3, 4, min_distance=3)
+    assert len(uncapped.boxes) == len(capped.boxes) == 2
+    assert max(share(b) for b in uncapped.boxes) > 0.3
+    assert max(share(b) for b in capped.boxes) <= MAX_BOX_SHARE <= 0.15
+    faint = [b for b in capped.boxes if b[0] <= 80 < b[2] and b[1] <= 80 < b[3]]
+    assert len(faint) == 1  # still around its own peak
+    strong = [b for b in capped.boxes if b[0] <= 40 < b[2]]
+    assert strong == [b for b in uncapped.boxes if b[0] <= 40 < b[2]]  # a box that fits is left alone
+
+
 def test_instance_match_counts_lesions_one_by_one():
     from koch_explore.culture.evaluate import Lesion, instance_match
 

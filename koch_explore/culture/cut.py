@@ -44,6 +44,13 @@ def default_threshold(rule: str = DEFAULT_RULE) -> float:
 PEAK_FRACTION = 0.3
 """A peak's component: the pixels of its watershed basin at or above this fraction of its own height."""
 
+MAX_BOX_SHARE = 0.15
+"""The largest box a peak's component may have, as a share of the FOV's area. A faint peak on a wide, low map
+reaches 0.3 of its own height almost everywhere in its basin: the quickstart's EyePACS detector on phantoms drew
+boxes of up to 0.49 of the FOV. A component whose box is larger is cut at a level nearer its peak until its box
+fits. The smallest of 0.05 / 0.08 / 0.10 / 0.12 / 0.15 that kept instance recall at 0.80 on development phantom
+seeds (docs/findings/evidence.md#box-cap)."""
+
 
 def parse_threshold(text: str) -> str | float:
     """A threshold from text: "otsu" or a fraction in [0, 1] (a clear error otherwise)."""
@@ -155,15 +162,18 @@ def cut_components(blurred: np.ndarray, fov: np.ndarray, cut: float, min_area: i
 
 
 def peak_components(blurred: np.ndarray, fov: np.ndarray, floor: float, min_area: int, evidence: np.ndarray | None = None,
-                    min_distance: int = 4, fraction: float | None = None) -> Segmentation:
+                    min_distance: int = 4, fraction: float | None = None, max_box_share: float | None = None) -> Segmentation:
     """One component per local maximum of ``blurred`` at or above ``floor`` (peaks at least
     ``min_distance`` px apart): the pixels of the peak's watershed basin that reach ``fraction`` of the
     peak's own height and connect to it. A component's extent follows its own peak, not the map's
-    strongest one, so a faint lesion beside a strong one keeps its own small box."""
+    strongest one, so a faint lesion beside a strong one keeps its own small box. A component whose box
+    covers more than ``max_box_share`` of the FOV (None: :data:`MAX_BOX_SHARE`; 1: no limit) is cut at
+    levels nearer its peak (a tenth of the way at a time) until its box fits, or nine tenths of the way."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
     fraction = PEAK_FRACTION if fraction is None else fraction
+    max_box = (MAX_BOX_SHARE if max_box_share is None else max_box_share) * float(fov.sum())
     b = np.where(fov, blurred, 0.0).astype(np.float32)
     local_max = ndi.maximum_filter(b, size=2 * min_distance + 1, mode="constant")
     # a plateau (a flat map, a saturated top) is one peak, not one per pixel: each connected set of maxima
@@ -179,17 +189,23 @@ def peak_components(blurred: np.ndarray, fov: np.ndarray, floor: float, min_area
     basins = watershed(-b, markers, mask=(b >= floor * fraction) & fov) if len(peaks) else markers
     labels = np.zeros((h, w), np.int32)
     boxes, areas, centroids = [], [], []
+    windows = ndi.find_objects(basins, max_label=len(peaks))
     for k, (y, x) in enumerate(peaks):
-        region = (basins == k + 1) & (b >= fraction * b[y, x])
-        parts, _ = ndi.label(region, structure=np.ones((3, 3), bool))
-        region = parts == parts[y, x]
-        area = int(region.sum())
-        if area < min_area or labels[region].any():
+        rows, cols = windows[k]  # the basin's bounding window: the component never leaves it
+        basin, height = basins[rows, cols] == k + 1, b[y, x]
+        py, px = y - rows.start, x - cols.start
+        for step in range(10):
+            level = height * (fraction + (1.0 - fraction) * step / 10)
+            parts, _ = ndi.label(basin & (b[rows, cols] >= level), structure=np.ones((3, 3), bool))
+            ys, xs = np.nonzero(parts == parts[py, px])
+            if (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) <= max_box:
+                break
+        ys, xs = ys + rows.start, xs + cols.start
+        if len(ys) < min_area or labels[ys, xs].any():
             continue
-        labels[region] = len(boxes) + 1
-        ys, xs = np.nonzero(region)
+        labels[ys, xs] = len(boxes) + 1
         boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
-        areas.append(area)
+        areas.append(len(ys))
         centroids.append((float(xs.mean()), float(ys.mean())))
     ev = blurred if evidence is None else evidence
     return Segmentation(ev, blurred, float(floor), labels > 0, labels, boxes, areas, centroids, fov)
