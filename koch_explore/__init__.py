@@ -9,13 +9,14 @@ The public API, in the order of the four postulates (each name below is document
     layout = ke.random_layout(ke.load_bank(), 8, fov)            # 3. inoculate: place descriptors ...
     fundus = ke.load_synthesizer("local").inoculate(photo, fov, layout)  # ... grow them in a healthy photo
     report = ke.koch_test(detector, synth, bank, hosts)          # 4. re-isolate: hit rate, severity vs count
+    ke.audit(my_model, "audit/")                  # all four on one model: one offline report and audit.json
 
 Packages, one per concept: :mod:`.core` (geometry, statistics, devices, weights registry), :mod:`.data`
 (datasets, preprocessing, the phantom), :mod:`.detect` (the detector), :mod:`.evidence` (evidence
 methods, sanity checks), :mod:`.culture` (isolation, descriptors, banks), :mod:`.vessels` (the vessel
 segmenter), :mod:`.synthesis` (the lesion synthesizer GAN), :mod:`.koch` (the Koch test and its
-report), :mod:`.cli` (argparse wiring only). Names load on first use, so ``import koch_explore`` and
-``koch-explore --help`` stay fast.
+report), :mod:`.appendix` (the audit: every section on one model, one document), :mod:`.cli` (argparse
+wiring only). Names load on first use, so ``import koch_explore`` and ``koch-explore --help`` stay fast.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _EXPORTS = {
     "EVIDENCE_METHODS": ("evidence.base", "METHODS"),  # name -> method class
     "DEFAULT_METHOD": "evidence.base",
     "sanity_report": "evidence.sanity",  # do the maps depend on the image and on training?
+    "localisation_scores": "evidence.localisation",  # one map against a lesion mask: pointing game, mass, rank, top-k, AUC
+    "localisation_summary": "evidence.localisation",  # those over images: mean and bootstrap CI per measure
     # postulate 2: culture
     "isolate": "culture.isolation",  # evidence -> one list of Descriptors per image
     "segment": "culture.cut",  # one map -> blurred, cut, components (the widget's steps)
@@ -81,13 +84,16 @@ _EXPORTS = {
     "default_setup": "koch.hosts",  # (detector, synthesizer, bank, hosts, data) shipped for a data setting and mode
     "healthy_hosts": "koch.hosts",  # hosts by name ("trees", "eyepacs-val", "aptos-val", "embedded") or a folder of photos
     "write_report": "koch.report",  # the offline HTML report of a KochReport
+    # the appendix: every section in one document
+    "audit": "appendix.run",  # grading, sanity, localisation, the Koch verdict, provenance -> index.html, audit.json, figures/
+    "AuditConfig": "appendix.config",
 }
 
 __all__ = [
-    "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
-    "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "Synthesizer", "VERDICTS", "VerdictRule", "VesselSegmenter", "__version__", "adapt", "bank_from_images", "default_setup", "diseased_eyes",
+    "AuditConfig", "DEFAULT_METHOD", "Descriptor", "DescriptorBank", "Detector", "EVIDENCE_METHODS", "Evidence", "EvidenceMethod",
+    "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "Synthesizer", "VERDICTS", "VerdictRule", "VesselSegmenter", "__version__", "adapt", "audit", "bank_from_images", "default_setup", "diseased_eyes",
     "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "healthy_hosts", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
-    "load_model", "load_synthesizer", "load_vessels", "model_card", "predict_files", "predict_sharded", "population_competence", "predict_severity", "prepare_fundus", "random_layout", "read_image",
+    "load_model", "load_synthesizer", "load_vessels", "localisation_scores", "localisation_summary", "model_card", "predict_files", "predict_sharded", "population_competence", "predict_severity", "prepare_fundus", "random_layout", "read_image",
     "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
 ]
 

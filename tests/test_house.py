@@ -161,7 +161,7 @@ def test_every_package_folder_is_in_the_wheel():
     assert folders <= listed, f"packages missing from pyproject.toml: {sorted(folders - listed)}"
 
 
-LAYERS = ["core", "plotting", "data", "detect", "evidence", "culture", "vessels", "synthesis", "koch", "cli", "widgets"]
+LAYERS = ["core", "plotting", "data", "detect", "evidence", "culture", "vessels", "synthesis", "koch", "appendix", "cli", "widgets"]
 """The package's concepts in dependency order: each may import only those before it (README "Package layout")."""
 
 

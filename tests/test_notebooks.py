@@ -378,14 +378,16 @@ def test_inoculate_notebook_on_real_data_with_03s_bank(tmp_path):
 
 @pytest.mark.slow
 def test_audit_notebook_builds_trains_and_audits_its_own_model(empty_root, tmp_path):
-    """07 with default parameters but fewer trials, under a data root that holds none of the datasets:
-    it builds a small ResNet, trains it on phantoms, adapts it and runs every postulate on it."""
-    nb = run_notebook("07_audit_your_model.ipynb", "_embedded", twice=True, trials=2, train_steps=60, report_dir=str(tmp_path / "report"))
+    """07 with default parameters but smaller sections, under a data root that holds none of the datasets: it
+    builds a small ResNet, trains it on phantoms, adapts it and audits it with ke.audit on phantoms, its population."""
+    nb = run_notebook("07_audit_your_model.ipynb", "_embedded", twice=True, trials=2, train_steps=60, sanity_count=6,
+                      sanity_random=2, localisation_count=3, report_dir=str(tmp_path / "report"))
     text = text_of(nb)
     assert "The adapter reads the output as 'softmax'; Grad-CAM uses 'stage4' (32 px per cell" in text
-    assert "phantom validation eyes the model grades at QWK" in text
-    assert "methods ran on this model" in text and "deconvnet-excess refused" in text
-    assert "2 phantom hosts. Verdict: inconclusive — only 2 distinct hosts" in text and "The placed lesions were re-found at" in text
-    assert images_in(nb) >= 4  # grading bars, evidence row, Koch cases, severity curve
+    assert "verdict: inconclusive (only 2 distinct hosts (at least 8 needed))" in text
+    assert "grading: referable AUC" in text and "(phantom)" in text and "localisation (phantom): guided-gradcam: pointing game" in text
+    assert "read with care: measured on phantoms" in text
+    assert images_in(nb) >= 6  # grading, sanity, localisation, maps, Koch cases, severity, re-isolation
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "data:image/png;base64," in page and "your model on phantom hosts" in page
+    assert "data:image/png;base64," in page and "grade-0 phantom hosts" in page
+    assert (tmp_path / "report" / "figures" / "grading.svg").is_file() and (tmp_path / "report" / "audit.json").is_file()

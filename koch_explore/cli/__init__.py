@@ -21,6 +21,7 @@ STAGE_MODULES = [
     "koch_explore.cli.vessels",
     "koch_explore.cli.synth",
     "koch_explore.cli.koch",
+    "koch_explore.cli.audit",
 ]
 
 

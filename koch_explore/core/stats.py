@@ -1,5 +1,5 @@
 """Statistics in plain numpy, one implementation each: the ROC AUC, rank correlation, quadratic
-weighted kappa, threshold fitting, the fellow-eye blend."""
+weighted kappa, threshold fitting, the fellow-eye blend, bootstrap and exact intervals."""
 
 from __future__ import annotations
 
@@ -192,3 +192,24 @@ def exact_binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float
     lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
     return lo, hi
+
+
+def percentile_ci(values, level: float = 0.95) -> list[float]:
+    """[low, high] percentile interval of bootstrap ``values`` (NaN-free); [nan, nan] when there are none."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return [float("nan"), float("nan")]
+    a = (1 - level) / 2 * 100
+    return [float(np.percentile(v, a)), float(np.percentile(v, 100 - a))]
+
+
+def bootstrap_mean(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """{"mean", "ci", "n"}: the mean of the finite ``values`` and its percentile bootstrap interval (the
+    values resampled with replacement; each value one observation, e.g. one image)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"mean": float("nan"), "ci": [float("nan"), float("nan")], "n": 0}
+    draws = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    return {"mean": float(v.mean()), "ci": percentile_ci(v[draws].mean(axis=1), level), "n": int(len(v))}

@@ -5,6 +5,7 @@
 * :mod:`.deconvnet` -- the Zeiler-Fergus activation network, hook-free
 * :mod:`.baseline`  -- the healthy population's activation (for ``deconvnet-excess``)
 * :mod:`.sanity`    -- do the maps depend on the image, and on what the network learned?
+* :mod:`.localisation` -- do they land on the lesions? (Quantus's pointing game, relevance mass and rank, top-k)
 """
 
 from .base import (
@@ -22,6 +23,11 @@ from .base import (
 )
 from .baseline import HealthyBaseline
 from .deconvnet import ActivationNetwork, DifferentiableEvidence
+from .localisation import (
+                   LOCALISATION_MEASURES,
+                   localisation_scores,
+                   localisation_summary,
+)
 from .methods import (
                    PROJECTION_METHODS,
                    Deconvnet,
@@ -39,6 +45,6 @@ from .methods import (
 from .sanity import sanity_report
 
 __all__ = ["ActivationNetwork", "DEFAULT_METHOD", "Deconvnet", "DeconvnetExcess", "DifferentiableEvidence", "Evidence",
-           "EvidenceMethod", "GradCam", "Gradient", "GradientXInput", "GuidedBackprop", "GuidedGradCam", "HealthyBaseline",
+           "EvidenceMethod", "GradCam", "LOCALISATION_MEASURES", "Gradient", "GradientXInput", "GuidedBackprop", "GuidedGradCam", "HealthyBaseline",
            "LayerCapture", "METHODS", "Occlusion", "PROJECTION_METHODS", "RandomMap", "cam_layer", "default_blur_sigma",
-           "evidence_maps", "explain", "get_method", "projection_map", "register", "sanity_report", "used_start"]
+           "evidence_maps", "explain", "get_method", "localisation_scores", "localisation_summary", "projection_map", "register", "sanity_report", "used_start"]

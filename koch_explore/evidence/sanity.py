@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..core.stats import pearson, roc_auc, spearman
+from ..core.stats import bootstrap_mean, pearson, roc_auc, spearman
 from ..detect.adapter import AdapterError
 from .base import DEFAULT_METHOD, METHODS, explain
 from .baseline import HealthyBaseline
@@ -36,11 +36,13 @@ RANDOMIZED_BLOCKS = 2
 """Conv blocks (from the top) re-initialised with the dense head by :func:`randomized_copy`."""
 
 
-def input_dependence(maps: np.ndarray, fovs: np.ndarray) -> float:
-    """Mean Pearson r of each map with the mean map, over the pixels inside both FOVs."""
+def input_dependence(maps: np.ndarray, fovs: np.ndarray, per_image: bool = False):
+    """Mean Pearson r of each map with the mean map, over the pixels inside both FOVs (``per_image``: the
+    array of each map's r instead of their mean)."""
     norm = np.stack([m / (m[f].mean() + 1e-12) for m, f in zip(maps, fovs)])  # scale-free
     mean = norm.mean(0)
-    return float(np.mean([pearson(m[f], mean[f]) for m, f in zip(norm, fovs)]))
+    r = np.array([pearson(m[f], mean[f]) for m, f in zip(norm, fovs)])
+    return r if per_image else float(r.mean())
 
 
 def randomized_copy(detector, blocks: int = RANDOMIZED_BLOCKS, seed: int = 0):
@@ -56,8 +58,10 @@ def randomized_copy(detector, blocks: int = RANDOMIZED_BLOCKS, seed: int = 0):
     return det
 
 
-def randomization_similarity(maps: np.ndarray, random_maps: np.ndarray, fovs: np.ndarray) -> float:
-    return float(np.mean([spearman(a[f], b[f]) for a, b, f in zip(maps, random_maps, fovs)]))
+def randomization_similarity(maps: np.ndarray, random_maps: np.ndarray, fovs: np.ndarray, per_image: bool = False):
+    """Mean Spearman rank correlation of each eye's map with its randomised copy's (``per_image``: the array)."""
+    r = np.array([spearman(a[f], b[f]) for a, b, f in zip(maps, random_maps, fovs)])
+    return r if per_image else float(r.mean())
 
 
 def _maps(detector, images: np.ndarray, method: str, start: str, batch: int) -> np.ndarray:
@@ -120,13 +124,17 @@ def sanity_report(
                 raise
             skipped[method] = str(exc)
             continue
-        rec = {"input_dependence": input_dependence(maps, fovs)}
+        # CIs: a bootstrap over eyes of the per-eye values (input dependence's mean map is held fixed)
+        dep = input_dependence(maps, fovs, per_image=True)
+        rec = {"input_dependence": float(dep.mean()), "input_dependence_ci": bootstrap_mean(dep)["ci"]}
         if method == "random":
             rec["randomization_similarity"] = None  # no network to randomise
         else:
             k = min(n_random, len(eyes))
             rmaps = _maps(rand_det, eyes[:k], method, start, batch)
-            rec["randomization_similarity"] = randomization_similarity(maps[:k], rmaps, fovs[:k])
+            sim = randomization_similarity(maps[:k], rmaps, fovs[:k], per_image=True)
+            rec["randomization_similarity"] = float(sim.mean())
+            rec["randomization_similarity_ci"] = bootstrap_mean(sim)["ci"]
             if cascade_dets:
                 rec["randomization_cascade"] = {
                     str(b): randomization_similarity(maps[:k], _maps(d, eyes[:k], method, start, batch), fovs[:k])

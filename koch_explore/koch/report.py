@@ -125,6 +125,12 @@ def figure_hits(report):
         x = np.arange(len(ks))
         axes[0].bar(x, [report.hit_rate_by_count[k] for k in ks], color="tab:green")
         axes[0].set_xticks(x, ks)
+    placed = getattr(report, "placed_counts", None)
+    if placed:  # n per bar: the lesions placed at each count, over all trials
+        counts = list(report.counts)
+        for i, k in enumerate(ks):
+            n = sum(row[counts.index(int(k))] for row in placed)
+            axes[0].text(x[i] - (0.2 if ctl else 0.0), 0.02, f"n={n}", ha="center", va="bottom", fontsize=6, color="white", rotation=90)
     auc = getattr(report, "placement_auc_by_count", None)
     if auc:
         axes[0].plot(x, [auc.get(k, np.nan) for k in ks], "o-", color="tab:red", lw=1.2, ms=3, label="placement AUC")

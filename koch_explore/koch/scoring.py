@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.geometry import Box, box_contains, boxes_overlap
-from ..core.stats import roc_auc
+from ..core.stats import percentile_ci, roc_auc
 
 __all__ = ["ImageScore", "Tally", "host_resamples", "percentile_ci", "score_image"]
 
@@ -76,16 +76,6 @@ def score_image(seg, placed: list, fov: np.ndarray, margin: int, rng: np.random.
         at_placements=values_at(seg.blurred, cents), at_decoys=values_at(seg.blurred, decoys),
         spurious=[not any(boxes_overlap(b, d.bbox, margin) for d in placed) for b in boxes],
     )
-
-
-def percentile_ci(values, level: float = 0.95) -> list[float]:
-    """[low, high] percentile interval of bootstrap ``values`` (NaN-free); [nan, nan] when there are none."""
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return [float("nan"), float("nan")]
-    a = (1 - level) / 2 * 100
-    return [float(np.percentile(v, a)), float(np.percentile(v, 100 - a))]
 
 
 def host_resamples(hosts: Sequence[str], n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:
