@@ -13,6 +13,7 @@ from .config import AuditConfig
 from .provenance import parse_trained_on, provenance, trained_on_warnings
 from .sections import (
     SOURCES,
+    eyepacs_val,
     grading_section,
     koch_section,
     localisation_section,
@@ -101,14 +102,15 @@ def audit(model, out=None, config: AuditConfig | None = None, command: list[str]
 
         model = load_detector(model, device)
     model = model.to(device)
+    val = eyepacs_val(model, cfg)
     _say("grading", progress)
-    grading = grading_section(model, cfg, progress)
+    grading = grading_section(model, cfg, val, progress)
     _say("sanity checks of the evidence maps", progress)
-    sanity = sanity_section(model, cfg, progress)
+    sanity = sanity_section(model, cfg, val, progress)
     _say("localisation against lesion masks", progress)
     localisation = localisation_section(model, cfg, progress)
     _say("Koch test", progress)
-    koch, report = koch_section(model, cfg, device, progress)
+    koch, report = koch_section(model, cfg, device, val, progress)
 
     used = {}
     if grading.get("measured"):

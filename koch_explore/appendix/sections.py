@@ -55,16 +55,26 @@ def use_real(config, *names: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def grading_section(model, config, progress: bool = True) -> dict:
+def eyepacs_val(model, config):
+    """The EyePACS validation eyes at the model's input size when a section may read them, else None: read
+    once per audit, shared by grading, sanity and the Koch verdict's competence guard."""
+    from ..data.graded import graded_eyes
+
+    if not use_real(config, "EyePACS"):
+        return None
+    return graded_eyes("val", model.input_size, data="eyepacs", root=config.root, aptos=False)
+
+
+def grading_section(model, config, val=None, progress: bool = True) -> dict:
     """QWK, split-half QWK, referable AUC and mean severity by grade with 95% CIs from a bootstrap over patients
-    (both eyes of a patient drawn together), on EyePACS validation eyes; on graded phantoms only when
-    ``config.allow_phantom_grading``; else not measured, with the reason."""
+    (both eyes of a patient drawn together), on EyePACS validation eyes (``val``, from :func:`eyepacs_val`); on
+    graded phantoms only when ``config.allow_phantom_grading`` or ``config.data`` is "phantom"; else not
+    measured, with the reason."""
     from ..data.graded import graded_eyes
     from ..detect.predict import evaluate_split
 
-    if use_real(config, "EyePACS"):
-        source = "eyepacs"
-        arr = graded_eyes("val", model.input_size, data="eyepacs", root=config.root, aptos=False)
+    if val is not None:
+        source, arr = "eyepacs", val
     elif config.allow_phantom_grading or config.data == "phantom":  # asked for, or phantoms are the model's population
         source = "phantom"
         arr = graded_eyes("val", model.input_size, data="phantom")
@@ -102,18 +112,17 @@ def grading_section(model, config, progress: bool = True) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def sanity_section(model, config, progress: bool = True) -> dict:
-    """:func:`~koch_explore.evidence.sanity.sanity_report` per method on EyePACS validation eyes (phantoms
-    without them), with CIs over eyes."""
+def sanity_section(model, config, val=None, progress: bool = True) -> dict:
+    """:func:`~koch_explore.evidence.sanity.sanity_report` per method on ``config.sanity_count`` EyePACS
+    validation eyes drawn from ``val`` (phantoms without them), with CIs over eyes."""
     from ..data.graded import graded_eyes
-    from ..evidence.sanity import sanity_report, validation_eyes
+    from ..evidence.sanity import sanity_report
 
-    if use_real(config, "EyePACS"):
-        source, eyes = "eyepacs", validation_eyes(config.root, model.input_size, config.sanity_count, config.seed)
-    else:
+    source = "eyepacs" if val is not None else "phantom"
+    if val is None:
         val = graded_eyes("val", model.input_size, data="phantom")
-        pick = np.sort(np.random.default_rng(config.seed).choice(len(val.grades), min(config.sanity_count, len(val.grades)), replace=False))
-        source, eyes = "phantom", val.images[pick]
+    pick = np.sort(np.random.default_rng(config.seed).choice(len(val.grades), min(config.sanity_count, len(val.grades)), replace=False))
+    eyes = val.images[pick]
     rep = sanity_report(model, eyes, None, list(config.methods), config.start, n_random=config.sanity_random, progress=progress)
     return {"measured": True, "source": source, "label": SOURCES[source], **rep}
 
@@ -191,12 +200,13 @@ def _example_index(unions, samples) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def koch_section(model, config, device, progress: bool = True):
+def koch_section(model, config, device, val=None, progress: bool = True):
     """(section dict, KochReport): the Koch test with its verdict, on held-out real hosts where found (the
-    embedded photo otherwise), competence read from the hosts' population."""
+    embedded photo otherwise), competence read from the hosts' population (``val``: the EyePACS validation
+    eyes when already read)."""
     from ..koch.hosts import UNSEEN_HOSTS, default_setup, hosts_population
     from ..koch.test import KochConfig, koch_test
-    from ..koch.verdict import population_competence
+    from ..koch.verdict import model_competence, population_competence
 
     if config.data == "phantom":
         real = False
@@ -215,7 +225,10 @@ def koch_section(model, config, device, progress: bool = True):
         population = config.population
     else:  # the hosts' own population, where graded photos of it may be read
         population = None if config.data == "embedded" else hosts_population(used, hosts, config.root)
-    competence = None if population in (None, "none") else population_competence(det, population, config.root)
+    if population == "eyepacs" and val is not None:  # the eyes already read for grading
+        competence = model_competence(det, val.images, val.grades, "eyepacs")
+    else:
+        competence = None if population in (None, "none") else population_competence(det, population, config.root)
     rep = koch_test(det, synth, bank, host_set, config=kcfg, competence=competence, vessel_model=False, progress=progress)
     label = (f"{hosts} hosts (real photographs)" if real else "grade-0 phantom hosts (cartoons, not photographs)"
              if data == "phantom" else "the embedded photo (skimage's retina, one host)")
