@@ -166,3 +166,17 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, rank, device
+
+
+def agree_to_stop(stop: bool, world: int, device) -> bool:
+    """Rank 0's decision to stop, the same on every rank: one broadcast per step. A time limit read on each
+    rank's own clock, or a widget's stop seen only by rank 0, would otherwise let one rank leave the loop
+    while the others wait in the next collective (DDP's gradient all-reduce, a barrier) forever. Without
+    torchrun (``world`` 1) it is ``stop`` itself, and costs nothing."""
+    if world <= 1:
+        return bool(stop)
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..core.runtime import (
     EMA,
+    agree_to_stop,
     atomic_torch_save,
     check_resume_config,
     resolve_amp,
@@ -212,9 +213,10 @@ def train_step(net, opt, images_u8: np.ndarray, grades: np.ndarray, device, gen:
     return loss
 
 
-def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False, callback=None) -> dict:
     """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
-    the best validation figures. DDP-aware."""
+    the best validation figures. DDP-aware. ``callback(step, record)`` runs after every step on rank 0;
+    returning ``False`` stops every rank cleanly (checkpoint, as a time limit does)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm.auto import tqdm
@@ -288,7 +290,7 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
         }
         atomic_torch_save(state, ckpt_path)
 
-    stopped = False
+    stopped = halt = False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -311,12 +313,16 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
             if main and (time.time() - last_ckpt) > cfg.checkpoint_minutes * 60:
                 checkpoint(epoch)  # mid-epoch: resume restarts this epoch, weights kept
                 last_ckpt = time.time()
-            if cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60:
+            time_up = cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60
+            halt = callback is not None and main and callback(step, {"step": step, "loss": losses[-1], "epoch": epoch}) is False
+            if agree_to_stop(time_up or halt, world, device):  # rank 0's clock and callback decide for every rank
                 stopped = True
                 break
-        if stopped and main:
-            checkpoint(epoch)
-            print(f"stopped after {cfg.max_minutes} min at epoch {epoch + 1}, step {step}; --resume continues", flush=True)
+        if stopped:
+            if main:
+                checkpoint(epoch)  # mid-epoch: resume restarts this epoch, weights kept
+                why = f"after {cfg.max_minutes} min" if not halt else "by the callback"
+                print(f"stopped {why} at epoch {epoch + 1}, step {step}; --resume continues", flush=True)
             break
         if main:
             ema_model = Detector(cfg.preset).to(device)

@@ -343,7 +343,12 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm.auto import tqdm
 
-    from ..core.runtime import atomic_torch_save, check_resume_config, setup_distributed
+    from ..core.runtime import (
+        agree_to_stop,
+        atomic_torch_save,
+        check_resume_config,
+        setup_distributed,
+    )
     from ..culture import DescriptorBank
 
     if cfg.mode not in ("inoculate", "reconstruct"):
@@ -527,7 +532,8 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
                 bar.update(1)
                 bar.set_postfix(d=f"{rec['d']:.3f}", refresh=False)
             # the callback sees warm-up steps too, so a widget can show them and pause during them
-            if callback is not None and main and callback(step, {**rec, "step": step}, ema) is False:
+            halt = callback is not None and main and callback(step, {**rec, "step": step}, ema) is False
+            if agree_to_stop(halt, world, device):
                 break
             continue
         w = cfg.weights
@@ -584,9 +590,9 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             if time.time() - last_ck > cfg.checkpoint_minutes * 60:
                 checkpoint()
                 last_ck = time.time()
-        if callback is not None and main and callback(step, rec, ema) is False:
-            break
-        if cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60:
+        halt = callback is not None and main and callback(step, rec, ema) is False
+        time_up = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
+        if agree_to_stop(halt or time_up, world, device):  # rank 0 decides for every rank
             break
     bar.close()
     if main:
