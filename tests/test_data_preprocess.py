@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -184,15 +183,13 @@ def test_prepare_fundus_black_frame_names_path(tmp_path):
     assert "x.png" in str(exc.value)
 
 
-def test_4000x3000_photo_is_prepared_quickly():
+def test_a_4000x3000_photo_is_cropped_to_its_fov_and_prepared():
+    # its speed is a benchmark (benchmarks/bench_prepare.py), not a wall-clock assertion here
     img = np.zeros((3000, 4000, 3), np.float32)
     cv2.circle(img, (2000, 1500), 1400, (0.8, 0.4, 0.2), thickness=-1)
-    start = time.perf_counter()
     out, out_fov = prepare_fundus(img, 512)
-    elapsed = time.perf_counter() - start
     assert out.shape == (512, 512, 3) and out_fov.shape == (512, 512)
     assert abs(out_fov.mean() - np.pi / 4) < 0.02
-    assert elapsed < 2.0, f"prepare_fundus took {elapsed:.2f} s on a 4000x3000 photo"
 
 
 def _real(name: str):

@@ -138,11 +138,16 @@ def test_no_underscore_name_is_imported_from_another_module():
 
 
 def test_every_public_name_resolves_and_is_documented():
+    import inspect
+
     assert len(koch_explore.__all__) >= 8
     for name in koch_explore.__all__:
         value = getattr(koch_explore, name)
         if callable(value) and not isinstance(value, type(re)):
-            assert (value.__doc__ or "").strip(), f"koch_explore.{name} has no docstring"
+            doc = (value.__doc__ or "").strip()
+            assert doc, f"koch_explore.{name} has no docstring"
+            # a dataclass without one gets "Name(field: type = default, ...)" from @dataclass: not documentation
+            assert not (inspect.isclass(value) and doc.startswith(f"{value.__name__}(")), f"koch_explore.{name}: only @dataclass's signature"
 
 
 def test_readme_is_a_front_door():

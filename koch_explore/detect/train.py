@@ -58,31 +58,42 @@ class TrainConfig:
     out: str = "runs/detector"
     """Run folder: last.pt, best.safetensors, history.json."""
     epochs: int = 40
+    """Passes over the training eyes (each epoch ends with validation on the EMA weights and a checkpoint)."""
     batch_size: int = 32
     """Global batch size (split over DDP ranks)."""
     lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, then cosine decay to zero)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     warmup_epochs: float = 1.0
+    """Epochs of linear learning-rate warm-up."""
     val_fraction: float = 0.15
     """Share of *patients* held out for validation."""
     split_seed: int = 0
+    """Seed of the patient split into training and validation (the same seed, the same split)."""
     seed: int = 0
+    """Seed of initialisation, sampling and augmentation."""
     aptos: bool = True
     """Add APTOS 2019 (train part) to training; its validation part is always reported."""
     balance_epochs: float = 12.0
     """Epochs over which sampling moves from class-balanced to final_class_weights x natural."""
     final_class_weights: tuple[float, ...] = (1.0, 2.0, 2.0, 2.0, 2.0)
+    """Per-grade sampling weights (times the natural frequency) reached after ``balance_epochs``."""
     ema_decay: float = 0.998
+    """Decay of the weights' exponential moving average (validated and saved instead of the raw weights)."""
     amp: bool | None = None
     """bf16 autocast. Default (unset): on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX),
     off on other CPUs, where PyTorch emulates it (measured: docs/findings/detector.md#bf16)."""
     device: str = "auto"
+    """"auto" (CUDA when present, else the CPU), "cpu" or "cuda[:i]" (under torchrun: each rank's GPU)."""
     phantom_count: int = 400
     """Images generated for --data phantom."""
     phantom_size: int = 256
+    """Side of the generated phantoms, px (prepared to the preset's input size)."""
     max_minutes: float | None = None
     """Stop cleanly (checkpoint written) after this many minutes of training."""
     checkpoint_minutes: float = 10.0
+    """Minutes between mid-epoch checkpoints (``last.pt``, written atomically); one is also written every epoch."""
     resample: str = "bilinear"
     """Interpolation of the augmentation's rotation/zoom/shift: "bilinear" or "bicubic". Every training
     image is resampled, and resampling blurs the one- and two-pixel lesions a 256 px photo has
@@ -95,6 +106,7 @@ class TrainConfig:
     eval_tta: bool = False
     """8x flip/rotation test-time augmentation in per-epoch validation (slower)."""
     num_threads: int | None = None
+    """CPU threads for torch (None: torch's default, the machine's cores)."""
     init: str | None = None
     """Warm start: detector safetensors whose weights (BN statistics included) initialise the
     model and its EMA; the schedule starts fresh (a warm restart, useful to extend a finished run).

@@ -90,8 +90,9 @@ class KochConfig:
     margin: int = 4
     """Pixels of slack around a placed box when deciding whether a component is spurious."""
     n_boot: int = 1000
-    """Bootstrap resamples (over trials) for the confidence intervals."""
+    """Bootstrap resamples (over distinct hosts) for the confidence intervals."""
     seed: int = 0
+    """Seed of the layouts, decoys, synthesis noise and bootstraps (the same seed, the same report on the CPU)."""
     keep_cases: int = 4
     """Trials whose pictures are kept for the report."""
     control: bool = True
@@ -121,6 +122,10 @@ class TrialCase:
 
 @dataclass
 class KochReport:
+    """What :func:`koch_test` measured: the verdict and its reasons, the effect sizes with CIs over distinct
+    hosts, hit and chance rates, severity by count, the transplant control, and the pictures of a few trials
+    (``reading()`` says it in words, ``to_json()`` / ``cli_json()`` as numbers)."""
+
     n_trials: int
     counts: list[int]
     hit_rate: float

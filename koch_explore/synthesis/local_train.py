@@ -124,6 +124,7 @@ class LocalTrainConfig:
     beta1: float = 0.5
     """Adam beta1 of both (the GAN usual)."""
     weights: LocalWeights = field(default_factory=LocalWeights)
+    """Each loss term's weight (:class:`LocalWeights`)."""
     ema_decay: float = 0.99
     """Decay of the generator's exponential moving average, the weights exported."""
     sample_every: int = 250

@@ -80,11 +80,13 @@ class LossWeights:
     """
 
     adversarial: float = 1.0
+    """The discriminator's verdict on the synthetic fundus (least squares, as LSGAN)."""
     detail: float = 10.0
     """Retinal detail: L1 of detector features, healthy vs synthetic, outside the lesions."""
     pathological: float = 1.0
     """Gram matrices of feature patches at the placed lesions vs the descriptors'."""
     tv: float = 1.0
+    """Total variation of the synthetic fundus inside the FOV (smoothness)."""
     vessel: float = 2.0
     """Soft Dice of the vessel segmenter's map of the synthetic fundus vs the host's tree."""
     evidence: float = 0.0

@@ -97,15 +97,21 @@ class SynthTrainConfig:
     """Start the generator (and its EMA) from these generator weights instead of from scratch
     (fine-tuning; ignored when resuming)."""
     steps: int = 3000
+    """Generator steps in all (a resumed run counts the steps already taken)."""
     max_minutes: float | None = None
     """Stop cleanly (checkpoint written) after this many minutes of this invocation."""
     batch_size: int = 2
+    """Hosts per step."""
     lr_g: float = 2e-4
+    """Adam learning rate of the generator."""
     lr_d: float = 2e-4
+    """Adam learning rate of the discriminator."""
     beta1: float = 0.5
+    """Adam's first-moment decay for both (0.5, as in pix2pix)."""
     g_steps_per_d: int = 2
     """Generator steps per discriminator step (the papers: 2)."""
     weights: LossWeights = field(default_factory=LossWeights)
+    """Each loss term's weight (``--w-NAME`` flags, :class:`~koch_explore.synthesis.losses.LossWeights`)."""
     detail_layers: tuple[str, ...] = ("conv2", "conv5")
     """Layers of the retinal-detail loss (with ``model`` left at this default: that model's feature layers)."""
     pathological_mode: str = "gram"
@@ -135,6 +141,7 @@ class SynthTrainConfig:
     to many lesions, so "match" flattens the dose response (docs/findings/synthesizer.md#severity-target). In
     reconstruct mode the photo already holds its lesions: its own severity is the target."""
     ema_decay: float = 0.999
+    """Decay of the generator's exponential moving average (the exported weights)."""
     d_warmup: int = 200
     """Fine-tuning (``init``) only: discriminator-only steps first. A fresh discriminator's first
     verdicts are noise, and a generator that listens to them loses in a few hundred steps what it
@@ -145,10 +152,15 @@ class SynthTrainConfig:
     so it learns to draw a disc there; with ``init`` from a generator without it, the new input starts at zero.
     On by itself when ``init`` is a generator that has it (the shipped one since 2026-12-03)."""
     sample_every: int = 250
+    """Steps between preview images in ``out/samples/`` (0: none)."""
     checkpoint_minutes: float = 5.0
+    """Minutes between checkpoints (``last.pt``, written atomically); one is also written at the end."""
     seed: int = 0
+    """Seed of initialisation, layouts and noise."""
     device: str = "auto"
+    """"auto" (CUDA when present, else the CPU), "cpu" or "cuda[:i]" (under torchrun: each rank's GPU)."""
     num_threads: int | None = None
+    """CPU threads for torch (None: torch's default, the machine's cores)."""
 
 
 def load_detector(data: str, path: str | None = None, model: str | None = None):
