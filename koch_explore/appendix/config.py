@@ -45,7 +45,8 @@ class AuditConfig:
     """Koch hosts on real data: "eyepacs-val" / "aptos-val" (held-out grade-0 photos no shipped model trained
     on), "trees" (DRIVE + CHASE_DB1) or a folder of healthy photos. Without real data: the embedded photo."""
     host_count: int = 68
-    """Photos drawn for eyepacs-val / aptos-val / a folder."""
+    """Photos drawn for eyepacs-val / aptos-val / a folder (no more than ``trials`` are drawn: only those are
+    inoculated)."""
     trials: int = 24
     """Koch inoculations (hosts cycled when fewer)."""
     counts: tuple[int, ...] = COUNTS

@@ -218,7 +218,9 @@ def koch_section(model, config, device, val=None, progress: bool = True):
         real = config.data != "embedded"
     data = "real" if real else "phantom" if config.data == "phantom" else "embedded"
     hosts = config.hosts if real else "trees" if data == "phantom" else "embedded"
-    det, synth, bank, host_set, used = default_setup(data, config.root, model, None, None, device, hosts, config.host_count, config.mode)
+    # no more photos than trials: each drawn host costs a vessel segmentation, and only `trials` are inoculated
+    det, synth, bank, host_set, used = default_setup(data, config.root, model, None, None, device, hosts,
+                                                     min(config.host_count, config.trials), config.mode)
     kcfg = KochConfig(trials=config.trials, counts=tuple(config.counts), seed=config.seed, threshold=config.threshold,
                       start=config.start, rule=config.rule, control=config.control)
     if config.population != "auto":
