@@ -225,14 +225,22 @@ def test_synth_trainer_pause_resume_device_and_retrain_on_layout(phantom_models,
     assert tr.curves.value[:4] == b"\x89PNG" and "step 0 of 40" in tr.status.value  # drawn before the first step
     assert tr.device_dropdown.options[:2] == ("auto", "cpu") and tr.device_dropdown.value == "auto"
     empty = tr.curves.value
+    import torch
+
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    torch.set_num_threads(1)  # the kernel's setting; the run asks for 2
     t0 = time.time()
-    tr.start()
+    assert tr.start()
     assert tr.running  # start returns at once: the cell that shows the widget is not blocked
+    assert tr.start() is False and "already running" in tr.status.value  # a second start says why it does nothing
     while tr.step < 3 and time.time() - t0 < 300:
         time.sleep(0.2)
     tr.pause()
     stopped_at = tr.step
     assert 3 <= stopped_at < 40 and not tr.running and tr.state == "paused"
+    # the kernel's torch settings are back as they were before the run (train() sets threads and seeds)
+    assert torch.get_num_threads() == 1 and torch.equal(torch.get_rng_state(), rng)
+    torch.set_num_threads(threads)
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "generator.safetensors").exists()
     assert tr.curves.value != empty and tr.preview_image is not None  # redrawn on the way out, preview of the layout
     tr.set_device("cpu")
@@ -251,7 +259,7 @@ def test_synth_trainer_pause_resume_device_and_retrain_on_layout(phantom_models,
     assert tr.config.init == str(tmp_path / "run" / "generator.safetensors")  # fine-tunes the generator it trained
     assert tr.synthesizer().synthesize(host["vessels"], host["fov"], placer.layout).shape == (synth.cfg.size, synth.cfg.size, 3)
     assert_snapshot(tr, "step 2 of 2")
-    tr.close()
+    assert tr.close(timeout=60)
     assert not any(t.name == "koch-synth-trainer" and t.is_alive() for t in threading.enumerate())
 
 

@@ -67,6 +67,9 @@ class SynthTrainer:
         self._base_out, self._retrains, self._device_used = Path(config.out), 0, None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The worker thread (each step) and the main thread (buttons, observers) both redraw the status,
+        # curves and preview: one lock makes each redraw whole.
+        self._ui = threading.RLock()
 
         devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         if config.device not in devices:
@@ -102,11 +105,15 @@ class SynthTrainer:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, resume: bool = False) -> None:
+    def start(self, resume: bool = False) -> bool:
         """Train in the background until ``config.steps``: a fresh run from ``config.init`` (or from
-        scratch), or with ``resume`` from the run folder's checkpoint. Returns at once."""
+        scratch), or with ``resume`` from the run folder's checkpoint. Returns at once: True when a run
+        started, False (and the status line says why) when one is already running."""
         if self.running:
-            return
+            with self._ui:
+                self.status.value = (f"already running (step {self.step} of {self.config.steps}): pause it first, "
+                                     "then start or resume")
+            return False
         self._stop.clear()
         self.error, self.state = None, "starting"
         if not resume:
@@ -115,6 +122,7 @@ class SynthTrainer:
         self._thread = threading.Thread(target=self._run, args=(self.config, resume), name="koch-synth-trainer", daemon=True)
         self._thread.start()
         self._status()
+        return True
 
     def pause(self, timeout: float | None = None) -> None:
         """Ask the loop to stop after its current step; it checkpoints and exports on the way out."""
@@ -189,9 +197,13 @@ class SynthTrainer:
                            "boxes": [d.bbox for d in self._layout() or []]})
         return snapshot_panels(panels, plain_text(self.status.value), panel_size=3.8)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> bool:
+        """Stop the run (it checkpoints on the way out), wait up to ``timeout`` seconds for it, and release
+        the widgets. Returns False when the run was still finishing its step after ``timeout`` (it stops by
+        itself, its thread is a daemon; nothing saved is lost)."""
         self._stop.set()
-        self._join()
+        self._join(timeout)
+        stopped = not self.running
         self._ema = None
         for b in (self.start_button, self.pause_button, self.resume_button, self.retrain_button):
             b._click_handlers.callbacks.clear()
@@ -199,6 +211,7 @@ class SynthTrainer:
         self.steps_box.unobserve(self._on_steps, names="value")
         close_widgets(self.widget, *self._rows, self.start_button, self.pause_button, self.resume_button, self.retrain_button,
                       self.device_dropdown, self.steps_box, self.status, self.curves, self.sample)
+        return stopped
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -213,12 +226,19 @@ class SynthTrainer:
         self._status()
 
     def _run(self, cfg: SynthTrainConfig, resume: bool) -> None:
+        import torch
+
+        # train() sets torch's thread count and seeds its global generator: kernel-wide settings, put back
+        # when the run ends so the notebook's next cells run as they would have without the widget
+        threads, rng = torch.get_num_threads(), torch.get_rng_state()
         try:
             self.result = train(cfg, resume=resume, progress=False, callback=self._callback)
             self.state = "finished" if self.result["step"] >= cfg.steps else "paused"
         except BaseException as exc:  # shown in the widget and re-raised by wait()
             self.error, self.state = exc, "failed"
         finally:
+            torch.set_num_threads(threads)
+            torch.set_rng_state(rng)
             if self._ema is not None:
                 self._draw(self._ema)  # the last picture is the final state
             self._status()
@@ -268,6 +288,10 @@ class SynthTrainer:
             ax.text(0.5, 0.5, "no step yet", ha="center", va="center", transform=ax.transAxes, fontsize=9)
 
     def _draw(self, ema) -> None:
+        with self._ui:
+            self._draw_locked(ema)
+
+    def _draw_locked(self, ema) -> None:
         import cv2
 
         fig = new_figure(4.2, 2.6)
@@ -288,6 +312,10 @@ class SynthTrainer:
         self._status()
 
     def _status(self) -> None:
+        with self._ui:
+            self._status_locked()
+
+    def _status_locked(self) -> None:
         state = f"failed: {self.error}" if self.error is not None else self.state
         device = self.config.device
         if device == "auto":
