@@ -225,7 +225,7 @@ def write_audit(result, out) -> Path:
             ("weights file", f"{model['weights_file'] or '(in memory)'}"), ("weights file sha256", model["weights_file_sha256"] or "-"),
             ("tensors sha256", model["tensors_sha256"] or "-"),
             ("adapter options", json.dumps(model.get("adapter_options", "-"))), ("data root", prov["data"]["root"] or "none (embedded data)"),
-            ("images read", json.dumps(prov["data"]["images_read_by_dataset"])), ("audit options", json.dumps(prov["config"])),
+            ("images read (the most any section read from each dataset)", json.dumps(prov["data"]["images_read_by_dataset"])), ("audit options", json.dumps(prov["config"])),
             ("date (UTC)", prov["date"]), ("command", prov["command"] or "(called from Python)")]
     parts.append("<h2>Provenance</h2><table>" + "".join(
         f"<tr><th style='text-align:left'>{html.escape(a)}</th><td style='text-align:left'><code>{html.escape(str(b))}</code></td></tr>"

@@ -67,7 +67,7 @@ class Audit:
                                                    f"pixel AUC {auc['mean']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}], n={auc['n']}")
         ch = k["effects"]["severity_change"]
         out["koch"] = (f"severity change 0 -> {k['effects']['largest_count']}: {ch['mean']:+.2f} [{ch['ci'][0]:+.2f}, {ch['ci'][1]:+.2f}] "
-                       f"on {k['effects']['distinct_hosts']} distinct hosts ({k['label']})")
+                       f"on {k['effects']['distinct_hosts']} distinct host{'' if k['effects']['distinct_hosts'] == 1 else 's'} ({k['label']})")
         return out
 
 
@@ -112,16 +112,23 @@ def audit(model, out=None, config: AuditConfig | None = None, command: list[str]
     _say("Koch test", progress)
     koch, report = koch_section(model, cfg, device, val, progress)
 
-    used = {}
+    # per dataset, the most images any one section read from it: the sections draw from the same split
+    # (sanity's eyes and the eyepacs-val hosts are among the graded validation eyes), so counts do not add up
+    used: dict[str, int] = {}
+
+    def read(name: str, n: int) -> None:
+        used[name] = max(used.get(name, 0), int(n))
+
     if grading.get("measured"):
-        used[grading["source"]] = used.get(grading["source"], 0) + grading["n"]
-    used[sanity["source"]] = used.get(sanity["source"], 0) + sanity["n_eyes"]
+        read(grading["source"], grading["n"])
+    read(sanity["source"], sanity["n_eyes"])
     for source, block in localisation["sources"].items():
-        used[source] = used.get(source, 0) + block["n_images"]
+        read(source, block["n_images"])
     if koch["source"] == "real":
-        host_set = {"trees": ("drive", "chase_db1"), "eyepacs-val": ("eyepacs",), "aptos-val": ("aptos",)}.get(cfg.hosts, ())
-        for name in host_set:
-            used[name] = used.get(name, 0) + koch["effects"]["distinct_hosts"]
+        for name in {"trees": ("drive", "chase_db1"), "eyepacs-val": ("eyepacs",), "aptos-val": ("aptos",)}.get(cfg.hosts, ()):
+            read(name, koch["effects"]["distinct_hosts"])
+    elif koch["source"] == "phantom":
+        read("phantom", koch["effects"]["distinct_hosts"])
     root = resolve_data_root(cfg.root)
     data = {
         "root": str(root) if root else None,
@@ -132,7 +139,7 @@ def audit(model, out=None, config: AuditConfig | None = None, command: list[str]
             "koch": {"hosts": koch["hosts"], "source": koch["source"], "distinct_hosts": koch["effects"]["distinct_hosts"],
                      "trials": koch["effects"]["trials"]},
         },
-        "images_read_by_dataset": used,
+        "images_read_by_dataset": used,  # the most any one section read from each
     }
     warnings = trained_on_warnings(cfg.trained_on, used)
     if koch["effects"]["distinct_hosts"] == 1:

@@ -130,7 +130,7 @@ def decide(effects: dict, competence: dict | None = None, rule: VerdictRule | No
         return "inconclusive", [f"only {n_hosts} distinct host{'s' if n_hosts != 1 else ''} (at least {rule.min_hosts} needed){reuse}"]
     grades = competence is not None and competence.get("referable_auc") is not None
     if grades and not competence["referable_auc"] >= rule.min_referable_auc:
-        return "inconclusive", [f"the model does not grade these photos: referable AUC {competence['referable_auc']:.2f} on "
+        return "inconclusive", [f"the model does not grade these photos: referable AUC {competence['referable_auc']:.3f} on "
                                 f"{competence.get('n', '?')} graded {competence.get('population', '')} photos (at least "
                                 f"{rule.min_referable_auc:.2f} needed)"]
 
