@@ -51,6 +51,7 @@ _EXPORTS = {
     "predict_files": "detect.predict",  # photo files -> severity and grade rows, streamed batch by batch
     "predict_sharded": "detect.predict",  # the same into a CSV/JSON file, in resumable shards split across torchrun ranks
     "image_paths": "core.shards",  # files and folders (recursive, sorted) -> one ordered list of photos
+    "set_torch_threads": "core.runtime",  # torch's threads from the CPU quota (cgroup, CPU_LIMIT, taskset, OMP_NUM_THREADS)
     "explain": "evidence.base",  # evidence maps by method name -> Evidence
     "Evidence": "evidence.base",
     "EvidenceMethod": "evidence.base",  # the base class of every method (model, layer) -> call -> Evidence
@@ -94,7 +95,7 @@ __all__ = [
     "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "Synthesizer", "VERDICTS", "VerdictRule", "VesselSegmenter", "__version__", "adapt", "audit", "bank_from_images", "default_setup", "diseased_eyes",
     "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "healthy_hosts", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
     "load_model", "load_synthesizer", "load_vessels", "localisation_scores", "localisation_summary", "model_card", "predict_files", "predict_sharded", "population_competence", "predict_severity", "prepare_fundus", "random_layout", "read_image",
-    "resolve_data_root", "retina_photo", "sanity_report", "segment", "write_report",
+    "resolve_data_root", "retina_photo", "sanity_report", "segment", "set_torch_threads", "write_report",
 ]
 
 

@@ -180,3 +180,47 @@ def agree_to_stop(stop: bool, world: int, device) -> bool:
     flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
+
+
+def cpu_budget(cgroup: str | os.PathLike = "/sys/fs/cgroup") -> tuple[int, str]:
+    """(cores this process may use, where that came from). ``OMP_NUM_THREADS`` when set wins; otherwise the
+    smallest of the CPU affinity (``taskset``), the container's CPU quota (cgroup v2 ``cpu.max`` or v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, rounded up) and ``CPU_LIMIT`` (what JupyterHub's spawners set).
+    Torch's default is the machine's core count, which a quota does not change: 30 students' kernels on a
+    quota of one core each would each start a thread per host core."""
+    import math
+
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given), "OMP_NUM_THREADS"
+    limits = [(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), "CPU affinity")]
+    root = Path(cgroup)
+    try:
+        if (root / "cpu.max").is_file():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                limits.append((max(1, math.ceil(int(quota) / int(period))), "cgroup cpu.max"))
+        elif (root / "cpu" / "cpu.cfs_quota_us").is_file():
+            quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+            if quota > 0:
+                limits.append((max(1, math.ceil(quota / period)), "cgroup cpu.cfs_quota_us"))
+    except (OSError, ValueError):
+        pass  # an unreadable or odd cgroup file: the other limits stand
+    try:
+        limit = float(os.environ.get("CPU_LIMIT", ""))
+        if limit > 0:
+            limits.append((max(1, math.ceil(limit)), "CPU_LIMIT"))
+    except ValueError:
+        pass
+    return min(limits)
+
+
+def set_torch_threads(n: int | None = None) -> int:
+    """Set torch's intra-op thread count to ``n``, or to :func:`cpu_budget` (the one place the kit decides how
+    many threads a notebook uses); returns the count set."""
+    n = cpu_budget()[0] if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
