@@ -414,3 +414,24 @@ def test_hand_gradient_x_input_on_the_normalised_image():
     aligned = captum_attr.InputXGradient(after_norm(model)).attribute(n_t.clone())[0].detach().abs().sum(dim=0).numpy()
     np.testing.assert_allclose(aligned, ours, rtol=1e-5, atol=1e-7)
     assert min(pearson_per_image(ours[None], aligned[None])) >= MIN_R
+
+
+def test_the_folded_copy_is_reused_until_the_weights_change(detector, eyes):
+    """guided backprop keeps the BatchNorm-folded copy between calls (it was a deep copy per call) and makes it
+    again as soon as a weight changes in place (an optimiser step)."""
+    from koch_explore.evidence.deconvnet import folded_copy, guided_gradient
+
+    first = folded_copy(detector)
+    assert folded_copy(detector) is first
+    before = guided_gradient(detector, eyes)
+    weight = next(detector.parameters())
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.mul_(1.5)  # what a training step does: an in-place change
+    try:
+        again = folded_copy(detector)
+        assert again is not first
+        assert not torch.allclose(guided_gradient(detector, eyes), before)
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)

@@ -475,8 +475,21 @@ def guided_gradient(model, images: torch.Tensor) -> torch.Tensor:
     """Guided backpropagation of the severity to the input pixels, (B, 3, H, W), for any grader
     whose rectifiers can be given the guided rule (an adapted model with GELU/SiLU refuses by name).
     It runs on the grader's ``fold_batchnorm()`` copy: the same function with plain convs."""
-    model = model.fold_batchnorm()
-    return _guided_input_gradient(model, images.detach().clone().requires_grad_(True)).detach()
+    return _guided_input_gradient(folded_copy(model), images.detach().clone().requires_grad_(True)).detach()
+
+
+def folded_copy(model):
+    """``model.fold_batchnorm()``, kept on the model and made again only when its tensors changed: the
+    copy took about 10% of a guided backprop of 8 eyes (a deep copy of 6.6M parameters per call).
+    "Changed" is read from each tensor's storage and in-place version counter (an optimiser step,
+    ``load_state_dict``, ``.to(device)`` all move one), so a fine-tuned model never reuses a stale copy."""
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in model.state_dict(keep_vars=True).values())
+    cached = model.__dict__.get("_folded_batchnorm_copy")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    copy = model.fold_batchnorm()
+    model.__dict__["_folded_batchnorm_copy"] = (key, copy)
+    return copy
 
 
 class DifferentiableEvidence:
