@@ -73,3 +73,30 @@ def test_the_cli_refuses_an_unknown_training_set_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "'imagenet' is not one of" in r.stderr
     assert not (tmp_path / "a" / "index.html").exists()
+
+
+def test_a_gelu_model_is_audited_with_the_methods_its_layers_allow(tmp_path):
+    """Guided backprop and guided Grad-CAM refuse GELU networks by name: the audit lists them as skipped (sanity,
+    localisation) and re-isolates with Grad-CAM, saying so, instead of failing."""
+    import torch
+    from torch import nn
+
+    class GeluGrader(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GELU(), nn.Conv2d(8, 16, 3, 2, 1), nn.GELU(),
+                                          nn.Conv2d(16, 16, 3, 2, 1), nn.GELU())
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = ke.adapt(GeluGrader(), output="regression")
+    result = ke.audit(model, tmp_path / "gelu", progress=False,
+                      **{**SMALL, "methods": ("guided-gradcam", "gradcam", "random"), "localisation_count": 2, "sanity_count": 4})
+    assert set(result.sanity["skipped"]) == {"guided-gradcam"} and "GELU" in result.sanity["skipped"]["guided-gradcam"]
+    assert set(result.sanity["methods"]) == {"gradcam", "random"}
+    assert set(result.localisation["sources"]["phantom"]["skipped"]) == {"guided-gradcam"}
+    assert result.koch["method_note"].startswith("re-isolated with gradcam")
+    assert "re-isolated with gradcam" in (tmp_path / "gelu" / "index.html").read_text()

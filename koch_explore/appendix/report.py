@@ -214,8 +214,9 @@ def write_audit(result, out) -> Path:
     if rep.cases:
         koch_figs.insert(0, ("cases", figure_cases(rep.cases[:3], mode=k["mode"])))
     imgs = "".join(f"<img src='data:image/png;base64,{_save(f, figures, 'koch_' + n.replace('-', '_'))}'/>" for n, f in koch_figs)
+    note = f"<p class='note'>{html.escape(k['method_note'])}.</p>" if k.get("method_note") else ""
     parts.append(f"<h2>4 · The Koch test <small>measured on {html.escape(k['label'])}, {k['mode']} synthesis</small></h2>"
-                 f"<ul>{effects}</ul>{imgs}")
+                 f"{note}<ul>{effects}</ul>{imgs}")
 
     # provenance
     model = prov["model"]

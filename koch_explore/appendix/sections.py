@@ -123,7 +123,15 @@ def sanity_section(model, config, val=None, progress: bool = True) -> dict:
         val = graded_eyes("val", model.input_size, data="phantom")
     pick = np.sort(np.random.default_rng(config.seed).choice(len(val.grades), min(config.sanity_count, len(val.grades)), replace=False))
     eyes = val.images[pick]
-    rep = sanity_report(model, eyes, None, list(config.methods), config.start, n_random=config.sanity_random, progress=progress)
+    methods, skipped = [], {}
+    for method in config.methods:  # a method the model's layers refuse (guided rules on GELU) is listed, not fatal
+        try:
+            explain(model, eyes[:1], method, config.start)
+            methods.append(method)
+        except (AdapterError, ValueError, FileNotFoundError) as exc:
+            skipped[method] = str(exc).splitlines()[0]
+    rep = sanity_report(model, eyes, None, methods, config.start, n_random=config.sanity_random, progress=progress)
+    rep["skipped"] = {**rep.get("skipped", {}), **skipped}
     return {"measured": True, "source": source, "label": SOURCES[source], **rep}
 
 
@@ -221,8 +229,18 @@ def koch_section(model, config, device, val=None, progress: bool = True):
     # no more photos than trials: each drawn host costs a vessel segmentation, and only `trials` are inoculated
     det, synth, bank, host_set, used = default_setup(data, config.root, model, None, None, device, hosts,
                                                      min(config.host_count, config.trials), config.mode)
+    # re-isolation uses the bank's own evidence method; a model whose layers refuse it (guided rules on GELU) is
+    # re-isolated with Grad-CAM instead, and the section says so
+    method, method_note = None, None
+    bank_method = (getattr(bank, "info", None) or {}).get("method")
+    if bank_method:
+        try:
+            explain(det, np.full((det.input_size, det.input_size, 3), 0.5, np.float32), bank_method, config.start)
+        except (AdapterError, ValueError) as exc:
+            method = "gradcam"
+            method_note = f"re-isolated with gradcam: the bank's {bank_method} is refused by this model ({str(exc).splitlines()[0]})"
     kcfg = KochConfig(trials=config.trials, counts=tuple(config.counts), seed=config.seed, threshold=config.threshold,
-                      start=config.start, rule=config.rule, control=config.control)
+                      start=config.start, rule=config.rule, control=config.control, method=method)
     if config.population != "auto":
         population = config.population
     else:  # the hosts' own population, where graded photos of it may be read
@@ -234,6 +252,6 @@ def koch_section(model, config, device, val=None, progress: bool = True):
     rep = koch_test(det, synth, bank, host_set, config=kcfg, competence=competence, vessel_model=False, progress=progress)
     label = (f"{hosts} hosts (real photographs)" if real else "grade-0 phantom hosts (cartoons, not photographs)"
              if data == "phantom" else "the embedded photo (skimage's retina, one host)")
-    section = {"measured": True, "source": used, "hosts": hosts, "mode": config.mode, "label": label,
+    section = {"measured": True, "source": used, "hosts": hosts, "mode": config.mode, "label": label, "method_note": method_note,
                **rep.cli_json(used, hosts if real else None, config.mode)}
     return section, rep
