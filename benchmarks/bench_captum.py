@@ -20,19 +20,16 @@ alike); the ratio is taken per repeat and its median printed.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 import warnings
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 import koch_explore as ke
 from koch_explore.core.images import as_image_batch
-from koch_explore.detect.model import ConvBlock, DenseMaxout
+from koch_explore.evidence.alignment import after_norm, captum_view, pearson_per_image
 from koch_explore.evidence.base import find_layer
 from koch_explore.evidence.methods import (
     GradCam,
@@ -42,41 +39,6 @@ from koch_explore.evidence.methods import (
 )
 
 TARGET_RATIO = 1.0
-
-
-class LeakyAsReLU(nn.ReLU):
-    """A leaky ReLU Captum hooks (it rewrites ``nn.ReLU`` instances only): ``F.leaky_relu(x, slope)``."""
-
-    def __init__(self, slope: float):
-        super().__init__()
-        self.slope = slope
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(x, self.slope)
-
-
-class _ThroughModule:
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def apply(self, x: torch.Tensor, slope: float) -> torch.Tensor:
-        return self.module(x)
-
-
-def captum_view(model: nn.Module) -> nn.Module:
-    """A copy of the detector whose leaky ReLUs run as :class:`LeakyAsReLU` modules (same function)."""
-    view = copy.deepcopy(model).eval()
-    for block in view.modules():
-        if isinstance(block, (ConvBlock, DenseMaxout)):
-            block.act = LeakyAsReLU(block.leak)
-            block.rectifier = _ThroughModule(block.act)
-    return view
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> list[float]:
-    """Pearson r per image of two (B, H, W) maps, each divided by its maximum first."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return [float(np.corrcoef((p / p.max()).ravel(), (q / q.max()).ravel())[0, 1]) for p, q in zip(a, b, strict=True)]
 
 
 def main() -> None:
@@ -103,8 +65,7 @@ def main() -> None:
                                  for i in range(args.batch)]))
     cam_name = GradCam(det).used_layer
     view = captum_view(det)
-    tail = copy.deepcopy(det).eval()
-    tail.norm = nn.Identity()
+    tail = after_norm(det)
 
     def captum_gradcam():
         a = LayerGradCam(det, find_layer(det, cam_name)).attribute(x.clone(), relu_attributions=True)
@@ -134,7 +95,7 @@ def main() -> None:
     print(f"{'method':18s} {'ours s':>8s} {'captum s':>9s} {'ours/captum':>12s} {'r min':>8s} {'r mean':>8s}")
     for name, ours_fn, theirs_fn in rows:
         ours_map, theirs_map = ours_fn(), theirs_fn()  # warm-up, and the maps compared
-        r = pearson(ours_map, theirs_map)
+        r = pearson_per_image(ours_map, theirs_map)
         t_ours, t_theirs, ratios = [], [], []
         for k in range(args.repeats):
             pair = {}

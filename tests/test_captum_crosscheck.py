@@ -34,19 +34,18 @@ Captum is a dev dependency: the module skips without it.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import koch_explore as ke
 from koch_explore.core.images import as_image_batch
 from koch_explore.detect.adapter import resolve_factory
-from koch_explore.detect.model import ConvBlock, DenseMaxout, Detector, DetectorConfig
+from koch_explore.detect.model import ConvBlock, Detector, DetectorConfig
+from koch_explore.evidence.alignment import after_norm, captum_view, pearson_per_image
 from koch_explore.evidence.base import find_layer
 from koch_explore.evidence.methods import (
     GradCam,
@@ -65,62 +64,6 @@ MIN_R = 0.99
 
 
 # -- shared helpers ------------------------------------------------------------------------------
-
-
-def pearson_per_image(ours: np.ndarray, theirs: np.ndarray) -> list[float]:
-    """Pearson r per image of two (B, H, W) maps, each first divided by its own maximum."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-    rs = []
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.max() > 0 and b.max() > 0 and a.std() > 0 and b.std() > 0, "a constant or empty map"
-        rs.append(float(np.corrcoef((a / a.max()).ravel(), (b / b.max()).ravel())[0, 1]))
-    return rs
-
-
-class LeakyAsReLU(nn.ReLU):
-    """The detector's leaky ReLU as a module Captum hooks (Captum rewrites ``nn.ReLU`` instances only);
-    forward and plain gradient are exactly ``F.leaky_relu(x, slope)``."""
-
-    def __init__(self, slope: float):
-        super().__init__()
-        self.slope = slope
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(x, self.slope)
-
-
-class _ThroughModule:
-    """A ``rectifier`` (see :func:`koch_explore.detect.model.leaky_rectify`) that runs the block's
-    activation module instead of a custom autograd Function: same forward values."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def apply(self, x: torch.Tensor, slope: float) -> torch.Tensor:
-        return self.module(x)
-
-
-def captum_view(model: nn.Module) -> nn.Module:
-    """The model as Captum's ReLU-rewriting methods can see it: a copy whose functional leaky ReLUs
-    (the detector's :class:`ConvBlock` and :class:`DenseMaxout`) run as :class:`LeakyAsReLU` modules,
-    the same function; a model without them as it is."""
-    if not any(isinstance(m, (ConvBlock, DenseMaxout)) for m in model.modules()):
-        return model
-    view = copy.deepcopy(model).eval()
-    for block in view.modules():
-        if isinstance(block, (ConvBlock, DenseMaxout)):
-            block.act = LeakyAsReLU(block.leak)
-            block.rectifier = _ThroughModule(block.act)
-    return view
-
-
-def after_norm(model: nn.Module) -> nn.Module:
-    """A copy of the grader that takes its normalised input ``model.norm(x)`` (the norm replaced by
-    the identity): Captum's InputXGradient on it multiplies by what conv1 sees, as ours does."""
-    tail = copy.deepcopy(model).eval()
-    tail.norm = nn.Identity()
-    return tail
 
 
 # -- (a) the real models ------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 * :mod:`.baseline`  -- the healthy population's activation (for ``deconvnet-excess``)
 * :mod:`.sanity`    -- do the maps depend on the image, and on what the network learned?
 * :mod:`.localisation` -- do they land on the lesions? (Quantus's pointing game, relevance mass and rank, top-k)
+* :mod:`.alignment` -- the views that line our methods up with captum's (the cross-check and its timing)
 """
 
 from .base import (
