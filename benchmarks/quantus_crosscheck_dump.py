@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import koch_explore as ke
-from koch_explore.appendix.sections import method_maps
 from koch_explore.data.roots import dataset_dir
 from koch_explore.data.samples import folder_samples, phantom_samples
+from koch_explore.evidence.base import evidence_maps
 from koch_explore.evidence.localisation import localisation_scores
 
 METHODS = ("guided-gradcam", "gradcam", "gradient-x-input", "random")
@@ -48,7 +49,7 @@ def main(out: Path) -> None:
             gxi = arrays["maps_gradient-x-input"]
             maps = gxi - 0.5 * gxi.mean(axis=(1, 2), keepdims=True)
         else:
-            maps = method_maps(det, images, method, None)
+            maps = evidence_maps(det, torch.from_numpy(images).permute(0, 3, 1, 2), method, batch_size=8)
         arrays[f"maps_{method}"] = maps.astype(np.float32)
         ours["methods"][method] = {
             # scores of the float32 maps as saved, so both sides read exactly the same numbers

@@ -18,7 +18,7 @@ from ..core.stats import (
 )
 from ..data.roots import resolve_data_root
 from ..detect.adapter import AdapterError
-from ..evidence.base import explain
+from ..evidence.base import evidence_maps, explain
 from ..evidence.localisation import (
     LOCALISATION_MEASURES,
     localisation_scores,
@@ -159,15 +159,6 @@ def lesion_sets(model, config) -> dict[str, list]:
     return out
 
 
-def method_maps(model, images: np.ndarray, method: str, start: str | None, batch: int = 8) -> np.ndarray:
-    """(N, H, W) evidence maps of float images (N, H, W, 3) in [0, 1], ``batch`` at a time."""
-    out = []
-    for s in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch])).permute(0, 3, 1, 2).float()
-        out.append(explain(model, x.to(model_device(model)), method, start, seed=s).maps)
-    return np.concatenate(out)
-
-
 def localisation_section(model, config, progress: bool = True) -> dict:
     """Per source (IDRiD, phantoms) and per evidence method: the five localisation measures
     (:data:`~koch_explore.evidence.localisation.LOCALISATION_MEASURES`) of each image's map against the union
@@ -181,7 +172,8 @@ def localisation_section(model, config, progress: bool = True) -> dict:
         methods, skipped, examples = {}, {}, {}
         for method in tqdm(list(config.methods), desc=f"localisation on {source}", disable=not progress):
             try:
-                maps = method_maps(model, images, method, config.start)
+                x = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(model_device(model))
+                maps = evidence_maps(model, x, method, config.start, batch_size=8)
             except (AdapterError, ValueError, FileNotFoundError) as exc:  # a method this model's layers refuse
                 skipped[method] = str(exc).splitlines()[0]
                 continue

@@ -150,9 +150,14 @@ def explain(model, images, method: str = DEFAULT_METHOD, start: str | None = Non
     return get_method(method)(model, start)(images, channels, seed)
 
 
-def evidence_maps(model, images, method: str = DEFAULT_METHOD, start: str | None = None, channels=None, seed: int = 0) -> np.ndarray:
-    """(B, H, W) evidence maps: :func:`explain` without the projection."""
-    return explain(model, images, method, start, channels, seed).maps
+def evidence_maps(model, images, method: str = DEFAULT_METHOD, start: str | None = None, channels=None, seed: int = 0,
+                  batch_size: int | None = None) -> np.ndarray:
+    """(B, H, W) evidence maps: :func:`explain` without the projection. ``batch_size``: explain that many
+    images at a time (the chunk starting at image ``s`` with ``seed + s``), so memory stays bounded."""
+    if batch_size is None:
+        return explain(model, images, method, start, channels, seed).maps
+    return np.concatenate([explain(model, images[s:s + batch_size], method, start, channels, seed + s).maps
+                           for s in range(0, len(images), batch_size)])
 
 
 def used_start(model, method: str, start: str | None) -> str | None:

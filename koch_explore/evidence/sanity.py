@@ -27,7 +27,7 @@ import torch
 
 from ..core.stats import bootstrap_mean, pearson, roc_auc, spearman
 from ..detect.adapter import AdapterError
-from .base import DEFAULT_METHOD, METHODS, explain
+from .base import DEFAULT_METHOD, METHODS, evidence_maps
 from .baseline import HealthyBaseline
 
 __all__ = ["input_dependence", "randomization_similarity", "randomized_copy", "sanity_report"]
@@ -65,11 +65,8 @@ def randomization_similarity(maps: np.ndarray, random_maps: np.ndarray, fovs: np
 
 
 def _maps(detector, images: np.ndarray, method: str, start: str, batch: int) -> np.ndarray:
-    out = []
-    for s in range(0, len(images), batch):
-        x = torch.from_numpy(images[s : s + batch]).permute(0, 3, 1, 2).float().div(255.0).contiguous()
-        out.append(explain(detector, x, method, start, seed=s).maps)
-    return np.concatenate(out)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+    return evidence_maps(detector, x, method, start, batch_size=batch)
 
 
 def _fovs(images: np.ndarray) -> np.ndarray:
