@@ -1,5 +1,6 @@
-"""Short reference runs of the four trainers (detector, vessel segmenter, whole-fundus and local synthesizer):
-per-step losses and a checksum of the weights each run ends with. Recorded before the trainers move onto one
+"""Short reference runs of the four trainers (detector, vessel segmenter, whole-fundus and local synthesizer) and of
+a Koch-zoo member's fine-tune: per-step losses and a checksum of the weights each run ends with; and the outputs
+of every shipped model on fixed inputs (so a change of how weights are saved and loaded shows). Recorded before the trainers move onto one
 training loop (issue 43), so the refactor can show it reproduces them.
 
 ::
@@ -99,12 +100,62 @@ def run_local_synth(work: Path) -> dict | None:
             "weights_sha256": tensors_sha256(state["G"]), "ema_sha256": tensors_sha256(state["ema"])}
 
 
-TRAINERS = {"detector": run_detector, "vessels": run_vessels, "whole_synth": run_whole_synth, "local_synth": run_local_synth}
+def run_fine_tune(work: Path) -> dict:
+    """A Koch-zoo member's training (:func:`~koch_explore.detect.adapter.fine_tune`, the known-answer models)."""
+    from koch_explore.data.phantom import generate_phantom
+    from koch_explore.detect.adapter import fine_tune
+    from koch_explore.koch.zoo import Member
+
+    member = Member("lesion-driven", "resnet", seed=3)
+    phantoms = [generate_phantom(s, size=128, grade=s % 5) for s in range(40)]
+    images = np.stack([(np.clip(p.image, 0, 1) * 255 + 0.5).astype(np.uint8) for p in phantoms])
+    torch.manual_seed(member.seed)
+    model = member.adapt()
+    losses = fine_tune(model, images, np.array([p.grade for p in phantoms]), steps=STEPS, batch_size=8, seed=member.seed,
+                       progress=False)
+    return {"losses": [float(v) for v in losses], "weights_sha256": tensors_sha256(model.state_dict())}
+
+
+def shipped_outputs() -> dict:
+    """Each shipped model loaded and run on fixed inputs (two phantoms; a layout drawn from each synthesizer's
+    own bank): the outputs' checksums and sums, so a change of how weights are saved or loaded shows."""
+    from koch_explore.core.weights import SHIPPED
+    from koch_explore.culture import load_bank
+    from koch_explore.data.phantom import generate_phantom
+    from koch_explore.detect.model import load_detector
+    from koch_explore.synthesis.synthesizer import load_synthesizer, random_layout
+    from koch_explore.vessels import load_vessels
+
+    phantoms = [generate_phantom(s, size=256, grade=g) for s, g in ((11, 0), (12, 3))]
+    x = torch.from_numpy(np.stack([np.clip(p.image, 0, 1) for p in phantoms]).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+    out = {}
+
+    def note(name, t):
+        t = torch.as_tensor(np.asarray(t)).double()
+        out[name] = {"sha256": hashlib.sha256(t.float().numpy().tobytes()).hexdigest(), "sum": float(t.sum()),
+                     "abs_sum": float(t.abs().sum())}
+
+    with torch.no_grad():
+        for name in SHIPPED["detector"]:
+            note(f"detector/{name}", load_detector(name)(x))
+        for name in SHIPPED["vessels"]:
+            note(f"vessels/{name}", load_vessels(name).segment(phantoms[0].image, phantoms[0].fov, tta=1)[0])
+        host = {"image": np.clip(phantoms[0].image, 0, 1).astype(np.float32), "fov": phantoms[0].fov.astype(bool),
+                "vessels": phantoms[0].vessels.astype(np.float32), "name": "phantom_11"}
+        for name in SHIPPED["synthesizer"]:
+            synth, bank = load_synthesizer(name), load_bank(name)
+            layout = random_layout(bank, 4, host["fov"], seed=5)
+            note(f"synthesizer/{name}", synth.synthesize_host(host, layout, seed=3))
+    return out
+
+
+TRAINERS = {"detector": run_detector, "vessels": run_vessels, "whole_synth": run_whole_synth, "local_synth": run_local_synth,
+            "zoo_member": run_fine_tune}
 
 
 def record(names) -> dict:
     torch.set_num_threads(1)
-    out = {"torch": torch.__version__, "steps": STEPS, "trainers": {}}
+    out = {"torch": torch.__version__, "steps": STEPS, "trainers": {}, "shipped": shipped_outputs()}
     with tempfile.TemporaryDirectory(prefix="koch-ref-") as tmp:
         for name in names:
             res = TRAINERS[name](Path(tmp))
@@ -129,6 +180,14 @@ def main() -> None:
         print(f"written {args.out}")
         return
     before = json.loads(Path(args.against).read_text())
+    for name, res in now["shipped"].items():
+        ref = before.get("shipped", {}).get(name)
+        if ref is None:
+            print(f"shipped {name}: not recorded then")
+            continue
+        same = ref["sha256"] == res["sha256"]
+        rel = abs(res["abs_sum"] - ref["abs_sum"]) / max(ref["abs_sum"], 1e-12)
+        print(f"shipped {name}: output {'identical' if same else 'differs'} (relative difference of the absolute sum {rel:.1e})")
     for name, res in now["trainers"].items():
         ref = before["trainers"].get(name)
         if res is None or ref is None:
