@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from koch_explore.core.runtime import EMA, resolve_amp, resolve_device
+from koch_explore.core.runtime import resolve_amp, resolve_device
+from koch_explore.core.training import EMA
 from koch_explore.detect.model import PRESETS, Detector
 from koch_explore.detect.train import TrainConfig, lr_at, train_step
 
@@ -61,7 +62,7 @@ def detector_throughput(size: int, batch: int, warmup: int, steps: int, device: 
     def step(i: int) -> None:
         pick = rng.choice(len(grades), batch)
         loss = train_step(model, opt, images[pick], grades[pick], device, gen, cfg, amp, lr_at(i, 1000, 10, cfg.lr))
-        ema.update(model)
+        ema.update(model, i)
         loss.item()  # the trainer reads the loss every step, which waits for the device
 
     for i in range(warmup):

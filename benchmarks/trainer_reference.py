@@ -197,7 +197,8 @@ def main() -> None:
         n = min(len(a), len(b))
         rel = float(np.max(np.abs(a[:n] - b[:n]) / np.maximum(np.abs(a[:n]), 1e-12))) if n else float("nan")
         print(f"{name}: {n} steps compared ({len(a)} then, {len(b)} now), largest relative loss difference {rel:.2e}, "
-              f"weights {'identical' if ref['weights_sha256'] == res['weights_sha256'] else 'differ'}")
+              f"weights {'identical' if ref['weights_sha256'] == res['weights_sha256'] else 'differ'}"
+              + ("" if "ema_sha256" not in ref else f", EMA {'identical' if ref['ema_sha256'] == res['ema_sha256'] else 'differs'}"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ weights' header, so the audit needs no flags).
 
 The eyes, split (patient-disjoint, the detector's own split) and augmentation are the kit's, so the
 validation figures compare with the shipped detector's. ``last.pt`` is written atomically each
-epoch and ``--resume`` continues from it; the best EMA weights go to ``best.safetensors``.
+epoch (by the kit's training loop, :class:`koch_explore.core.training.TrainingLoop`) and ``--resume``
+continues from it; the best EMA weights go to ``best.safetensors``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from resnet_dr import IMAGENET_MEAN, IMAGENET_STD, resnet_dr  # noqa: E402
 
 from koch_explore import adapt  # noqa: E402
-from koch_explore.core.runtime import EMA, atomic_torch_save  # noqa: E402
+from koch_explore.core.training import EMA, TrainingLoop  # noqa: E402
 from koch_explore.data.graded import load_graded  # noqa: E402
 from koch_explore.detect.predict import evaluate_split, to_tensor  # noqa: E402
 from koch_explore.detect.train import (  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=26)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--max-minutes", type=float, default=55.0, help="stop cleanly (checkpoint written) after this long")
+    p.add_argument("--max-minutes", type=float, default=55.0, help="stop cleanly (checkpoint written) after this many minutes of training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     args = p.parse_args(argv)
@@ -72,70 +72,71 @@ def main(argv=None) -> dict:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     ema = EMA(model, 0.998)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    gen = torch.Generator()
     steps_per_epoch = len(train_arr.grades) // args.batch_size
-    total = steps_per_epoch * args.epochs
-    start_epoch, step, history, best = 0, 0, [], {"score": -1.0}
-    ckpt = out / "last.pt"
-    if args.resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        ema.state = ck["ema"]
-        opt.load_state_dict(ck["opt"])
-        start_epoch, step = ck["epoch"], ck["step"]
-        history, best = json.loads(ck["history"]), json.loads(ck["best"])
-        print(f"resumed from {ckpt}: epoch {start_epoch}", flush=True)
+    # the kit's training loop: atomic last.pt, --resume, the time limit, progress
+    config = {k: v for k, v in vars(args).items() if k != "resume"}
+    loop = TrainingLoop(out, config, {"model": model, "ema": ema, "opt": opt, "gen": gen},
+                        steps=steps_per_epoch * args.epochs, max_minutes=args.max_minutes, desc="resnet", show=("loss",))
+    loop.state.update(history=[], best={"score": -1.0}, epoch_losses=[])
+    if args.resume:
+        loop.resume()
+    plan: dict = {}
 
-    t0 = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        rng = np.random.default_rng([args.seed, epoch])
-        idx = rng.choice(len(train_arr.grades), size=steps_per_epoch * args.batch_size,
-                         p=sampling_probabilities(train_arr.grades, epoch, cfg))
-        gen = torch.Generator().manual_seed(args.seed * 7919 + epoch)
-        losses = []
-        for s in range(steps_per_epoch):
-            batch = idx[s * args.batch_size:(s + 1) * args.batch_size]
-            x = (augment(to_tensor(train_arr.images[batch], device), gen) - mean) / std
-            y = torch.from_numpy(train_arr.grades[batch]).long()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, steps_per_epoch, args.lr)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update(model, min(0.998, (1 + step) / (10 + step)))
-            step += 1
-            losses.append(loss.item())
-        elapsed = (time.time() - t0) / 60
+    def step(i: int) -> dict:
+        epoch, within = divmod(i, steps_per_epoch)
+        if plan.get("epoch") != epoch:  # each epoch draws its eyes from its own class weights
+            rng = np.random.default_rng([args.seed, epoch])
+            plan.update(epoch=epoch, idx=rng.choice(len(train_arr.grades), size=steps_per_epoch * args.batch_size,
+                                                    p=sampling_probabilities(train_arr.grades, epoch, cfg)))
+            if within == 0:
+                gen.manual_seed(args.seed * 7919 + epoch)
+            model.train()
+        batch = plan["idx"][within * args.batch_size:(within + 1) * args.batch_size]
+        x = (augment(to_tensor(train_arr.images[batch], device), gen) - mean) / std
+        y = torch.from_numpy(train_arr.grades[batch]).long()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(i, loop.steps, steps_per_epoch, args.lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(model, i)
+        return {"loss": loss.item()}
+
+    def end_of_epoch(i: int, record: dict) -> None:
+        state = loop.state
+        state["epoch_losses"].append(record["loss"])
+        if i % steps_per_epoch:
+            return
+        epoch = i // steps_per_epoch
         shadow = resnet_dr()
-        shadow.load_state_dict(ema.state)
+        shadow.load_state_dict(ema.state_dict())
         graded = adapt(shadow, mean=IMAGENET_MEAN, std=IMAGENET_STD, output="softmax")
         rep, _ = evaluate_split(graded, data["val"], device, False, amp)
         aptos, _ = evaluate_split(graded, data["aptos_val"], device, False, amp)
-        rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "minutes": elapsed,
+        rec = {"epoch": epoch, "loss": float(np.mean(state["epoch_losses"])), "minutes": loop.total_minutes(),
                "val": {k: rep[k] for k in ("n", "qwk", "qwk_split_half", "auc_referable")},
                "aptos_val": {k: aptos[k] for k in ("n", "qwk", "auc_referable")}}
-        history.append(rec)
+        state["history"].append(rec)
+        state["epoch_losses"] = []
         score = rep["qwk_split_half"] + 0.5 * rep["auc_referable"]
         mark = ""
-        if score > best["score"]:
-            best = {"score": score, **rec}
+        if score > state["best"]["score"]:
+            state["best"] = {"score": score, **rec}
             # the adapter's options travel in the header: `--model ... --weights best.safetensors` needs no flags
-            graded.save(out / "best.safetensors", metadata={"factory": "examples/resnet_dr.py:resnet_dr", "val": best})
+            graded.save(out / "best.safetensors", metadata={"factory": "examples/resnet_dr.py:resnet_dr", "val": state["best"]})
             mark = "  * best"
-        print(f"epoch {epoch + 1} ({elapsed:.1f} min): loss {rec['loss']:.3f} val qwk {rep['qwk']:.3f} "
+        print(f"epoch {epoch} ({rec['minutes']:.1f} min): loss {rec['loss']:.3f} val qwk {rep['qwk']:.3f} "
               f"(split-half {rep['qwk_split_half']:.3f}) auc {rep['auc_referable']:.3f} | aptos qwk {aptos['qwk']:.3f}{mark}",
               flush=True)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        atomic_torch_save({"model": model.state_dict(), "ema": ema.state, "opt": opt.state_dict(), "epoch": epoch + 1,
-                           "step": step, "history": json.dumps(history), "best": json.dumps(best)}, ckpt)
-        if elapsed > args.max_minutes:
-            print(f"stopped after {elapsed:.1f} min at epoch {epoch + 1}; --resume continues", flush=True)
-            break
-    return best
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+        loop.checkpoint()
 
+    loop.run(step, after_step=end_of_epoch)
+    return loop.state["best"]
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from koch_explore.core.training import read_checkpoint
 from koch_explore.core.weights import (
     WeightsMismatchError,
     resolve_weights,
@@ -123,7 +124,7 @@ def test_phantom_training_runs_writes_samples_and_resumes(tmp_path, capsys):
     cfg.steps = 6
     r2 = train(cfg, resume=True, progress=False)
     st2 = torch.load(out / "last.pt", weights_only=True)
-    assert r2["step"] == 6 and st2["step"] == 6 and len(__import__("json").loads(st2["history"])) == 6
+    assert r2["step"] == 6 and st2["step"] == 6 and len(read_checkpoint(out / "last.pt")["history"]) == 6
     assert not torch.equal(st1["G"]["to_rgb.weight"], st2["G"]["to_rgb.weight"])
     synth = LesionSynthesizer.load(out / "generator.safetensors")
     assert synth.cfg.size == 256 and synth.metadata["steps"] == "6"
@@ -234,7 +235,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     res = train(SynthTrainConfig(data="phantom", steps=killed_at + 2, batch_size=1, bank_images=6, out=str(out),
                                  sample_every=0, checkpoint_minutes=100), resume=True, progress=False)
     assert res["step"] == killed_at + 2
-    hist = __import__("json").loads(torch.load(out / "last.pt", weights_only=True)["history"])
+    hist = read_checkpoint(out / "last.pt")["history"]
     assert [h["step"] for h in hist] == list(range(1, killed_at + 3))
 
 
@@ -288,7 +289,7 @@ def test_fine_tuning_warms_the_discriminator_up_before_the_generator_moves(tmp_p
                            out=str(tmp_path / "ft"), sample_every=0, checkpoint_minutes=100, num_threads=2)
     train(cfg, progress=False)
     st = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
-    hist = __import__("json").loads(st["history"])
+    hist = read_checkpoint(tmp_path / "ft" / "last.pt")["history"]
     assert [sorted(h) for h in hist[:2]] == [["d", "step"]] * 2  # discriminator-only steps first
     assert all("g" in h for h in hist[2:])
     start = LesionSynthesizer.load(init).generator.state_dict()

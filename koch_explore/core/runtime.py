@@ -1,5 +1,5 @@
-"""Where and how code runs: device choice, bf16 autocast, torchrun (DDP), eval mode, atomic
-checkpoints and the weights' moving average. Shared by every trainer (detector, vessels, synthesizer)."""
+"""Where and how code runs: device choice, bf16 autocast, torchrun (DDP), threads, eval mode, atomic
+writes and resume checks. The training loop built on them is :mod:`.training`."""
 
 from __future__ import annotations
 
@@ -22,23 +22,6 @@ class eval_mode:
     def __exit__(self, *exc):
         self.model.train(self.was)
         return False
-
-
-class EMA:
-    """Exponential moving average of every float tensor in the state (BN running stats included)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, decay: float | None = None):
-        d = self.decay if decay is None else decay
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.state[k].lerp_(v.detach(), 1 - d)
-            else:
-                self.state[k].copy_(v)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -69,7 +52,7 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
-RESUMABLE_CHANGES = frozenset({"epochs", "steps", "max_minutes", "checkpoint_minutes", "device", "num_threads", "out",
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "max_minutes", "schedule_minutes", "checkpoint_minutes", "device", "num_threads", "out",
                                "root", "packed", "eval_every", "sample_every", "eval_tta"})
 """Config fields a resumed run may change: how long it runs, where, and how often it reports or saves.
 Everything else (data, architecture, optimiser, losses, seeds) shapes the run, so a change is refused."""

@@ -121,6 +121,37 @@ def load_state_strict(module: nn.Module, tensors: dict[str, torch.Tensor], sourc
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
 
 
+def save_model(path: str | os.PathLike, state: dict[str, torch.Tensor], *, fmt: str, version: int, config: JsonConfig,
+               half: bool = False, keep_fp32: tuple[str, ...] = (), header: dict[str, str] | None = None,
+               metadata: dict | None = None) -> Path:
+    """The one writer of a model's weights (detector, vessel segmenter, synthesizers): ``state`` with float tensors
+    as fp16 when ``half`` (half the file; ``keep_fp32`` names those that must stay exact), and a header naming
+    the format ``fmt``, its ``version`` and the architecture ``config``, plus ``header`` and ``metadata``.
+    Written atomically (:func:`save_weights`); :func:`load_model` reads it back."""
+    tensors = {k: v.detach().half() if half and v.is_floating_point() and k not in keep_fp32 else v.detach()
+               for k, v in state.items()}
+    head = {"format": fmt, "format_version": str(version), "config": config.to_json(), **(header or {})}
+    return save_weights(path, tensors, head, metadata)
+
+
+def load_model(path: str | os.PathLike, *, fmt: str, version: int, what: str, config_cls: type, build, expect=None
+               ) -> tuple[nn.Module, dict[str, str]]:
+    """The one reader of a model's weights written by :func:`save_model`: the file must say it holds ``fmt``
+    weights of ``version``, with an architecture config (equal to ``expect`` when given) that builds, through
+    ``build(config)``, a network with exactly its tensors (fp16 on disk are cast back). Every failure is a
+    :class:`WeightsMismatchError` naming the file: a network of another shape loaded partly would run and
+    silently explain a different model. Returns (the network on the CPU, the file's header)."""
+    tensors, meta = read_weights(path, fmt, version, what)
+    try:
+        cfg = config_cls.from_json(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise WeightsMismatchError(f"{path}: unreadable {what} config in the header ({exc})") from exc
+    check_config(path, cfg, expect)
+    model = build(cfg)
+    load_state_strict(model, tensors, path, what)
+    return model, meta
+
+
 # ---------------------------------------------------------------------------------------------
 # The registry of shipped weights: name -> file (+ its model card beside it)
 # ---------------------------------------------------------------------------------------------

@@ -501,9 +501,9 @@ def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: in
     Meant for brief trainings (phantoms in tests and notebooks); the real recipe is
     ``examples/train_resnet.py``."""
     import numpy as np
-    from tqdm.auto import tqdm
 
     from ..core.images import as_image_batch
+    from ..core.training import TrainingLoop
     from .predict import dihedral
 
     graded = adapt(model)
@@ -514,8 +514,8 @@ def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: in
     opt = torch.optim.AdamW(graded.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     losses = []
-    graded.train()
-    for step in tqdm(range(steps), desc="fine-tune", disable=not progress, mininterval=2):
+
+    def step(i: int) -> dict:
         idx = rng.choice(len(grades_t), size=min(batch_size, len(grades_t)), replace=False)
         x = dihedral(pixels[torch.as_tensor(idx)].to(dev), int(rng.integers(8)))
         y = grades_t[idx].to(dev)
@@ -530,6 +530,11 @@ def fine_tune(model: nn.Module, images, grades, steps: int = 200, batch_size: in
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        return {"loss": losses[-1]}
+
+    graded.train()
+    # in memory, no run folder: brief trainings are not checkpointed
+    TrainingLoop(None, {}, steps=steps, progress=progress, desc="fine-tune", show=("loss",), device=dev).run(step)
     graded.train(was_training)  # the mode it was found in
     return losses
 

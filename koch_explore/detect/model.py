@@ -51,12 +51,10 @@ import torch.nn.functional as F
 from ..core.geometry import gaussian_blur
 from ..core.weights import (
     JsonConfig,
-    WeightsMismatchError,
-    check_config,
+    load_model,
     load_state_strict,
-    read_weights,
     resolve_weights,
-    save_weights,
+    save_model,
 )
 
 FORMAT = "koch-explore/detector"
@@ -480,25 +478,16 @@ class Detector(nn.Module):
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None, half: bool = True) -> Path:
         """Write safetensors atomically. ``half`` stores float tensors as fp16 (inference-exact
-        enough, halves the file); they are loaded back as float32."""
-        tensors = {}
-        for k, v in self.state_dict().items():
-            t = v.detach()
-            tensors[k] = t.half() if half and t.is_floating_point() and k != "thresholds" else t
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json()}
-        return save_weights(path, tensors, header, metadata)
+        enough, halves the file; the grade cuts stay fp32); they are loaded back as float32."""
+        return save_model(path, self.state_dict(), fmt=FORMAT, version=FORMAT_VERSION, config=self.cfg, half=half,
+                          keep_fp32=("thresholds",), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", expect: DetectorConfig | str | None = None) -> "Detector":
-        """Load weights saved by :meth:`save`; strict: any architecture mismatch is an error."""
-        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "detector")
-        try:
-            cfg = DetectorConfig.from_json(meta["config"])
-        except (TypeError, ValueError) as exc:
-            raise WeightsMismatchError(f"{path}: unreadable detector config in the header ({exc})") from exc
-        check_config(path, cfg, PRESETS[expect] if isinstance(expect, str) else expect)
-        model = cls(cfg)
-        model.load_state_strict(tensors, source=path)
+        """Load weights saved by :meth:`save`; strict: any architecture mismatch is an error
+        (:func:`~koch_explore.core.weights.load_model`)."""
+        model, meta = load_model(path, fmt=FORMAT, version=FORMAT_VERSION, what="detector", config_cls=DetectorConfig,
+                                 build=cls, expect=PRESETS[expect] if isinstance(expect, str) else expect)
         model.metadata = {k: v for k, v in meta.items() if k != "config"}
         model.source_path = Path(path)  # where side files (e.g. the healthy baseline) are looked up
         return model.to(map_location).eval()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,14 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.runtime import (
-    EMA,
-    agree_to_stop,
-    atomic_torch_save,
-    check_resume_config,
-    resolve_amp,
-    setup_distributed,
-)
+from ..core.runtime import atomic_write, end_distributed, resolve_amp, setup_distributed
+from ..core.training import EMA, TrainingLoop
 from ..data.graded import GradedArrays, GradedData, load_graded
 from ..data.packed import load_packed, read_pack_index
 from .model import Detector
@@ -91,7 +84,8 @@ class TrainConfig:
     phantom_size: int = 256
     """Side of the generated phantoms, px (prepared to the preset's input size)."""
     max_minutes: float | None = None
-    """Stop cleanly (checkpoint written) after this many minutes of training."""
+    """Stop cleanly (checkpoint written; ``--resume`` continues) after this many minutes of training in this
+    invocation (:class:`~koch_explore.core.training.TrainingLoop`: the one meaning in every trainer)."""
     checkpoint_minutes: float = 10.0
     """Minutes between mid-epoch checkpoints (``last.pt``, written atomically); one is also written every epoch."""
     resample: str = "bilinear"
@@ -228,10 +222,11 @@ def train_step(net, opt, images_u8: np.ndarray, grades: np.ndarray, device, gen:
 def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume: bool = False, callback=None) -> dict:
     """Train a detector, or with ``resume`` continue from ``cfg.out/last.pt`` when it exists; returns
     the best validation figures. DDP-aware. ``callback(step, record)`` runs after every step on rank 0;
-    returning ``False`` stops every rank cleanly (checkpoint, as a time limit does)."""
+    returning ``False`` stops every rank cleanly (checkpoint, as a time limit does). The loop, its
+    checkpoint, resume and stops are :class:`~koch_explore.core.training.TrainingLoop`'s; this function
+    brings the model, the eyes, the step and the per-epoch validation."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from tqdm.auto import tqdm
 
     if cfg.resample not in ("bilinear", "bicubic"):
         raise ValueError(f"resample={cfg.resample!r}: 'bilinear' or 'bicubic'")
@@ -255,11 +250,15 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
     size = model.cfg.input_size
     if data is None and cfg.packed:
         cfg = packed_config(cfg, size)  # reads the pack's index only
-    ckpt_path = out / "last.pt"
-    ck = None
-    if ckpt_path.exists() and resume:  # refused before minutes of decoding photos, not after
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        check_resume_config(ckpt_path, ck.get("config"), asdict(cfg))
+    ema = EMA(model, cfg.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator()  # the augmentation's draws, seeded per epoch and kept in the checkpoint
+    loop = TrainingLoop(out, config_json(cfg), {"model": model, "ema": ema, "opt": opt, "gen": gen}, steps=0,
+                        max_minutes=cfg.max_minutes, checkpoint_minutes=cfg.checkpoint_minutes, callback=callback,
+                        desc="detector", show=("loss",), world=world, rank=rank, device=device)
+    loop.state.update(history=[], best={"score": -1.0}, epoch_losses=[])
+    if resume:  # refused before minutes of decoding photos, not after
+        loop.resume()
     if data is None and cfg.packed:
         data = load_packed(cfg.packed, size=size)
         if main:
@@ -268,106 +267,75 @@ def train(cfg: TrainConfig, data: dict[str, GradedArrays] | None = None, resume:
     elif data is None:
         data = load_graded(cfg, size)
     train_arr = data["train"]
-    ema = EMA(model, cfg.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_arr.grades) // cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    loop.steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    start_epoch, step, history, best = 0, 0, [], {"score": -1.0}
-
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
-        opt.load_state_dict(ck["opt"])
-        start_epoch, step = ck["epoch"], ck["step"]
-        history, best = json.loads(ck["history"]), json.loads(ck["best"])
-        if main:
-            print(f"resumed from {ckpt_path}: epoch {start_epoch}, step {step}", flush=True)
-
     net = DDP(model) if world > 1 else model
-    amp = cfg.amp
-    t_start = time.time()
-    last_ckpt = time.time()
+    per_rank = cfg.batch_size // world
+    plan: dict = {}
 
-    def checkpoint(epoch: int):
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.state,
-            "opt": opt.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "history": json.dumps(history),
-            "best": json.dumps(best),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-        }
-        atomic_torch_save(state, ckpt_path)
+    def step(i: int) -> dict:
+        epoch, within = divmod(i, steps_per_epoch)
+        if plan.get("epoch") != epoch:  # each epoch draws its eyes from its own class weights
+            rng = np.random.default_rng([cfg.seed, epoch])
+            probs = sampling_probabilities(train_arr.grades, epoch, cfg)
+            plan.update(epoch=epoch, idx=rng.choice(len(train_arr.grades), size=steps_per_epoch * cfg.batch_size, p=probs))
+            if within == 0:  # mid-epoch (a resumed run) the generator's state came from the checkpoint
+                gen.manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+            model.train()
+        batch = plan["idx"][within * cfg.batch_size : (within + 1) * cfg.batch_size][rank::world][:per_rank]
+        loss = train_step(net, opt, train_arr.images[batch], train_arr.grades[batch], device, gen, cfg, cfg.amp,
+                          lr_at(i, loop.steps, warmup, cfg.lr))
+        ema.update(model, i)
+        return {"loss": loss.item(), "epoch": epoch}
 
-    stopped = halt = False
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        rng = np.random.default_rng([cfg.seed, epoch])
-        probs = sampling_probabilities(train_arr.grades, epoch, cfg)
-        idx = rng.choice(len(train_arr.grades), size=steps_per_epoch * cfg.batch_size, p=probs)
-        per_rank = cfg.batch_size // world
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main, mininterval=5)
-        for s in bar:
-            batch = idx[s * cfg.batch_size : (s + 1) * cfg.batch_size][rank::world][:per_rank]
-            loss = train_step(net, opt, train_arr.images[batch], train_arr.grades[batch], device, gen, cfg, amp,
-                              lr_at(step, total_steps, warmup, cfg.lr))
-            # Early EMA follows the weights closely, later it averages over ~1/(1-decay) steps.
-            ema.update(model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            losses.append(loss.item())
-            if main:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-            if main and (time.time() - last_ckpt) > cfg.checkpoint_minutes * 60:
-                checkpoint(epoch)  # mid-epoch: resume restarts this epoch, weights kept
-                last_ckpt = time.time()
-            time_up = cfg.max_minutes is not None and (time.time() - t_start) > cfg.max_minutes * 60
-            halt = callback is not None and main and callback(step, {"step": step, "loss": losses[-1], "epoch": epoch}) is False
-            if agree_to_stop(time_up or halt, world, device):  # rank 0's clock and callback decide for every rank
-                stopped = True
-                break
-        if stopped:
-            if main:
-                checkpoint(epoch)  # mid-epoch: resume restarts this epoch, weights kept
-                why = f"after {cfg.max_minutes} min" if not halt else "by the callback"
-                print(f"stopped {why} at epoch {epoch + 1}, step {step}; --resume continues", flush=True)
-            break
+    def end_of_epoch(i: int, record: dict) -> None:
+        loop.state["epoch_losses"].append(record["loss"])
+        if i % steps_per_epoch:
+            return
         if main:
-            ema_model = Detector(cfg.preset).to(device)
-            ema_model.load_state_dict(ema.state)
-            rec = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)), "minutes": (time.time() - t_start) / 60}
-            rep, _ = evaluate_split(ema_model, data["val"], device, cfg.eval_tta, amp)
-            rec["val"] = rep
-            if "aptos_val" in data:
-                rec["aptos_val"], _ = evaluate_split(ema_model, data["aptos_val"], device, cfg.eval_tta, amp)
-            score = rep["qwk_split_half"] + 0.5 * rep["auc_referable"]
-            history.append(rec)
-            msg = f"epoch {epoch + 1}: loss {rec['train_loss']:.3f} val qwk {rep['qwk']:.3f} (split-half {rep['qwk_split_half']:.3f}) auc {rep['auc_referable']:.3f}"
-            if "aptos_val" in rec:
-                msg += f" | aptos qwk {rec['aptos_val']['qwk']:.3f}"
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch + 1, "val": rep, "aptos_val": rec.get("aptos_val")}
-                ema_model.thresholds.copy_(torch.tensor(rep["thresholds"]))
-                ema_model.save(out / "best.safetensors", metadata=_card_metadata(cfg, best))
-                msg += "  * best"
-            print(msg, flush=True)
-            (out / "history.json").write_text(json.dumps(history, indent=1))
-            checkpoint(epoch + 1)
-            last_ckpt = time.time()
+            validate(i // steps_per_epoch, i)
+            loop.checkpoint()
         if world > 1:
             dist.barrier()
-    if world > 1:
-        dist.destroy_process_group()
-    return best
+
+    def validate(epochs_done: int, i: int) -> None:
+        state = loop.state
+        ema_model = Detector(cfg.preset).to(device)
+        ema_model.load_state_dict(ema.state_dict())
+        rec = {"epoch": epochs_done, "step": i, "train_loss": float(np.mean(state["epoch_losses"])),
+               "minutes": loop.total_minutes()}
+        state["epoch_losses"] = []
+        rep, _ = evaluate_split(ema_model, data["val"], device, cfg.eval_tta, cfg.amp)
+        rec["val"] = rep
+        if "aptos_val" in data:
+            rec["aptos_val"], _ = evaluate_split(ema_model, data["aptos_val"], device, cfg.eval_tta, cfg.amp)
+        score = rep["qwk_split_half"] + 0.5 * rep["auc_referable"]
+        state["history"].append(rec)
+        msg = f"epoch {epochs_done}: loss {rec['train_loss']:.3f} val qwk {rep['qwk']:.3f} (split-half {rep['qwk_split_half']:.3f}) auc {rep['auc_referable']:.3f}"
+        if "aptos_val" in rec:
+            msg += f" | aptos qwk {rec['aptos_val']['qwk']:.3f}"
+        if score > state["best"]["score"]:
+            state["best"] = {"score": score, "epoch": epochs_done, "val": rep, "aptos_val": rec.get("aptos_val")}
+            ema_model.thresholds.copy_(torch.tensor(rep["thresholds"]))
+            ema_model.save(out / "best.safetensors", metadata=_card_metadata(cfg, state["best"]))
+            msg += "  * best"
+        print(msg, flush=True)
+        atomic_write(out / "history.json", json.dumps(state["history"], indent=1))
+
+    loop.run(step, after_step=end_of_epoch)
+    end_distributed()
+    return loop.state["best"]
+
+
+def config_json(cfg: TrainConfig) -> dict:
+    """The configuration as the checkpoint, the card and the history store it (tuples as lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
 
 
 def _card_metadata(cfg: TrainConfig, best: dict) -> dict:
     return {
-        "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "train_config": config_json(cfg),
         "best_epoch": best["epoch"],
         "val": {k: best["val"][k] for k in ("n", "qwk", "qwk_split_half", "accuracy", "auc_referable")},
         "aptos_val": None if not best.get("aptos_val") else {k: best["aptos_val"][k] for k in ("n", "qwk", "auc_referable")},

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.weights import check_config, load_state_strict, read_weights, save_weights
+from ..core.weights import load_model, save_model
 
 __all__ = ["Synthesizer", "photo_host"]
 
@@ -80,21 +80,18 @@ class Synthesizer:
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """fp16 tensors (half the file; the generators draw the same to 8-bit precision) and the header."""
-        tensors = {k: v.half() if v.is_floating_point() else v for k, v in self.generator.state_dict().items()}
-        header = {"format": self.FORMAT, "format_version": str(self.FORMAT_VERSION), "config": self.cfg.to_json(),
-                  "detector_hash": self.detector_hash or ""}
-        return save_weights(path, tensors, header, {**self.metadata, **(metadata or {})})
+        return save_model(path, self.generator.state_dict(), fmt=self.FORMAT, version=self.FORMAT_VERSION, config=self.cfg,
+                          half=True, header={"detector_hash": self.detector_hash or ""},
+                          metadata={**self.metadata, **(metadata or {})})
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu", expect=None):
         """Strict: the file must say it holds this kind of weights, of a config (equal to ``expect`` when
         given) that builds exactly its tensors (fp16 on disk, cast to fp32) — a generator of another kind
-        or shape fails here, naming the file, not later with a silently different network."""
-        tensors, meta = read_weights(path, cls.FORMAT, cls.FORMAT_VERSION, cls.KIND)
-        cfg = cls.CONFIG.from_json(meta["config"])
-        check_config(path, cfg, expect)
-        gen = cls.NETWORK(cfg)
-        load_state_strict(gen, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, path, cls.KIND)
+        or shape fails here, naming the file, not later with a silently different network
+        (:func:`~koch_explore.core.weights.load_model`)."""
+        gen, meta = load_model(path, fmt=cls.FORMAT, version=cls.FORMAT_VERSION, what=cls.KIND, config_cls=cls.CONFIG,
+                               build=cls.NETWORK, expect=expect)
         extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "config", "detector_hash")}
         return cls(gen.to(map_location), meta.get("detector_hash") or None, extra)
 

@@ -22,7 +22,8 @@ turns of the host), the generator redraws their windows (:mod:`.local`), and
   + **context** (outside the lesion itself but inside its redrawn ring: the photo's own pixels and
   gradients, so no halo and no seam).
 
-Checkpoints (``last.pt``) are written atomically; ``resume=True`` continues; ``callback(step, record,
+Checkpoints (``last.pt``) are written atomically by the kit's one loop
+(:class:`~koch_explore.core.training.TrainingLoop`); ``resume=True`` continues; ``callback(step, record,
 ema_generator)`` returning False stops cleanly (how a widget pauses). The EMA generator is exported to
 ``out/local_generator.safetensors``.
 """
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -112,7 +112,8 @@ class LocalTrainConfig:
     steps: int = 2500
     """Generator (and discriminator) steps in all, across resumes."""
     max_minutes: float | None = None
-    """Stop cleanly (checkpoint written) after this many minutes of this invocation."""
+    """Stop cleanly (checkpoint written; ``--resume`` continues) after this many minutes of training in this
+    invocation (:class:`~koch_explore.core.training.TrainingLoop`: the one meaning in every trainer)."""
     batch_size: int = 6
     """Hosts per step."""
     max_lesions: int = 6
@@ -253,9 +254,8 @@ def _jsonable(cfg: LocalTrainConfig) -> dict:
 
 def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = True, callback=None) -> dict:
     """Train (or resume) the local generator; returns {"step", "minutes", "losses"}."""
-    from tqdm.auto import tqdm
-
-    from ..core.runtime import atomic_torch_save, check_resume_config, resolve_device
+    from ..core.runtime import resolve_device
+    from ..core.training import EMA, TrainingLoop
     from ..data.io import write_image
     from .losses import (
         DetectorFeatures,
@@ -282,11 +282,11 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
         raise ValueError(f"gram_layers {unknown}: the descriptors carry features of {list(detector.feature_layers)} only")
     feats = DetectorFeatures(detector, layers)
 
-    ckpt = out / "last.pt"
-    st = None
-    if resume and ckpt.exists():  # refused before any photo is read when the configuration changed
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        check_resume_config(ckpt, st.get("config"), _jsonable(cfg))
+    loop = TrainingLoop(out, _jsonable(cfg), steps=cfg.steps, max_minutes=cfg.max_minutes,
+                        checkpoint_minutes=cfg.checkpoint_minutes, progress=progress, desc="synth local",
+                        show=("d", "adv", "path"), device=device)
+    if resume:
+        loop.check_config()  # refused before any photo is read when the configuration changed
     bank_path = out / "bank.safetensors"
     if resume and bank_path.exists():  # the run's own bank: the same descriptors as before the stop
         hosts, fovs, bank, real = training_data(replace(cfg, bank=str(bank_path)), detector, size)
@@ -298,44 +298,30 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
     real_t = standardise(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous())
 
     G, D = LocalGenerator(lcfg).to(device), PatchDiscriminator(cfg.ndf).to(device)
-    ema = copy.deepcopy(G).eval()
+    ema = EMA(G, cfg.ema_decay)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
-    step, history = 0, []
+    loop.add_parts(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d)
+    if callback is not None:
+        loop.callback = lambda step, record: callback(step, record, ema.module)
+    loop.state.update(history=[])
     rng = np.random.default_rng([cfg.seed, 1])
-    if st is not None:
-        G.load_state_dict(st["G"]), D.load_state_dict(st["D"]), ema.load_state_dict(st["ema"])
-        opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
-        step, history = st["step"], json.loads(st["history"])
-        rng = np.random.default_rng([cfg.seed, 1, step])
-        print(f"resumed from {ckpt} at step {step}", flush=True)
+    if resume and loop.resume():
+        rng = np.random.default_rng([cfg.seed, 1, loop.step])
+    history = loop.state["history"]
 
-    def checkpoint():
-        atomic_torch_save({"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict(),
-                           "opt_d": opt_d.state_dict(), "step": step, "history": json.dumps(history),
-                           "config": json.dumps(_jsonable(cfg))}, ckpt)
-
-    def export():
-        synth = LocalSynthesizer(copy.deepcopy(ema).cpu(), detector.weights_hash(),
-                                 {"train_config": _jsonable(cfg), "steps": step, "bank_size": len(bank)})
-        synth.save(out / "local_generator.safetensors")
-        return synth
-
-    preview = (hosts[0].astype(np.float32) / 255.0, fovs[0], random_layout(bank, 6, fovs[0], seed=123))
-    t0 = last_ck = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="synth local", disable=not progress, mininterval=5)
-    while step < cfg.steps:
+    def step(i: int) -> dict:
         host_imgs, fov_list, layouts, windows, centres = [], [], [], [], []
-        for i in range(cfg.batch_size):
-            j = int(rng.integers(len(hosts)))
-            img, fov = _dihedral_np(hosts[j].astype(np.float32) / 255.0, fovs[j], int(rng.integers(8)))
+        for j in range(cfg.batch_size):
+            pick = int(rng.integers(len(hosts)))
+            img, fov = _dihedral_np(hosts[pick].astype(np.float32) / 255.0, fovs[pick], int(rng.integers(8)))
             lay = random_layout(bank, int(rng.integers(1, cfg.max_lesions + 1)), fov, rng=rng)
             pasted = transplant(None, img, lay) if len(lay) else img
             host_imgs.append(img)
             fov_list.append(fov)
             layouts.append(lay)
             windows.append(placement_windows(img, pasted, lay, lcfg, fov))
-            centres += [(i, *d.centroid) for d in lay]
+            centres += [(j, *d.centroid) for d in lay]
         host = torch.from_numpy(np.stack(host_imgs)).permute(0, 3, 1, 2).contiguous().to(device)
         flat = [w for ws in windows for w in ws]
         by_side: dict[int, list[int]] = {}
@@ -348,8 +334,8 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
             for n, yy in zip(idx, y):
                 drawn_flat[n] = yy
         fake_list, k = [], 0
-        for i, ws in enumerate(windows):
-            fake_list.append(composite(host[i], ws, drawn_flat[k : k + len(ws)]))
+        for j, ws in enumerate(windows):
+            fake_list.append(composite(host[j], ws, drawn_flat[k : k + len(ws)]))
             k += len(ws)
         fake = torch.stack(fake_list)
         fake_win = standardise(crop_windows(fake, centres, cfg.d_window))
@@ -366,7 +352,7 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
         sev_fake, ff = feats(fake, severity=True)
         with torch.no_grad():
             sev_host, _ = feats(host, severity=True)
-        placements = [p for i, lay in enumerate(layouts) for p in layout_placements(lay, i, layers, device)]
+        placements = [p for j, lay in enumerate(layouts) for p in layout_placements(lay, j, layers, device)]
         added = torch.tensor([layout_severity_share(lay) for lay in layouts], device=device)
         ring = torch.stack([_ring(ws, size, device) for ws in windows])  # (B, 1, S, S) redrawn but not lesion
         terms = {
@@ -380,35 +366,23 @@ def train_local(cfg: LocalTrainConfig, resume: bool = False, progress: bool = Tr
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pg in zip(ema.state_dict().values(), G.state_dict().values()):
-                if pe.is_floating_point():
-                    pe.lerp_(pg, 1 - decay)
-                else:
-                    pe.copy_(pg)
-        step += 1
-        rec = {"d": d_loss.item(), **{k: v.item() for k, v in terms.items()}, "g": g_loss.item(), "step": step}
-        history.append(rec)
-        bar.update(1)
-        bar.set_postfix(d=f"{rec['d']:.3f}", adv=f"{rec['adv']:.3f}", path=f"{rec['path']:.3f}", refresh=False)
-        if cfg.sample_every and step % cfg.sample_every == 0:
-            synth = LocalSynthesizer(copy.deepcopy(ema).cpu())
-            sick = synth.inoculate(*preview)
-            write_image(out / "samples" / f"step_{step:06d}.png", np.concatenate([preview[0], sick], axis=1))
-        if time.time() - last_ck > cfg.checkpoint_minutes * 60:
-            checkpoint()
-            last_ck = time.time()
-        if callback is not None and callback(step, rec, ema) is False:
-            break
-        if cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60:
-            break
-    bar.close()
-    checkpoint()
-    export()
-    recent = history[-50:]
-    return {"step": step, "minutes": (time.time() - t0) / 60,
-            "losses": {k: float(np.mean([r[k] for r in recent if k in r])) for k in (recent[-1] if recent else {}) if k != "step"}}
+        ema.update(G, i)
+        rec = {"d": d_loss.item(), **{k: v.item() for k, v in terms.items()}, "g": g_loss.item()}
+        history.append({**rec, "step": i + 1})
+        return rec
+
+    preview = (hosts[0].astype(np.float32) / 255.0, fovs[0], random_layout(bank, 6, fovs[0], seed=123))
+
+    def write_preview(i: int, record: dict) -> None:
+        if cfg.sample_every and i % cfg.sample_every == 0:
+            sick = LocalSynthesizer(copy.deepcopy(ema.module).cpu()).inoculate(*preview)
+            write_image(out / "samples" / f"step_{i:06d}.png", np.concatenate([preview[0], sick], axis=1))
+
+    loop.run(step, after_step=write_preview)
+    LocalSynthesizer(copy.deepcopy(ema.module).cpu(), detector.weights_hash(),
+                     {"train_config": _jsonable(cfg), "steps": loop.step, "bank_size": len(bank)}
+                     ).save(out / "local_generator.safetensors")
+    return {"step": loop.step, "minutes": loop.minutes(), "losses": loop.recent_means()}
 
 
 def _ring(windows, size: int, device) -> torch.Tensor:

@@ -18,13 +18,13 @@ a random number of random descriptors at random valid positions in each FOV, and
 style loss over the whole FOV against a DR reference photo.
 
 Checkpoints (``last.pt``) are written atomically every ``checkpoint_minutes`` and at the end;
-``resume=True`` continues from them. Under ``torchrun`` both networks are DDP-wrapped.
+``resume=True`` continues from them (the kit's one loop, :class:`~koch_explore.core.training.TrainingLoop`).
+Under ``torchrun`` both networks are DDP-wrapped.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,7 +99,8 @@ class SynthTrainConfig:
     steps: int = 3000
     """Generator steps in all (a resumed run counts the steps already taken)."""
     max_minutes: float | None = None
-    """Stop cleanly (checkpoint written) after this many minutes of this invocation."""
+    """Stop cleanly (checkpoint written; ``--resume`` continues) after this many minutes of training in this
+    invocation (:class:`~koch_explore.core.training.TrainingLoop`: the one meaning in every trainer)."""
     batch_size: int = 2
     """Hosts per step."""
     lr_g: float = 2e-4
@@ -349,18 +350,10 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
     ``callback(step, record, ema_generator)`` runs after every step on the main process; returning
     ``False`` stops training cleanly (checkpoint and export as at the end) — how a widget pauses."""
-    import copy
-
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from tqdm.auto import tqdm
 
-    from ..core.runtime import (
-        agree_to_stop,
-        atomic_torch_save,
-        check_resume_config,
-        setup_distributed,
-    )
+    from ..core.runtime import end_distributed, setup_distributed
+    from ..core.training import EMA, TrainingLoop
     from ..culture import DescriptorBank
 
     if cfg.mode not in ("inoculate", "reconstruct"):
@@ -466,40 +459,30 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
 
         check_config(cfg.init, start.cfg, expect)
         G.load_state_dict(with_disc_input(start.generator.state_dict(), G))
-    ema = copy.deepcopy(G).eval()
     # A fine-tune's EMA starts at trained weights: the from-scratch warm-up (EMA tracking G closely
     # for the first steps) would overwrite them with the first, noisiest steps.
     fine_tune = bool(cfg.init)
+    ema = EMA(G, cfg.ema_decay, warmup=not fine_tune)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
-    step, history = 0, []
-    ckpt = out / "last.pt"
-    if resume and ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if st["gcfg"] != json.loads(gcfg.to_json()):
-            raise ValueError(f"{ckpt}: checkpoint networks {st['gcfg']} differ from this run's {gcfg.to_json()}")
-        check_resume_config(ckpt, st.get("config"), _jsonable(cfg))
-        G.load_state_dict(st["G"]), D.load_state_dict(st["D"]), ema.load_state_dict(st["ema"])
-        opt_g.load_state_dict(st["opt_g"]), opt_d.load_state_dict(st["opt_d"])
-        step, history = st["step"], json.loads(st["history"])
-        rng = np.random.default_rng([cfg.seed, rank, step])
-        if main:
-            print(f"resumed from {ckpt} at step {step}", flush=True)
+    loop = TrainingLoop(out, _jsonable(cfg), {"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d},
+                        steps=cfg.steps, max_minutes=cfg.max_minutes, checkpoint_minutes=cfg.checkpoint_minutes,
+                        callback=None if callback is None else lambda step, record: callback(step, record, ema.module),
+                        progress=progress, desc="synth", show=("g", "path", "style"), world=world, rank=rank, device=device)
+    loop.state.update(history=[], gcfg=json.loads(gcfg.to_json()))
+    if resume and loop.resume():
+        if loop.state["gcfg"] != json.loads(gcfg.to_json()):
+            raise ValueError(f"{loop.path}: checkpoint networks {loop.state['gcfg']} differ from this run's {gcfg.to_json()}")
+        rng = np.random.default_rng([cfg.seed, rank, loop.step])
     g_net, d_net = (DDP(G), DDP(D)) if world > 1 else (G, D)
-
-    def checkpoint():
-        atomic_torch_save({"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(), "opt_g": opt_g.state_dict(),
-                      "opt_d": opt_d.state_dict(), "step": step, "history": json.dumps(history),
-                      "gcfg": json.loads(gcfg.to_json()), "config": json.dumps(_jsonable(cfg), default=str)}, ckpt)
+    history = loop.state["history"]
 
     # Fixed preview: the first host, 0 and 6 lesions, same z.
     preview_host = hosts[0]
     preview_layout = random_layout(bank, min(6, max(1, len(bank))), preview_host["fov"], seed=123) if len(bank) else None
     preview_z = torch.from_numpy(np.random.default_rng(7).standard_normal(gcfg.z_dim).astype(np.float32))
 
-    t0, last_ck = time.time(), time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="synth", disable=not (main and progress), mininterval=5)
-    while step < cfg.steps:
+    def step(i: int) -> dict:
         picks = [hosts[int(rng.integers(len(hosts)))] for _ in range(cfg.batch_size)]
         # reconstruct: no warp, the photo's own descriptors must stay where they were cut
         batch = picks if cfg.mode == "reconstruct" else [augment_host(h, rng) for h in picks]
@@ -509,7 +492,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         canv = {n: [] for n in gcfg.canvas_channels}
         lesion_mask, placements = torch.zeros_like(fov), []
         added = torch.zeros(cfg.batch_size, device=device)  # severity the placed lesions added in their source eyes
-        for i, b in enumerate(batch):
+        for j, b in enumerate(batch):
             if cfg.mode == "reconstruct":
                 lay = b["layout"] if cfg.loss == "descriptors" and len(b["layout"]) else None
             else:
@@ -520,34 +503,26 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
                 canv[n].append(t)
             if rendered is not None:
                 lm = cv2.dilate(rendered.mask.astype(np.uint8), np.ones((9, 9), np.uint8))
-                lesion_mask[i, 0] = torch.from_numpy(lm.astype(np.float32))
-                placements += layout_placements(lay, i, layers, device)
+                lesion_mask[j, 0] = torch.from_numpy(lm.astype(np.float32))
+                placements += layout_placements(lay, j, layers, device)
                 if cfg.mode == "inoculate":  # a reconstructed photo's severity already holds its lesions
-                    added[i] = layout_severity_share(lay)
+                    added[j] = layout_severity_share(lay)
         canv = {n: torch.cat(v).to(device) for n, v in canv.items()}
         z = torch.randn(cfg.batch_size, gcfg.z_dim, device=device)
         disc = torch.from_numpy(np.stack([b["disc_map"] for b in batch]))[:, None].to(device) if cfg.disc else None
 
         fake = g_net(ves, fov, z, canv, disc=disc)
         rec = {}
-        warming = fine_tune and step < min(cfg.d_warmup, cfg.steps // 4)  # discriminator-only steps
-        if warming or step % cfg.g_steps_per_d == 0:
+        warming = fine_tune and i < min(cfg.d_warmup, cfg.steps // 4)  # discriminator-only steps
+        if warming or i % cfg.g_steps_per_d == 0:
             d_loss = adversarial_d(d_net(real, ves), d_net(fake.detach(), ves))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
             rec["d"] = d_loss.item()
-        if warming:
-            step += 1
-            history.append({**rec, "step": step})
-            if main:
-                bar.update(1)
-                bar.set_postfix(d=f"{rec['d']:.3f}", refresh=False)
-            # the callback sees warm-up steps too, so a widget can show them and pause during them
-            halt = callback is not None and main and callback(step, {**rec, "step": step}, ema) is False
-            if agree_to_stop(halt, world, device):
-                break
-            continue
+        if warming:  # the callback sees warm-up steps too, so a widget can show them and pause during them
+            history.append({**rec, "step": i + 1})
+            return rec
         w = cfg.weights
         want_sev = w.severity > 0
         sev_fake, ff = feats(fake, severity=want_sev)
@@ -585,38 +560,22 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        with torch.no_grad():
-            for pe, pg in zip(ema.state_dict().values(), G.state_dict().values()):
-                if pe.is_floating_point():
-                    pe.lerp_(pg, 1 - (cfg.ema_decay if fine_tune else min(cfg.ema_decay, (1 + step) / (10 + step))))
-                else:
-                    pe.copy_(pg)
-        step += 1
-        rec.update({k: v.item() for k, v in terms.items()}, g=g_loss.item(), step=step)
-        history.append(rec)
-        if main:
-            bar.update(1)
-            bar.set_postfix(g=f"{rec['g']:.3f}", path=f"{rec.get('path', rec.get('style', 0)):.3f}", refresh=False)
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                _write_sample(ema, preview_host, preview_layout, preview_z, out / "samples" / f"step_{step:06d}.png", layers)
-            if time.time() - last_ck > cfg.checkpoint_minutes * 60:
-                checkpoint()
-                last_ck = time.time()
-        halt = callback is not None and main and callback(step, rec, ema) is False
-        time_up = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
-        if agree_to_stop(halt or time_up, world, device):  # rank 0 decides for every rank
-            break
-    bar.close()
+        ema.update(G, i)
+        rec.update({k: v.item() for k, v in terms.items()}, g=g_loss.item())
+        history.append({**rec, "step": i + 1})
+        return rec
+
+    def preview(i: int, record: dict) -> None:
+        if main and cfg.sample_every and "g" in record and i % cfg.sample_every == 0:
+            _write_sample(ema.module, preview_host, preview_layout, preview_z, out / "samples" / f"step_{i:06d}.png", layers)
+
+    loop.run(step, after_step=preview)
     if main:
-        checkpoint()
-        synth = LesionSynthesizer(ema, detector.weights_hash(), {
-            "train_config": _jsonable(cfg), "steps": step, "bank": str(bank_path), "bank_size": len(bank)})
+        synth = LesionSynthesizer(ema.module, detector.weights_hash(), {
+            "train_config": _jsonable(cfg), "steps": loop.step, "bank": str(bank_path), "bank_size": len(bank)})
         synth.save(out / "generator.safetensors")
-    if world > 1:
-        dist.destroy_process_group()
-    recent = history[-50:]
-    return {"step": step, "minutes": (time.time() - t0) / 60,
-            "losses": {k: float(np.mean([r[k] for r in recent if k in r])) for k in (recent[-1] if recent else {}) if k != "step"}}
+    end_distributed()
+    return {"step": loop.step, "minutes": loop.minutes(), "losses": loop.recent_means()}
 
 
 @torch.no_grad()

@@ -18,12 +18,10 @@ from ..core.geometry import gaussian_blur, gaussian_kernel1d
 from ..core.runtime import resolve_device
 from ..core.weights import (
     JsonConfig,
-    WeightsMismatchError,
-    check_config,
+    load_model,
     load_state_strict,
-    read_weights,
     resolve_weights,
-    save_weights,
+    save_model,
 )
 from ..data.io import FundusReadError, read_image, write_image
 from ..data.preprocess import as_float
@@ -442,24 +440,17 @@ class VesselSegmenter(nn.Module):
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write the weights (float32) as safetensors, atomically, with the config, the threshold
         and ``metadata`` (values JSON-encoded unless strings) in the header."""
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": self.cfg.to_json(),
-                  "threshold": repr(float(self.threshold))}
-        return save_weights(path, self.state_dict(), header, metadata)
+        return save_model(path, self.state_dict(), fmt=FORMAT, version=FORMAT_VERSION, config=self.cfg,
+                          header={"threshold": repr(float(self.threshold))}, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
              expect: VesselConfig | None = None) -> "VesselSegmenter":
         """Load weights written by :meth:`save`. Strict: a file that is not vessel weights, an
         architecture other than ``expect``, or any missing/extra/misshapen tensor raises
-        :class:`WeightsMismatchError` naming the file."""
-        tensors, meta = read_weights(path, FORMAT, FORMAT_VERSION, "vessel segmenter")
-        try:
-            cfg = VesselConfig.from_json(meta["config"])
-        except (TypeError, ValueError) as exc:
-            raise WeightsMismatchError(f"{path}: unreadable vessel config in the header ({exc})") from exc
-        check_config(path, cfg, expect)
-        model = cls(cfg)
-        model.load_state_strict(tensors, source=path)
+        :class:`WeightsMismatchError` naming the file (:func:`~koch_explore.core.weights.load_model`)."""
+        model, meta = load_model(path, fmt=FORMAT, version=FORMAT_VERSION, what="vessel segmenter",
+                                 config_cls=VesselConfig, build=cls, expect=expect)
         model.metadata = {k: v for k, v in meta.items() if k != "config"}
         return model.to(map_location).eval()
 

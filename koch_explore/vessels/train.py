@@ -9,8 +9,6 @@ import json
 import math
 import os
 import shutil
-import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,21 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.runtime import (
-    EMA,
-    atomic_torch_save,
-    check_resume_config,
-    resolve_amp,
-    resolve_device,
-)
+from ..core.runtime import atomic_write, resolve_amp, resolve_device
+from ..core.training import EMA, TrainingLoop
 from .evaluate import PixelScores, best_f1_threshold, dataset_root
 from .model import VesselConfig, VesselSegmenter, WorkingGeometry, as_rgb
 
 
 @dataclass
 class VesselTrainConfig:
-    """One training run. ``steps`` and ``max_minutes`` both bound the schedule: the cosine learning
-    rate (and the DropBlock ramp) follow ``progress = max(step / steps, minutes / max_minutes)``,
+    """One training run. ``steps`` and ``schedule_minutes`` both bound the schedule: the cosine learning
+    rate (and the DropBlock ramp) follow ``progress = max(step / steps, minutes / schedule_minutes)``,
     so a time-boxed run still anneals fully and ends with a low learning rate."""
 
     dataset: str = "DRIVE"
@@ -46,8 +39,13 @@ class VesselTrainConfig:
     checkpoint. DRIVE test is never seen by training."""
     steps: int = 10000
     """Optimisation steps at most (~0.2 s each on two free CPU cores)."""
+    schedule_minutes: float | None = None
+    """Wall-clock length of the whole schedule (validation included, summed over resumes): the run anneals
+    and ends when this many minutes of training have passed, or ``steps``, whichever comes first."""
     max_minutes: float | None = None
-    """Wall-clock budget of the whole run (validation included, summed over resumes)."""
+    """Stop cleanly (checkpoint written; ``--resume`` continues) after this many minutes of training in this
+    invocation, wherever the schedule stands (:class:`~koch_explore.core.training.TrainingLoop`: the one
+    meaning in every trainer)."""
     eval_every: int = 250
     """Validate the EMA weights on the held-out images (and checkpoint) every this many steps."""
     checkpoint_minutes: float = 5.0
@@ -210,7 +208,7 @@ def _lr(progress: float, step: int, cfg: VesselTrainConfig) -> float:
 
 
 def _progress(step: int, minutes: float, cfg: VesselTrainConfig) -> float:
-    by_time = minutes / cfg.max_minutes if cfg.max_minutes else 0.0
+    by_time = minutes / cfg.schedule_minutes if cfg.schedule_minutes else 0.0
     return max(step / max(1, cfg.steps), by_time)
 
 
@@ -219,30 +217,36 @@ def _jsonable(cfg: VesselTrainConfig) -> dict:
 
 
 def train(cfg: VesselTrainConfig, data: dict[str, list[dict]] | None = None, resume: bool = False,
-          progress_bar: bool = True) -> dict:
+          progress_bar: bool = True, callback=None) -> dict:
     """Train (or resume) a segmenter; returns ``{"best": ..., "history": [...], "losses": [...]}``.
 
     ``data`` ({"train", "val"} lists of items like ``VesselSegmentation``'s) defaults to the
     dataset's training split minus the held-out images. The best EMA weights by held-out AUC, with
-    the F1-optimal held-out threshold, are in ``out/best.safetensors``.
+    the F1-optimal held-out threshold, are in ``out/best.safetensors``. ``callback(step, record)``
+    returning False stops cleanly (checkpoint written), as ``max_minutes`` does.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, data, resume, progress_bar)
+        return _train(cfg, data, resume, progress_bar, callback)
     finally:
         torch.set_num_threads(threads)  # a notebook or test session keeps its own setting
 
 
-def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> dict:
-    from tqdm.auto import tqdm
-
+def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool, callback) -> dict:
     device = resolve_device(cfg.device)
     cfg = replace(cfg, amp=resolve_amp(cfg.amp, device))  # the effective switch is what gets recorded
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if resume and not (out / "last.pt").is_file():
+        raise FileNotFoundError(f"{out / 'last.pt'}: no checkpoint to resume from")
+    loop = TrainingLoop(out, _jsonable(cfg), steps=cfg.steps, max_minutes=cfg.max_minutes,
+                        checkpoint_minutes=cfg.checkpoint_minutes, callback=callback, progress=progress_bar,
+                        desc="vessels", show=("loss",), device=device)
+    if resume:
+        loop.check_config()  # refused before the photos are read
     if data is None:
         data = load_training_data(cfg)
     if not data.get("val"):
@@ -255,39 +259,35 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
     sampler = PatchSampler(data["train"], cfg, margin)
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, minutes_before, history, losses = 0, 0.0, [], []
-    best: dict = {"auc": -1.0}
-
-    ckpt_path = out / "last.pt"
+    loop.add_parts(model=model, ema=ema, opt=opt)
+    loop.state.update(history=[], best={"auc": -1.0}, losses=[])
     if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck["model_config"] != cfg.model.to_json():
-            raise ValueError(f"{ckpt_path}: checkpoint architecture {ck['model_config']} differs from {cfg.model.to_json()}")
-        check_resume_config(ckpt_path, ck.get("config"), _jsonable(cfg))
-        model.load_state_dict(ck["model"])
-        ema.state = {k: v.to(device) for k, v in ck["ema"].items()}
-        opt.load_state_dict(ck["opt"])
-        step, minutes_before = int(ck["step"]), float(ck["minutes"])
-        history, best, losses = json.loads(ck["history"]), json.loads(ck["best"]), json.loads(ck["losses"])
-        print(f"resumed from {ckpt_path}: step {step}, {minutes_before:.1f} min", flush=True)
+        loop.resume()
+    state = loop.state
+    inner = slice(margin, margin + cfg.patch)
 
-    t_start = time.time()
-    minutes = lambda: minutes_before + (time.time() - t_start) / 60  # noqa: E731
-    last_ckpt = time.time()
+    def step(i: int) -> dict:
+        progress = _progress(i, loop.total_minutes(), cfg)
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = _lr(progress, i, cfg)
+        model.set_dropblock(cfg.model.dropblock * min(1.0, progress / max(cfg.dropblock_ramp, 1e-9)))
+        x, fov, target = (t.to(device) for t in sampler.batch(i))
+        z = model.lcn(x, fov)
+        z, fov, target = z[..., inner, inner], fov[..., inner, inner], target[..., inner, inner]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = model.unet(z)
+        loss = vessel_loss(logits, target, fov, cfg.dice_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(model, i)
+        state["losses"].append(float(loss.item()))
+        return {"loss": state["losses"][-1]}
 
-    def checkpoint():
-        atomic_torch_save({
-            "model": model.state_dict(), "ema": ema.state, "opt": opt.state_dict(), "step": step,
-            "minutes": minutes(), "history": json.dumps(history), "best": json.dumps(best),
-            "losses": json.dumps(losses), "model_config": cfg.model.to_json(), "config": json.dumps(_jsonable(cfg)),
-        }, ckpt_path)
-
-    def validate():
-        nonlocal best
+    def validate(i: int) -> None:
         ema_model = VesselSegmenter(cfg.model).to(device)
-        ema_model.load_state_dict(ema.state)
+        ema_model.load_state_dict(ema.state_dict())
         scores = PixelScores()
         for it in data["val"]:
             prob, _ = ema_model.segment(it["image"], it["fov"], tta=1)  # cheap; checkpoint choice only
@@ -296,60 +296,32 @@ def _train(cfg: VesselTrainConfig, data, resume: bool, progress_bar: bool) -> di
         t, f1 = best_f1_threshold(labels, values)
         ema_model.set_threshold(t)
         rep = scores.report(t)
-        recent = losses[-cfg.eval_every:]
-        rec = {"step": step, "minutes": round(minutes(), 2), "train_loss": float(np.mean(recent)) if recent else None,
+        recent = state["losses"][-cfg.eval_every:]
+        rec = {"step": i, "minutes": round(loop.total_minutes(), 2), "train_loss": float(np.mean(recent)) if recent else None,
                "val_auc": rep["auc"], "val_f1": f1, "threshold": t}
-        history.append(rec)
-        msg = f"step {step}: loss {rec['train_loss'] or float('nan'):.4f} held-out auc {rep['auc']:.4f} f1 {f1:.4f} @ {t:.3f}"
-        if rep["auc"] > best["auc"]:
-            best = {"auc": rep["auc"], "f1": f1, "threshold": t, "step": step,
-                    "held_out": [it["name"] for it in data["val"]]}
+        state["history"].append(rec)
+        msg = f"step {i}: loss {rec['train_loss'] or float('nan'):.4f} held-out auc {rep['auc']:.4f} f1 {f1:.4f} @ {t:.3f}"
+        if rep["auc"] > state["best"]["auc"]:
+            state["best"] = {"auc": rep["auc"], "f1": f1, "threshold": t, "step": i,
+                             "held_out": [it["name"] for it in data["val"]]}
             ema_model.save(out / "best.safetensors", metadata={
-                "train_config": _jsonable(cfg), "held_out": best["held_out"], "best_step": step,
+                "train_config": _jsonable(cfg), "held_out": state["best"]["held_out"], "best_step": i,
                 "held_out_auc": rep["auc"], "held_out_f1": f1, "held_out_accuracy": rep["accuracy"],
             })
             msg += "  * best"
         print(msg, flush=True)
-        tmp = out / "history.json.tmp"
-        tmp.write_text(json.dumps(history, indent=1))
-        os.replace(tmp, out / "history.json")
+        atomic_write(out / "history.json", json.dumps(state["history"], indent=1))
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="vessels", disable=not progress_bar, mininterval=5, file=sys.stderr)
-    validated_at = history[-1]["step"] if history else -1
-    while (progress := _progress(step, minutes(), cfg)) < 1.0:
-        model.train()
-        for g in opt.param_groups:
-            g["lr"] = _lr(progress, step, cfg)
-        model.set_dropblock(cfg.model.dropblock * min(1.0, progress / max(cfg.dropblock_ramp, 1e-9)))
-        x, fov, target = (t.to(device) for t in sampler.batch(step))
-        z = model.lcn(x, fov)
-        inner = slice(margin, margin + cfg.patch)
-        z, fov, target = z[..., inner, inner], fov[..., inner, inner], target[..., inner, inner]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            logits = model.unet(z)
-        loss = vessel_loss(logits, target, fov, cfg.dice_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        # Early on the EMA follows the weights closely, later it averages ~1/(1-decay) steps.
-        ema.update(model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-        step += 1
-        losses.append(float(loss.item()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", done=f"{min(1.0, _progress(step, minutes(), cfg)):.0%}")
-        if step % cfg.eval_every == 0:
-            validate()
-            validated_at = step
-            checkpoint()
-            last_ckpt = time.time()
-        elif time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
-    bar.close()
-    if validated_at != step:
-        validate()
-    checkpoint()
-    return {"best": best, "history": history, "losses": losses}
+    def every(i: int, record: dict) -> None:
+        if i % cfg.eval_every == 0:
+            validate(i)
+            loop.checkpoint()
+
+    loop.run(step, until=lambda i: _progress(i, loop.total_minutes(), cfg) >= 1.0, after_step=every)
+    if not loop.stopped and (not state["history"] or state["history"][-1]["step"] != loop.step):
+        validate(loop.step)  # the schedule's end is always validated
+        loop.checkpoint()
+    return {"best": state["best"], "history": state["history"], "losses": state["losses"]}
 
 
 def export_best(out: str | os.PathLike, dest: str | os.PathLike) -> tuple[Path, Path] | None:
