@@ -344,39 +344,42 @@ def _jsonable(cfg: SynthTrainConfig) -> dict:
     return d
 
 
-def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, callback=None) -> dict:
-    """Train (or resume) a generator; returns {"step", "minutes", "losses"}; exports
-    ``out/generator.safetensors`` (EMA weights) at the end.
+@dataclass
+class TrainingInputs:
+    """What :func:`train`'s step reads, built once before the loop (:func:`training_inputs`)."""
 
-    ``callback(step, record, ema_generator)`` runs after every step on the main process; returning
-    ``False`` stops training cleanly (checkpoint and export as at the end) — how a widget pauses."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    detector: object
+    """The model whose features the losses and descriptors use."""
+    gcfg: GeneratorConfig
+    """The generator's architecture (canvas channels and scales follow the detector's layers)."""
+    layers: list
+    """The detector's feature layers (canvases, pathological loss)."""
+    detail: tuple
+    """Layers of the retinal-detail (and global-style) loss."""
+    feats: object
+    """:class:`~.losses.DetectorFeatures` over ``layers`` and ``detail``."""
+    vessel_term: object
+    """:class:`~.losses.VesselConsistency`, or None when its weight is 0."""
+    hosts: list
+    """Healthy hosts (inoculate) or DR photos with their own layouts (reconstruct)."""
+    bank: object
+    """The descriptor bank placed from (saved in the run folder)."""
+    bank_path: Path
+    """Where the run keeps its bank."""
+    evidence_net: object
+    """The differentiable evidence of the evidence term, or None."""
+    evidence_sigma: float | None
+    """Its blur."""
+    ref_grams: dict | None
+    """global-style: the reference photo's Gram matrices."""
 
-    from ..core.runtime import end_distributed, setup_distributed
-    from ..core.training import EMA, TrainingLoop
+
+def training_inputs(cfg: SynthTrainConfig, main: bool, device, resume: bool) -> TrainingInputs:
+    """The detector and its feature losses, the hosts, the bank (copied, loaded, or isolated and saved by rank 0),
+    the evidence network and the style reference: everything :func:`train` builds before its loop."""
     from ..culture import DescriptorBank
 
-    if cfg.mode not in ("inoculate", "reconstruct"):
-        raise ValueError(f"mode {cfg.mode!r}: 'inoculate' or 'reconstruct'")
-    if cfg.loss not in ("descriptors", "global-style"):
-        raise ValueError(f"loss {cfg.loss!r}: 'descriptors' or 'global-style'")
-    if cfg.severity_target not in SEVERITY_TARGETS:
-        raise ValueError(f"severity_target {cfg.severity_target!r}: one of {SEVERITY_TARGETS}")
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
-    start = LesionSynthesizer.load(cfg.init) if cfg.init else None
-    if start is not None and start.cfg.disc_channel and not cfg.disc:
-        from dataclasses import replace
-
-        cfg = replace(cfg, disc=True)  # a fine-tune keeps the inputs of the generator it starts from
-    world, rank, device = setup_distributed(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    main = rank == 0
     out = Path(cfg.out)
-    torch.manual_seed(cfg.seed + rank)
-    rng = np.random.default_rng([cfg.seed, rank])
-
     detector = load_detector(cfg.data, cfg.detector, cfg.model)
     gcfg = GeneratorConfig(**{**PRESETS[cfg.preset], "canvas_channels": {}, "canvas_scales": {}, "disc_channel": cfg.disc})
     layers = list(detector.feature_layers)
@@ -422,7 +425,7 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             bank.save(bank_path)
     if cfg.loss == "descriptors" and not len(bank):
         raise ValueError("the descriptor bank is empty: no lesion isolated from the diseased training eyes")
-    evidence_net = None
+    evidence_net, evidence_sigma = None, None
     if cfg.weights.evidence > 0 and cfg.loss == "descriptors":
         from ..evidence import DifferentiableEvidence, default_blur_sigma
 
@@ -446,6 +449,47 @@ def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, ca
             _, rf = feats(torch.from_numpy(ref).permute(2, 0, 1)[None].float().to(device))
         m = {n: torch.ones(f.shape[-2:], dtype=torch.bool, device=device) for n, f in rf.items()}
         ref_grams = {n: gram(f[0], m[n]) for n, f in rf.items() if n in detail}
+
+    return TrainingInputs(detector, gcfg, layers, tuple(detail), feats, vessel_term, hosts, bank, bank_path, evidence_net,
+                          evidence_sigma, ref_grams)
+
+
+def train(cfg: SynthTrainConfig, resume: bool = False, progress: bool = True, callback=None) -> dict:
+    """Train (or resume) a generator; returns {"step", "minutes", "losses"}; exports
+    ``out/generator.safetensors`` (EMA weights) at the end.
+
+    ``callback(step, record, ema_generator)`` runs after every step on the main process; returning
+    ``False`` stops training cleanly (checkpoint and export as at the end) — how a widget pauses."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ..core.runtime import end_distributed, setup_distributed
+    from ..core.training import EMA, TrainingLoop
+
+    if cfg.mode not in ("inoculate", "reconstruct"):
+        raise ValueError(f"mode {cfg.mode!r}: 'inoculate' or 'reconstruct'")
+    if cfg.loss not in ("descriptors", "global-style"):
+        raise ValueError(f"loss {cfg.loss!r}: 'descriptors' or 'global-style'")
+    if cfg.severity_target not in SEVERITY_TARGETS:
+        raise ValueError(f"severity_target {cfg.severity_target!r}: one of {SEVERITY_TARGETS}")
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"preset {cfg.preset!r}: choose one of {sorted(PRESETS)}")
+    start = LesionSynthesizer.load(cfg.init) if cfg.init else None
+    if start is not None and start.cfg.disc_channel and not cfg.disc:
+        from dataclasses import replace
+
+        cfg = replace(cfg, disc=True)  # a fine-tune keeps the inputs of the generator it starts from
+    world, rank, device = setup_distributed(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    main = rank == 0
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng([cfg.seed, rank])
+
+    inputs = training_inputs(cfg, main, device, resume)
+    detector, gcfg, layers, detail, feats = inputs.detector, inputs.gcfg, inputs.layers, inputs.detail, inputs.feats
+    hosts, bank, bank_path = inputs.hosts, inputs.bank, inputs.bank_path
+    vessel_term, evidence_net, evidence_sigma, ref_grams = inputs.vessel_term, inputs.evidence_net, inputs.evidence_sigma, inputs.ref_grams
 
     G, D = Generator(gcfg).to(device), Discriminator(gcfg).to(device)
     if cfg.init and not (resume and (out / "last.pt").exists()):
