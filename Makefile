@@ -29,7 +29,9 @@ demo: $(STAMP)
 	$(BIN)/jupyter nbconvert --to html --log-level WARN $(REPORTS)/00_quickstart.ipynb --output-dir $(REPORTS)
 	@echo "report: $(REPORTS)/00_quickstart.html"
 
-# The browser test needs Debian's Chromium; as root (CI) it is installed here, elsewhere the test
+# Two pytest workers, one per core of the CI machine, each given whole test files (module fixtures
+# are built once); tests/conftest.py gives each one torch thread. The browser test needs Debian's
+# Chromium; as root (CI) it is installed here, elsewhere the test
 # skips and says so.
 test: $(STAMP)
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -37,7 +39,7 @@ test: $(STAMP)
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	  echo "chromium could not be installed: the browser test will skip"; fi
-	$(BIN)/python -m pytest -q -ra --durations=40
+	$(BIN)/python -m pytest -q -ra --durations=40 -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"

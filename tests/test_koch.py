@@ -143,10 +143,9 @@ def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
     assert report.severity_by_count["16"] > report.severity_by_count["0"] + 0.1
 
 
-def test_deterministic_for_a_seed(embedded_setup, report):
+def test_another_seed_gives_another_draw(embedded_setup, report):
+    # the same seed giving the same report, byte for byte: tests/test_determinism.py
     det, synth, bank, hosts = embedded_setup
-    again = koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=1), progress=False)
-    assert again.to_json() == report.to_json()
     other = koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
     assert other.severity != report.severity
 
