@@ -248,7 +248,7 @@ def test_koch_test_cli_json(capsys):
     # re-isolated by the default rule and its cut, whatever rule cut the bank (the shipped banks: the global one)
     assert out["config"]["rule"] == "peaks" and out["config"]["threshold"] == 0.3 and out["config"]["nested"] is True
     assert out["control_hit_rate"] is not None and out["config"]["control"] is True  # the shipped bank has norm patches
-    assert main(["koch-test", "--data", "phantom", "--trials", "2", "--threshold", "otsu", "--independent-layouts",
+    assert main(["koch-test", "--data", "phantom", "--trials", "1", "--threshold", "otsu", "--independent-layouts",
                  "--no-control", "--json"]) == 0
     other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert other["config"]["threshold"] == "otsu" and other["config"]["nested"] is False

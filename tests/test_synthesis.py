@@ -408,9 +408,9 @@ def test_the_lesion_two_sample_test_is_at_chance_for_one_population_and_sees_a_d
     assert windows.shape[1:] == (32, 32, 3) and len(windows) >= 100
     half = len(windows) // 2
     order = rng.permutation(len(windows))
-    same = c2st_accuracy(windows[order[:half]], windows[order[half:]], epochs=15)
+    same = c2st_accuracy(windows[order[:half]], windows[order[half:]], folds=3, epochs=15)
     assert 0.3 <= same["accuracy"] <= 0.7 and same["ci"][0] < 0.5 < same["ci"][1], same
     streaked = windows.copy()
     streaked[:, ::3] *= 0.85  # every third row darker: what a striped generator draws
-    other = c2st_accuracy(windows[order[:half]], streaked[order[half:]], epochs=15)
+    other = c2st_accuracy(windows[order[:half]], streaked[order[half:]], folds=3, epochs=15)
     assert other["accuracy"] > 0.9 and other["ci"][0] > 0.5, other
