@@ -169,10 +169,10 @@ def localisation_section(model, config, progress: bool = True) -> dict:
     for source, samples in lesion_sets(model, config).items():
         images = np.stack([s.image for s in samples])
         unions = [np.logical_or.reduce(list(s.lesions.values())) for s in samples]
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(model_device(model))  # once for every method
         methods, skipped, examples = {}, {}, {}
         for method in tqdm(list(config.methods), desc=f"localisation on {source}", disable=not progress):
             try:
-                x = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(model_device(model))
                 maps = evidence_maps(model, x, method, config.start, batch_size=8)
             except (AdapterError, ValueError, FileNotFoundError) as exc:  # a method this model's layers refuse
                 skipped[method] = str(exc).splitlines()[0]

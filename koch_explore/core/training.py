@@ -125,6 +125,7 @@ class TrainingLoop:
         """Why the last :meth:`run` ended early: "time limit", "callback", or None (it ran to the end)."""
         self.minutes_before = 0.0
         self._t0: float | None = None
+        self._checkpoint: dict | None = None  # read by check_config(), so resume() does not read it again
 
     # -- time ---------------------------------------------------------------------------------------
 
@@ -146,8 +147,8 @@ class TrainingLoop:
         """Refuse, before anything slow, to resume a ``last.pt`` written under another configuration (a no-op
         when there is none): ValueError naming each differing field."""
         if self.path is not None and self.path.is_file():
-            saved = torch.load(self.path, map_location="cpu", weights_only=True).get("config")
-            check_resume_config(self.path, saved, self.config, self.may_change)
+            self._checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)  # kept for resume()
+            check_resume_config(self.path, self._checkpoint.get("config"), self.config, self.may_change)
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` when it exists: the configuration checked (ValueError naming what
@@ -155,7 +156,8 @@ class TrainingLoop:
         resumed. Call it after the parts are built and before :meth:`run`, on every rank."""
         if self.path is None or not self.path.is_file():
             return False
-        ck = torch.load(self.path, map_location="cpu", weights_only=True)
+        ck = self._checkpoint if self._checkpoint is not None else torch.load(self.path, map_location="cpu", weights_only=True)
+        self._checkpoint = None
         check_resume_config(self.path, ck.get("config"), self.config, self.may_change)
         present = [k for k in self.parts if k in ck]  # a part added since (a generator's state) starts afresh
         if not present:
