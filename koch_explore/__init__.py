@@ -52,6 +52,8 @@ _EXPORTS = {
     "predict_sharded": "detect.predict",  # the same into a CSV/JSON file, in resumable shards split across torchrun ranks
     "image_paths": "core.shards",  # files and folders (recursive, sorted) -> one ordered list of photos
     "set_torch_threads": "core.runtime",  # torch's threads from the CPU quota (cgroup, CPU_LIMIT, taskset, OMP_NUM_THREADS)
+    "use_profile": "core.profiles",  # a notebook's profile ("default", "class": 1 core, 1.5 GB, 3 min) and its threads
+    "release_memory": "core.profiles",  # give freed memory back to the system between large notebook sections
     "explain": "evidence.base",  # evidence maps by method name -> Evidence
     "Evidence": "evidence.base",
     "EvidenceMethod": "evidence.base",  # the base class of every method (model, layer) -> call -> Evidence
@@ -95,7 +97,7 @@ __all__ = [
     "KochConfig", "KochReport", "LesionSynthesizer", "LocalSynthesizer", "SHIPPED", "SYNTHESIS_MODES", "Synthesizer", "VERDICTS", "VerdictRule", "VesselSegmenter", "__version__", "adapt", "audit", "bank_from_images", "default_setup", "diseased_eyes",
     "embedded_hosts", "explain", "fine_tune", "generate_phantom", "graded_eyes", "grading_figures", "healthy_hosts", "image_paths", "isolate", "isolate_sharded", "koch_test", "load_bank", "load_detector",
     "load_model", "load_synthesizer", "load_vessels", "localisation_scores", "localisation_summary", "model_card", "predict_files", "predict_sharded", "population_competence", "predict_severity", "prepare_fundus", "random_layout", "read_image",
-    "resolve_data_root", "retina_photo", "sanity_report", "segment", "set_torch_threads", "write_report",
+    "release_memory", "resolve_data_root", "retina_photo", "sanity_report", "segment", "set_torch_threads", "use_profile", "write_report",
 ]
 
 
