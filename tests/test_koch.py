@@ -53,7 +53,8 @@ def test_report_keys_and_ranges(report):
     assert list(j["severity_by_count"]) == ["0", "1", "2", "4", "8", "16"]
     placed = sum(v["placed"] for v in j["hit_rate_by_type"].values())
     assert placed == 6 * (1 + 2 + 4 + 8 + 16)  # every dose given as stated
-    assert j["placed_counts"] == [[0, 1, 2, 4, 8, 16]] * 6 and j["hosts"] == ["skimage-retina"] * 6
+    # the embedded hosts, cycled: skimage's photo, then grade-0 phantoms
+    assert j["placed_counts"] == [[0, 1, 2, 4, 8, 16]] * 6 and j["hosts"] == ["skimage-retina"] + [f"phantom-host-{k}" for k in range(5)]
     assert j["hit_above_chance"] == pytest.approx(j["hit_rate"] - j["chance_hit_rate"])
     # a point on a component is inside that component's box: the box-free rates cannot be higher
     assert 0.0 <= j["mask_hit_rate"] <= j["hit_rate"] and 0.0 <= j["mask_chance_hit_rate"] <= j["chance_hit_rate"]

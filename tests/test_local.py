@@ -105,15 +105,16 @@ def test_local_mode_refuses_a_host_without_photo_and_a_bank_of_another_detector(
 
 
 def test_koch_test_in_local_mode_on_the_embedded_photo(photo):
-    """No data: the shipped local synthesizer grows the real bank's lesions in skimage's photo; the
-    detector's severity rises with their number, and the healthy figures that would compare the photo with
-    itself are left out."""
+    """No data: the shipped local synthesizer grows the real bank's lesions in skimage's photo and in grade-0
+    phantoms; the detector's severity rises with their number, on enough distinct hosts for a verdict
+    (lesion-driven), and the healthy figures that would compare a photo with itself are left out."""
     det, synth, bank, hosts, data = ke.default_setup("embedded", mode="local")
-    assert synth.mode == "local" and data == "embedded" and len(hosts) == 1
-    rep = ke.koch_test(det, synth, bank, hosts, config=ke.KochConfig(trials=2, seed=0), progress=False)
+    assert synth.mode == "local" and data == "embedded" and len(hosts) == 12 and hosts[0]["name"] == "skimage-retina"
+    rep = ke.koch_test(det, synth, bank, hosts, config=ke.KochConfig(trials=8, seed=0), progress=False)
     assert rep.config["mode"] == "local" and rep.vessel_dice is None and rep.fd is None
     sev = rep.severity_by_count
     assert sev["16"] > sev["4"] > sev["0"]
+    assert rep.effects["distinct_hosts"] == 8 and rep.verdict == "lesion-driven", rep.reading()
     assert "local synthesis" in rep.summary("embedded")
     with pytest.raises(ValueError, match="not phantom"):
         ke.default_setup("phantom", mode="local")

@@ -112,16 +112,17 @@ def has_real(*datasets: str) -> bool:
 @pytest.mark.slow
 def test_quickstart_on_embedded_data_only(empty_root, tmp_path):
     """Default parameters (fewer trials) under a data root that holds none of the datasets: one chain
-    from phantom eyes to the skimage retina host, the lesions cultured being the ones placed."""
+    from phantom eyes to the skimage retina host and grade-0 phantom hosts, the lesions cultured being the
+    ones placed."""
     nb = run_notebook("00_quickstart.ipynb", "_embedded", twice=True, n_eyes=4, koch_trials=2, report_dir=str(tmp_path / "koch"))
     text = text_of(nb)
-    assert "Data: embedded. Diseased eyes: 4 phantoms; healthy hosts: the skimage retina photo" in text
+    assert "Data: embedded. Diseased eyes: 4 phantoms; healthy hosts: the skimage retina photo and 11 grade-0 phantoms" in text
     assert "of them lie on a drawn lesion" in text  # isolation checked against the exact masks
     assert "descriptors are the lesions placed and re-isolated below" in text  # the cultured bank is the placed one
     assert "local synthesis" in text  # the mode that measures best (docs/findings/synthesizer.md#local-mode)
     assert "On skimage-retina the photo without lesions is graded" in text and "from healthy to 16 lesions" in text
     assert "severity rose by" in text  # visible lesions the detector grades: more of them, sicker
-    assert "2 inoculations, on the skimage retina photo. Verdict: inconclusive — only 1 distinct host" in text
+    assert "2 inoculations, on 2 of 12 hosts (the skimage retina photo and 11 grade-0 phantoms). Verdict: inconclusive — only 2 distinct hosts" in text
     assert "The real lesions transplanted to the same places" in text
     # eyes, isolation steps, culture gallery, inoculation grid and zooms, Koch cases, severity, hits
     assert images_in(nb) >= 8
@@ -139,7 +140,7 @@ def test_quickstart_with_real_data_when_present(tmp_path):
     assert "Data: real. Diseased eyes: 4 eyes of the EyePACS validation split" in text
     assert "DRIVE + CHASE_DB1 photos with their manual vessel trees" in text and "EyePACS carries no lesion masks" in text
     assert "descriptors are the lesions placed and re-isolated below" in text
-    assert "2 inoculations, on 2 of the" in text and "The placed lesions were re-found at" in text
+    assert "2 inoculations, on 2 of 68 hosts (the 68 DRIVE" in text and "The placed lesions were re-found at" in text
     assert (tmp_path / "koch" / "index.html").exists()
 
 
@@ -293,11 +294,11 @@ def test_culture_notebook_on_real_data_when_present(tmp_path):
 
 @pytest.mark.slow
 def test_reisolate_notebook_on_embedded_data(empty_root, tmp_path):
-    """05 without data: the whole Koch test on scikit-image's photo, a complete report."""
+    """05 without data: the whole Koch test on scikit-image's photo and grade-0 phantoms, a complete report."""
     nb = run_notebook("05_reisolate.ipynb", "_embedded", trials=2, compare_methods="deconvnet", compare_trials=1,
                       report_dir=str(tmp_path / "report"))
     text = text_of(nb)
-    assert "Hosts: scikit-image's healthy retina photo (no data found)" in text
+    assert "Hosts: scikit-image's healthy retina photo and 11 grade-0 phantoms (no data found)" in text
     assert "Koch test on embedded data, 2 trials" in text and "The placed lesions were re-found at" in text
     assert "placed lesions were re-found and" in text and "The mean severity went from" in text
     assert "synthesized lesions were re-found at" in text and "Re-isolated by deconvnet, the placed lesions were re-found at" in text
@@ -309,7 +310,7 @@ def test_reisolate_notebook_in_local_mode_without_data(empty_root, tmp_path):
     """05 with mode="local": the lesions grown in scikit-image's photo, the rest of it untouched."""
     nb = run_notebook("05_reisolate.ipynb", "_local", mode="local", trials=2, compare_methods="", report_dir=str(tmp_path / "report"))
     text = text_of(nb)
-    assert "local synthesis, the synthesizer trained" in text and "Koch test on embedded data, 2 trials on 1 distinct host, local synthesis" in text
+    assert "local synthesis, the synthesizer trained" in text and "Koch test on embedded data, 2 trials on 2 distinct hosts, local synthesis" in text
     assert "The placed lesions were re-found at" in text and "transplanted real ones at" in text
     assert (tmp_path / "report" / "index.html").exists()
 

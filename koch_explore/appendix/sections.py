@@ -202,7 +202,7 @@ def _example_index(unions, samples) -> int:
 
 def koch_section(model, config, device, val=None, progress: bool = True):
     """(section dict, KochReport): the Koch test with its verdict, on held-out real hosts where found (the
-    embedded photo otherwise), competence read from the hosts' population (``val``: the EyePACS validation
+    embedded hosts otherwise), competence read from the hosts' population (``val``: the EyePACS validation
     eyes when already read)."""
     from ..koch.hosts import UNSEEN_HOSTS, default_setup, hosts_population
     from ..koch.test import KochConfig, koch_test
@@ -236,14 +236,14 @@ def koch_section(model, config, device, val=None, progress: bool = True):
     if config.population != "auto":
         population = config.population
     else:  # the hosts' own population, where graded photos of it may be read
-        population = None if config.data == "embedded" else hosts_population(used, hosts, config.root)
+        population = hosts_population(used, hosts, config.root)
     if population == "eyepacs" and val is not None:  # the eyes already read for grading
         competence = model_competence(det, val.images, val.grades, "eyepacs")
     else:
         competence = None if population in (None, "none") else population_competence(det, population, config.root)
     rep = koch_test(det, synth, bank, host_set, config=kcfg, competence=competence, vessel_model=False, progress=progress)
     label = (f"{hosts} hosts (real photographs)" if real else "grade-0 phantom hosts (cartoons, not photographs)"
-             if data == "phantom" else "the embedded photo (skimage's retina, one host)")
+             if data == "phantom" else "the embedded hosts (skimage's retina photo and 11 grade-0 phantoms)")
     section = {"measured": True, "source": used, "hosts": hosts, "mode": config.mode, "label": label, "method_note": method_note,
                **rep.cli_json(used, hosts if real else None, config.mode)}
     return section, rep

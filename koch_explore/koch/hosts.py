@@ -1,12 +1,13 @@
 """The hosts of the Koch test: healthy fundi to inoculate, and the shipped models that go with them.
 
 "real": the 68 DRIVE + CHASE_DB1 photos with manual vessel trees (the shipped synthesizer's training
-hosts), or held-out grade-0 photos no shipped model trained on; "embedded": ``skimage.data.retina()``
-(no data needed); "phantom": grade-0 phantoms with the phantom-trained models.
+hosts), or held-out grade-0 photos no shipped model trained on; "embedded": ``skimage.data.retina()`` and 11
+grade-0 phantoms (no data needed); "phantom": grade-0 phantoms with the phantom-trained models.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -29,15 +30,42 @@ SETUPS = {
     "real": ("eyepacs", "real"),
     "phantom": ("phantom", "phantom"),
 }
-SETUPS["embedded"] = SETUPS["real"]  # the shipped real models on the CC0 photo inside scikit-image
+SETUPS["embedded"] = SETUPS["real"]  # the shipped real models on the CC0 photo inside scikit-image and phantom hosts
 
 
-def embedded_hosts(size: int = 256) -> list[dict]:
-    """One real healthy host that needs no data: ``skimage.data.retina()`` (CC0, inside the wheel),
-    prepared to ``size``, its tree from the shipped vessel segmenter."""
+EMBEDDED_HOSTS = 12
+"""Hosts of the embedded setting: the CC0 photo and 11 grade-0 phantoms, so a Koch test without any dataset has
+more distinct hosts than the verdict's minimum (:attr:`~koch_explore.koch.verdict.VerdictRule.min_hosts`, 8)."""
+EMBEDDED_PHANTOM_SEED = 5_000_000
+"""The embedded phantom hosts' first seed: apart from the phantom trainer's hosts (2,000,000 on) and bank eyes
+(3,000,000 on), and from the graded phantoms (:func:`~koch_explore.data.phantom.phantom_seed`)."""
+
+
+def embedded_hosts(size: int = 256, count: int = EMBEDDED_HOSTS) -> list[dict]:
+    """Healthy hosts that need no data: first ``skimage.data.retina()`` (CC0, inside the wheel), prepared to
+    ``size``, its tree from the shipped vessel segmenter ("skimage-retina"); then ``count - 1`` grade-0
+    phantoms with their exact vessel trees ("phantom-host-<k>"). One photo reused is one observation: the
+    phantoms make the embedded Koch test's verdict reachable. The shipped EyePACS detector grades phantoms
+    (its referable AUC on graded phantoms is in docs/findings/koch-test.md#embedded), so the embedded
+    competence is measured on phantoms (:func:`hosts_population`)."""
+    if count < 1:
+        raise ValueError(f"host count must be >= 1, got {count}")
+    # fresh arrays per call (a caller may draw on a host), built once per process (a tree and 11 phantoms: ~10 s)
+    return [{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in h.items()} for h in _built_hosts(size, count)]
+
+
+@functools.lru_cache(maxsize=4)
+def _built_hosts(size: int, count: int) -> tuple[dict, ...]:
+    from ..data.phantom import generate_phantom
+
     img, fov = retina_photo(size)
     _, tree = load_vessels().segment(img, fov)
-    return [{"image": img, "vessels": tree.astype(np.float32), "fov": fov, "name": "skimage-retina"}]
+    out = [{"image": img, "vessels": tree.astype(np.float32), "fov": fov, "name": "skimage-retina"}]
+    for k in range(count - 1):
+        ph = generate_phantom(EMBEDDED_PHANTOM_SEED + k, size=size, grade=0)
+        out.append({"image": np.clip(ph.image, 0, 1).astype(np.float32), "vessels": ph.vessels.astype(np.float32),
+                    "fov": ph.fov.astype(bool), "name": f"phantom-host-{k}"})
+    return tuple(out)
 
 
 UNSEEN_HOSTS = {"eyepacs-val": "EyePACS", "aptos-val": "APTOS2019"}
@@ -46,7 +74,8 @@ HOSTS = ("trees", *UNSEEN_HOSTS, "embedded")
 """Healthy hosts by name: "trees", the 68 DRIVE + CHASE_DB1 photos with manual trees (the shipped whole-fundus
 synthesizer's own training hosts); "eyepacs-val" / "aptos-val", grade-0 photos from the detector's held-out
 validation split (EyePACS: other patients; APTOS: other images and cameras), which no shipped model trained on,
-their trees from the shipped vessel segmenter; "embedded", ``skimage.data.retina()``. Any folder of a user's
+their trees from the shipped vessel segmenter; "embedded", ``skimage.data.retina()`` and 11 grade-0 phantoms
+(:func:`embedded_hosts`). Any folder of a user's
 healthy photos works too (:func:`folder_hosts`)."""
 
 
@@ -137,10 +166,10 @@ def shipped_models(data: str, detector=None, weights=None, bank=None, device="cp
 def default_setup(data: str = "auto", root=None, detector=None, weights=None, bank=None, device="cpu",
                   hosts: str = "trees", host_count: int = 68, mode: str = "whole"):
     """(detector, synthesizer, bank, hosts, data): :func:`shipped_models` plus the healthy hosts
-    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom", the embedded photo for "embedded") at the
+    (DRIVE + CHASE_DB1 for "real", grade-0 phantoms for "phantom", :func:`embedded_hosts` for "embedded") at the
     synthesizer's size. ``hosts`` (see :data:`HOSTS`): "eyepacs-val" or "aptos-val" (real data) swaps the
     trees for ``host_count`` held-out healthy photos that no shipped model trained on (:func:`unseen_hosts`);
-    "embedded" the CC0 photo; a folder, the user's own healthy photos (:func:`folder_hosts`). ``mode``:
+    "embedded" the CC0 photo and 11 phantoms; a folder, the user's own healthy photos (:func:`folder_hosts`). ``mode``:
     "whole" draws each fundus around the host's tree, "local" grows the lesions inside the host's photo."""
     if hosts not in HOSTS and not Path(hosts).exists():
         raise ValueError(f"hosts {hosts!r}: one of {', '.join(HOSTS)}, or a folder (or file) of healthy photos")
@@ -160,14 +189,15 @@ POPULATIONS = ("phantom", "eyepacs", "aptos")
 
 def hosts_population(data: str, hosts: str, root=None) -> str | None:
     """The graded population the hosts of a data setting come from, where the kit has graded photos of it:
-    "phantom" for phantom hosts; "aptos" for aptos-val; "eyepacs" for the real trees and eyepacs-val (DRIVE,
-    CHASE_DB1 and EyePACS are all colour fundus photos graded on the same scale), and for the embedded photo
-    when EyePACS is under the data root; None otherwise (a user's folder: its population is not known)."""
-    if data == "phantom":
+    "phantom" for phantom hosts, and for the embedded hosts (11 of their 12 are grade-0 phantoms; the one photo
+    cannot be graded against anything without data); "aptos" for aptos-val; "eyepacs" for the real trees and
+    eyepacs-val (DRIVE, CHASE_DB1 and EyePACS are all colour fundus photos graded on the same scale); None
+    otherwise (a user's folder: its population is not known)."""
+    if data in ("phantom", "embedded") or hosts == "embedded":
         return "phantom"
     if hosts == "aptos-val":
         return "aptos"
-    if hosts in ("trees", "eyepacs-val", "embedded"):
+    if hosts in ("trees", "eyepacs-val"):
         base = resolve_data_root(root)
         return "eyepacs" if base is not None and (base / "EyePACS").is_dir() else None
     return None
