@@ -217,15 +217,21 @@ def test_no_markdown_cell_states_a_measured_figure(name):
     assert not stated, f"{name}: markdown states {sorted(stated)}; print them from a cell instead"
 
 
-def test_lesson_answers_are_folded_after_a_picture_and_still_run():
+def test_lesson_exercises_follow_a_picture_and_each_has_an_answer_and_its_tests():
+    """06 is an nbgrader source (tests/test_assignment.py checks the assignment): every exercise comes after a
+    picture of its section, then the cell with its answer (between solution markers, so the notebook runs
+    top to bottom) and the test cell that grades it."""
     cells = cells_of("06_lesson_koch_for_cnns")
-    for k in range(1, 5):
-        i = next(j for j, c in enumerate(cells) if f"<details><summary>Answer {k}</summary>" in "".join(c["source"]))
-        assert cells[i]["cell_type"] == "markdown" and "</details>" in "".join(cells[i]["source"])
-        assert "".join(cells[i + 1]["source"]).startswith(f"# Answer {k}"), f"answer {k}'s code cell must follow its folded answer"
-        exercise = next(j for j, c in enumerate(cells) if f"**Exercise {k}.**" in "".join(c["source"]))
-        assert any(c["cell_type"] == "code" and "plt.show()" in "".join(c["source"]) for c in cells[exercise - 2:exercise]), \
-            f"exercise {k} comes without a picture drawn before it"
+    exercises = [j for j, c in enumerate(cells) if re.match(r"\*\*Exercise \w+\*\*", "".join(c["source"]))]
+    assert len(exercises) >= 6
+    for j in exercises:
+        section = max(i for i in range(j) if "".join(cells[i]["source"]).startswith("## "))
+        name = "".join(cells[j]["source"]).split("**")[1]
+        assert any(c["cell_type"] == "code" and "plt.show()" in "".join(c["source"]) for c in cells[section:j]), \
+            f"{name} comes without a picture drawn before it"
+        answer, tests = (cells[j + 1]["metadata"].get("nbgrader", {}), cells[j + 2]["metadata"].get("nbgrader", {}))
+        assert answer.get("solution") and "### BEGIN SOLUTION" in "".join(cells[j + 1]["source"]), f"{name}: no answer cell after it"
+        assert tests.get("grade") and tests.get("points"), f"{name}: no test cell after its answer"
 
 
 @pytest.mark.slow
@@ -328,13 +334,16 @@ def test_reisolate_notebook_on_real_data_when_present(tmp_path):
 
 @pytest.mark.slow
 def test_lesson_notebook_on_embedded_data(empty_root):
+    """The teacher's copy (answers and hidden tests in place) runs top to bottom and reads its answers."""
     nb = run_notebook("06_lesson_koch_for_cnns.ipynb", "_embedded", n=3, trials=2)
     text = text_of(nb)
-    assert "Healthy phantoms get severity" in text and "On 3 grade-4 phantoms, deconvnet gives" in text
-    assert "Trained against randomised network: Spearman" in text
-    assert "With the synthesizer: Verdict: inconclusive — only 1 distinct host" in text and "With the noise synthesizer:" in text
+    assert "Healthy phantoms get severity" in text and "of the 3 grade-4 phantoms are graded 3 or 4" in text
+    assert "components per phantom; recall" in text and "Cut at half of its peak, the deconvnet finds" in text
+    assert "On 3 grade-4 phantoms with the 'phantom' detector," in text and "randomisation similarity" in text
+    assert "12 healthy hosts (skimage-retina, phantom-host-0, phantom-host-1, ...): the Koch test below inoculates 2 distinct ones" in text
+    assert "With the synthesizer: Verdict: inconclusive — only 2 distinct hosts" in text and "With the noise synthesizer:" in text
     assert "Breaking the synthesizer moved the hit rate" in text
-    assert images_in(nb) == 7  # 4 exercise pictures, 3 answer pictures
+    assert images_in(nb) == 7  # a picture per section, and the answers of exercises 1, 2 and 4 drawn
 
 
 def widget_pictures(nb: dict) -> int:
@@ -353,8 +362,11 @@ def test_inoculate_notebook_on_embedded_data(empty_root, tmp_path):
                       run_dir=str(tmp_path / "retrain"))
     text = text_of(nb)
     assert "embedded setup: generator synth_cpu256" in text and "from the shipped bank" in text
-    assert "hands-on: phantom setup (not embedded" in text
+    assert "hands-on: phantom setup (not embedded" in text and "the EyePACS detector grades what you place" in text
     assert "picked: 3 of" in text and "3 lesions placed on phantom_" in text
+    # the lesions a student places raise the severity (the phantom detector's would stay flat)
+    placed, healthy = map(float, re.search(r"grades the synthesis (\d+\.\d+), the same host without lesions (\d+\.\d+)", text).groups())
+    assert placed > healthy + 0.05, (placed, healthy)
     assert "retrained 4 steps on 3 placed lesions" in text and "The retrained generator changes its healthy drawing" in text
     assert "3 lesions grown in the photo skimage-retina" in text and "all within a few px of a lesion" in text
     assert (tmp_path / "retrain" / "run_layout1" / "generator.safetensors").exists()
