@@ -191,8 +191,8 @@ def test_descriptor_placer_in_local_mode_clicks_on_the_photo_and_grows_lesions_o
     det, synth, bank, hosts, _ = ke.default_setup("embedded", mode="local")
     host = hosts[0]
     with pytest.raises(ValueError, match="photo="):
-        DescriptorPlacer(synth, bank, host["vessels"], host["fov"], detector=det)
-    dp = DescriptorPlacer(synth, bank, host["vessels"], host["fov"], detector=det, photo=host["image"])
+        DescriptorPlacer(synth, bank, host.get("vessels"), host["fov"], detector=det)
+    dp = DescriptorPlacer(synth, bank, host.get("vessels"), host["fov"], detector=det, photo=host["image"])
     assert np.array_equal(dp.figure.data[0].z, (np.clip(host["image"], 0, 1) * 255 + 0.5).astype(np.uint8))  # the photo to click on
     ys, xs = np.nonzero(host["fov"])
     assert dp.place(xs[len(xs) // 3], ys[len(ys) // 3]) and dp.place(xs[2 * len(xs) // 3], ys[2 * len(ys) // 3])
@@ -280,3 +280,167 @@ def test_show_adds_a_static_picture_where_nobody_clicks(sick, monkeypatch):
     show(te)
     assert shown == [te]  # a person's frontend shows the live widget only
     te.close()
+
+
+class FrontendKernel:
+    """What ``is_interactive`` reads of a running ipykernel: the request of the cell being run."""
+
+    def __init__(self, allow_stdin: bool):
+        self.allow_stdin = allow_stdin
+
+    def get_parent(self):
+        return {"content": {"allow_stdin": self.allow_stdin}}
+
+
+def test_the_interactive_switch_decides_the_picture_whatever_the_guess(sick, monkeypatch):
+    """Voila runs a notebook with ``allow_stdin`` off, as papermill does, while a person looks at the page: the
+    guess says nobody is there. ``interactive=True`` shows the live widget only; ``False`` adds its picture
+    even where the guess says a person clicks; None falls back on the guess; ``static`` overrides both."""
+    from IPython.display import Image
+    from koch_explore.widgets import (
+        ThresholdExplorer,
+        is_interactive,
+        resolve_interactive,
+        show,
+    )
+
+    kernel = FrontendKernel(allow_stdin=False)  # Voila's (and papermill's) execute request
+    monkeypatch.setattr("IPython.get_ipython", lambda: type("Shell", (), {"kernel": kernel})())
+    ev = sum(m.astype(np.float32) for m in sick.lesions.values())
+    te = ThresholdExplorer(sick.image, ev, sick.fov, threshold=0.1)
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj))
+
+    def shows(**switches) -> list[str]:
+        shown.clear()
+        show(te, **switches)
+        assert shown[0] is te
+        return ["widget", *("picture" for obj in shown[1:] if isinstance(obj, Image) and obj.data[:4] == b"\x89PNG")]
+
+    assert not is_interactive() and resolve_interactive(None) is False
+    assert resolve_interactive(True) is True and resolve_interactive(False) is False
+    assert shows(interactive=True) == ["widget"]  # a person in Voila: no second copy of the widget
+    assert shows() == shows(interactive=None) == ["widget", "picture"]  # the guess: nobody
+    kernel.allow_stdin = True  # JupyterLab's request
+    assert is_interactive() and resolve_interactive(None) is True and resolve_interactive(False) is False
+    assert shows() == ["widget"]
+    assert shows(interactive=False) == ["widget", "picture"]  # a report run from a frontend: the switch wins
+    assert shows(static=False, interactive=False) == ["widget"] and shows(static=True, interactive=True) == ["widget", "picture"]
+    te.close()
+
+
+def test_eye_catalogue_and_explorer_switch_eyes_at_the_same_cut(phantom_models):
+    from koch_explore.widgets import EyeCatalogue, EyeThresholdExplorer
+
+    from koch_explore.culture.cut import segment
+    from koch_explore.evidence.base import explain
+
+    eyes = EyeCatalogue("embedded")
+    assert eyes.labels == ["phantom 11 (grade 3)", "phantom 12 (grade 4)", "phantom 13 (grade 2)", "phantom 14 (grade 1)",
+                           "healthy photo (scikit-image)"]
+    image, fov = eyes.load("phantom 12 (grade 4)")
+    assert image.shape == (256, 256, 3) and image.dtype == np.float32 and fov.dtype == bool and fov.mean() > 0.4
+    assert eyes.load("phantom 12 (grade 4)")[0] is image  # read once
+    with pytest.raises(KeyError, match="no eye"):
+        eyes.load("phantom 99")
+    with pytest.raises(ValueError, match="empty catalogue"):
+        EyeCatalogue("embedded", phantoms=0, healthy=False)
+
+    det = phantom_models[0]
+    n0 = live_widgets()
+    app = EyeThresholdExplorer(det, eyes, method="guided-backprop")
+    assert app.label == "phantom 11 (grade 3)" and "phantom 11 (grade 3)" in app.explorer._header.value
+    app.explorer.set_threshold(0.5)
+    first_severity = app.severity
+    app.choose("phantom 12 (grade 4)")
+    ev = explain(det, image, "guided-backprop").maps[0]
+    assert app.label == "phantom 12 (grade 4)" and app.explorer.threshold == 0.5  # the cut stays
+    assert app.explorer.count == len(segment(ev, fov, 0.5).boxes) and app.explorer.view.value.count('class="koch-box"') == app.explorer.count
+    assert app.severity != first_severity and f"{app.severity:.2f}" in app.status.value
+    with pytest.raises(KeyError):
+        app.choose("phantom 99")
+    assert_snapshot(app, f"{app.explorer.count} lesion")
+    app.close()
+    assert live_widgets() == n0
+
+
+def test_eye_catalogue_lists_eyepacs_validation_eyes_when_found():
+    from koch_explore.widgets import EyeCatalogue
+
+    from koch_explore.data.roots import resolve_data_root
+
+    root = resolve_data_root()
+    if root is None or not (root / "EyePACS").is_dir():
+        pytest.skip("no data root (KOCH_DATA or ../shared/data) with EyePACS")
+    eyes = EyeCatalogue("auto", phantoms=0, healthy=False, eyepacs=2)
+    assert len(eyes.labels) == 2 and all(label.startswith("EyePACS ") and "(grade " in label for label in eyes.labels)
+    assert all(grade >= 3 for _, grade, _ in eyes.eyepacs)
+    image, fov = eyes.load(eyes.labels[0])
+    assert image.shape == (256, 256, 3) and fov.any()
+    assert not any(label.startswith("EyePACS") for label in EyeCatalogue("embedded").labels)
+
+
+def test_lesions_picked_on_a_phantom_grow_in_the_photo_without_its_tree(phantom_models):
+    """The pick-and-grow app's chain: the EyePACS detector's picks on a phantom, placed on the embedded photo
+    (no vessel tree: local mode reads none), grown there by the local synthesizer."""
+    from koch_explore.widgets import (
+        DescriptorPlacer,
+        EyeCatalogue,
+        LesionPicker,
+    )
+
+    import koch_explore as ke
+    from koch_explore.synthesis.local import placement_region
+
+    host = ke.embedded_hosts(trees=False)[0]
+    assert set(host) == {"image", "fov", "name"}
+    _, phantom_synth, phantom_bank = phantom_models
+    with pytest.raises(ValueError, match="vessel tree"):
+        DescriptorPlacer(phantom_synth, phantom_bank, None, host["fov"])  # the whole-fundus generator needs one
+    det, synth = ke.load_detector(), ke.load_synthesizer("local")
+    image, fov = EyeCatalogue("embedded").load("phantom 11 (grade 3)")
+    picker = LesionPicker(det, image, fov, rule="peaks")
+    # the boxes travel with the figure's first state: a page that connects after the cell ran (Voila) draws them
+    assert len(picker.figure.get_state()["_widget_layout"]["shapes"]) == len(picker.candidates) > 0
+    placer = DescriptorPlacer(synth, ke.load_bank("local"), None, host["fov"], detector=det, photo=host["image"])
+    picker.on_change(placer.set_bank)
+    k = min(range(len(picker.candidates)), key=lambda i: picker.candidates[i].area)
+    picker.toggle(k)
+    assert picker.figure.layout.shapes[k].line.color == "#00ff66" and len(placer.bank) == 1
+    ys, xs = np.nonzero(host["fov"])
+    assert placer.place(xs[len(xs) // 2], ys[len(ys) // 2]) and len(placer.figure.layout.shapes) == 1
+    img = placer.synthesize()
+    m = np.zeros(host["fov"].shape, np.uint8)
+    d = placer.layout[0]
+    m[d.bbox[1]:d.bbox[3], d.bbox[0]:d.bbox[2]] = d.mask
+    region = placement_region(m, synth.cfg)
+    assert np.array_equal(img[~region], host["image"][~region]) and np.abs(img - host["image"])[region].max() > 0.02
+    assert "detector severity" in placer.info.value and placer.severity is not None
+    picker.close()
+    placer.close()
+
+
+def test_koch_test_runner_runs_on_its_button_and_says_why():
+    from koch_explore.widgets import KochTestRunner
+
+    import koch_explore as ke
+
+    det, synth, bank = ke.load_detector(), ke.load_synthesizer("local"), ke.load_bank("local")
+    n0 = live_widgets()
+    runner = KochTestRunner(det, synth, bank, ke.embedded_hosts(trees=False)[:1], trials=1, counts=(0, 2), control=False)
+    assert runner.report is None and "not run yet" in runner.status.value
+    assert_snapshot(runner, "not run yet")
+    runner.run_button.click()  # what a person's press does
+    rep = runner.report
+    assert rep is not None and rep.n_trials == 1 and rep.counts == [0, 2] and not runner.run_button.disabled
+    assert f'<span class="koch-test-state">{rep.verdict}</span>' in runner.status.value and rep.verdict == "inconclusive"
+    assert "Verdict:" in runner.verdict.value and "only 1 distinct host" in runner.verdict.value
+    assert runner.severity_view.value[:4] == b"\x89PNG" and runner.case_view.value[:4] == b"\x89PNG"
+    assert_snapshot(runner, "The placed lesions were re-found at")
+    runner.close()
+    assert live_widgets() == n0
+    broken = KochTestRunner(det, synth, bank, ke.embedded_hosts(trees=False)[:1], trials=1, counts=(2, 8))
+    with pytest.raises(ValueError, match="counts must hold 0"):
+        broken.run()
+    assert "failed" in broken.status.value and "counts must hold 0" in broken.status.value and not broken.run_button.disabled
+    broken.close()

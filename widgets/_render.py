@@ -17,7 +17,7 @@ import numpy as np
 from koch_explore.plotting import colourise, draw_boxes, mosaic, to_uint8
 
 __all__ = ["to_uint8", "encode", "data_url", "colourise", "svg_view", "mosaic", "close_widgets", "new_figure", "figure_png",
-           "plain_text", "snapshot_panels"]
+           "plain_text", "snapshot_panels", "image_figure", "BLANK_PNG"]
 
 
 def encode(img: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
@@ -53,6 +53,26 @@ def svg_view(background_url: str, size: tuple[int, int], overlay_url: str | None
             parts.append(f'<text x="{x0}" y="{max(6, y0 - 2)}" fill="{c}" font-size="{max(6, w // 60)}">{labels[i]}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def image_figure(image: np.ndarray, width: int, shapes=()):
+    """A plotly ``FigureWidget`` of ``image`` to click on (a click reports image pixels), ``width`` px wide,
+    axes hidden, with ``shapes`` (boxes) drawn.
+
+    The whole layout goes into the constructor: a figure inside another widget is not re-synced when the
+    cell displays it, and a frontend that connects after the cell ran (Voila shows a page once every cell
+    has run) gets the figure's state, not the relayout messages sent before it came; layout changes made
+    after the first picture must happen while a frontend is connected (clicks and buttons do)."""
+    import plotly.graph_objects as go
+
+    h, w = image.shape[:2]
+    layout = dict(width=width, height=round(width * h / w), margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(visible=False),
+                  yaxis=dict(visible=False), dragmode=False, shapes=list(shapes))
+    return go.FigureWidget(go.Image(z=image, hoverinfo="x+y"), layout=layout)
+
+
+BLANK_PNG = encode(np.zeros((1, 1, 4), np.uint8))
+"""A transparent pixel: what an image widget shows before it has a picture (an empty one shows a broken-image icon)."""
 
 
 def close_widgets(*widgets) -> None:

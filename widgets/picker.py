@@ -19,9 +19,11 @@ from koch_explore.culture.isolation import isolate
 from koch_explore.evidence.base import DEFAULT_METHOD, explain
 
 from ._render import (
+    BLANK_PNG,
     close_widgets,
     colourise,
     encode,
+    image_figure,
     mosaic,
     plain_text,
     snapshot_panels,
@@ -45,7 +47,6 @@ class LesionPicker:
                  threshold: float | str | None = None, image_id: str = "image", bank_path: str = "picked_bank.safetensors",
                  width: int = 512, rule: str = DEFAULT_RULE):
         import ipywidgets as W
-        import plotly.graph_objects as go
 
         self.detector = detector
         x = as_image_batch(image[None] if np.ndim(image) == 3 else image)[:1].to(next(detector.parameters()).device)
@@ -60,13 +61,10 @@ class LesionPicker:
         self._detail_rgb: np.ndarray | None = None
         self.bank = DescriptorBank(detector_hash=detector.weights_hash(), info={"built_by": "LesionPicker", "method": method})
 
-        h, w = self.image.shape[:2]
-        self.figure = go.FigureWidget(go.Image(z=self.image, hoverinfo="x+y"))
-        self.figure.update_layout(width=width, height=round(width * h / w), margin=dict(l=0, r=0, t=0, b=0),
-                                  xaxis=dict(visible=False), yaxis=dict(visible=False), dragmode=False)
+        self.figure = image_figure(self.image, width, self._boxes())
         self.figure.data[0].on_click(self._on_click)
         self.info = W.HTML()
-        self.detail = W.Image(format="png")
+        self.detail = W.Image(value=BLANK_PNG, format="png")
         self.path_text = W.Text(value=str(bank_path), description="bank file")
         self.save_button, self.load_button = W.Button(description="save bank"), W.Button(description="load bank")
         self.save_button.on_click(lambda _b: self.save(self.path_text.value))
@@ -152,14 +150,18 @@ class LesionPicker:
         if points.xs:
             self.click(points.xs[0], points.ys[0])
 
-    def _redraw(self, k: int | None) -> None:
+    def _boxes(self) -> list[dict]:
+        """One plotly rectangle per candidate: green in the bank, yellow not."""
         shapes = []
         for i, d in enumerate(self.candidates):
             x0, y0, x1, y1 = d.bbox
             on = i in self.selected
             shapes.append(dict(type="rect", x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5,
                                line=dict(color="#00ff66" if on else "#ffd000", width=2 if on else 1)))
-        self.figure.layout.shapes = shapes
+        return shapes
+
+    def _redraw(self, k: int | None) -> None:
+        self.figure.layout.shapes = self._boxes()
         head = f"{len(self.candidates)} components ({self.method}); <b>{len(self.bank)} in the bank</b>"
         if k is None:
             self.info.value = head

@@ -15,32 +15,44 @@ from koch_explore.core.geometry import in_mask
 from koch_explore.culture.bank import DescriptorBank
 from koch_explore.synthesis.synthesizer import random_layout
 
-from ._render import close_widgets, encode, plain_text, snapshot_panels, to_uint8
+from ._render import (
+    BLANK_PNG,
+    close_widgets,
+    encode,
+    image_figure,
+    plain_text,
+    snapshot_panels,
+    to_uint8,
+)
 
 __all__ = ["DescriptorPlacer"]
 
 
 class DescriptorPlacer:
-    """Host vessel tree + FOV, a bank to place from, and the placed layout (:attr:`layout`).
+    """Host vessel tree + FOV, a bank to place from, and the placed layout (:attr:`layout`). In local mode
+    ``photo`` is the host and ``vessels`` may be None (the local synthesizer reads no tree).
 
     Plain-Python API: :meth:`place` (x, y), :meth:`set_count`, :meth:`rotate`, :meth:`scale`,
     :meth:`clear`, :meth:`synthesize` (returns the image and shows it), :meth:`set_bank`,
     :meth:`snapshot`, :meth:`close`. ``selected``: bank indices placed by clicks (cycled in order).
     """
 
-    def __init__(self, synthesizer, bank: DescriptorBank, vessels: np.ndarray, fov: np.ndarray, detector=None,
+    def __init__(self, synthesizer, bank: DescriptorBank, vessels: np.ndarray | None, fov: np.ndarray, detector=None,
                  selected=None, seed: int = 0, width: int = 420, photo: np.ndarray | None = None):
         import ipywidgets as W
-        import plotly.graph_objects as go
 
         if not len(bank):
             raise ValueError("the bank is empty: pick lesions first (LesionPicker)")
         self.synth, self.bank, self.detector = synthesizer, bank, detector
         self.default_bank = bank
-        self.vessels, self.fov = np.asarray(vessels, np.float32), np.asarray(fov, bool)
         self.local = getattr(synthesizer, "mode", "whole") == "local"
         if self.local and photo is None:
             raise ValueError("a local-mode synthesizer grows lesions in a real photo: give photo= (the host's image)")
+        if not self.local and vessels is None:
+            raise ValueError("the whole-fundus generator draws the fundus around a vessel tree: give vessels= (the host's tree)")
+        # local mode never reads the tree: a photo without one (ke.retina_photo()) is a host as it is
+        self.vessels = None if vessels is None else np.asarray(vessels, np.float32)
+        self.fov = np.asarray(fov, bool)
         self.photo = None if photo is None else np.asarray(photo, np.float32)
         self.selected = list(range(len(bank))) if selected is None else [int(i) for i in selected]
         self.seed = seed
@@ -50,16 +62,14 @@ class DescriptorPlacer:
         h, w = self.fov.shape
         # the photo to click on when there is one to grow lesions in, else the tree the generator draws around
         self.host = to_uint8(self.photo) if self.local else to_uint8(np.where(self.fov, 0.25 + 0.6 * self.vessels, 0.0))
-        self.figure = go.FigureWidget(go.Image(z=self.host, hoverinfo="x+y"))
-        self.figure.update_layout(width=width, height=round(width * h / w), margin=dict(l=0, r=0, t=0, b=0),
-                                  xaxis=dict(visible=False), yaxis=dict(visible=False), dragmode=False)
+        self.figure = image_figure(self.host, width)
         self.figure.data[0].on_click(self._on_click)
         self.count_slider = W.IntSlider(value=0, min=0, max=32, description="count", continuous_update=False)
         self.rotate_slider = W.FloatSlider(value=0, min=-180, max=180, step=15, description="rotate last", continuous_update=False)
         self.scale_slider = W.FloatSlider(value=1.0, min=0.5, max=2.0, step=0.1, description="scale last", continuous_update=False)
         self.synth_button, self.clear_button = W.Button(description="synthesize", button_style="primary"), W.Button(description="clear")
         # a fixed size: in a row beside the figure an image would stretch to the row's height
-        self.preview = W.Image(format="png", layout=W.Layout(width=f"{width}px", height=f"{round(width * h / w)}px"))
+        self.preview = W.Image(value=BLANK_PNG, format="png", layout=W.Layout(width=f"{width}px", height=f"{round(width * h / w)}px"))
         self.info = W.HTML()
         self.count_slider.observe(self._on_count, names="value")
         self.rotate_slider.observe(self._on_rotate, names="value")
@@ -117,7 +127,8 @@ class DescriptorPlacer:
         self._redraw()
 
     def synthesize(self) -> np.ndarray:
-        host = {"vessels": self.vessels, "fov": self.fov, **({} if self.photo is None else {"image": self.photo})}
+        host = {"fov": self.fov, **({} if self.vessels is None else {"vessels": self.vessels}),
+                **({} if self.photo is None else {"image": self.photo})}
         self.image = self.synth.synthesize_host(host, self.layout if len(self.layout) else None, seed=self.seed)
         self.preview.value = encode(to_uint8(self.image))
         msg = self._placed()

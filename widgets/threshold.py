@@ -47,7 +47,8 @@ class ThresholdExplorer:
     """Fundus + evidence map, a threshold slider, an Otsu button, the rule (global, peaks or both side
     by side), the live mask, boxes and count.
 
-    Plain-Python API: :meth:`set_threshold`, :meth:`otsu`, :meth:`set_rule`, :attr:`segmentation` (the
+    Plain-Python API: :meth:`set_threshold`, :meth:`otsu`, :meth:`set_rule`, :meth:`set_eye` (another image and
+    map, same threshold and rule), :attr:`segmentation` (the
     shown rule's; the global one under "both"), :attr:`segmentations` (rule -> segmentation shown),
     :attr:`count`, :attr:`last_redraw_ms`, :meth:`snapshot`; :meth:`close` releases the widgets and
     their observers.
@@ -60,24 +61,13 @@ class ThresholdExplorer:
 
         if threshold is None:  # the rule's own default ("both" starts at the default rule's)
             threshold = default_threshold(rule if rule in RULE_THRESHOLDS else DEFAULT_RULE)
-        img = to_uint8(image)
-        self.shape = img.shape[:2]
-        if np.shape(evidence) != self.shape:
-            raise ValueError(f"evidence map {np.shape(evidence)} does not match the image {self.shape}")
-        first = segment(evidence, fov, threshold)  # blurs once; later moves reuse `blurred`
-        self._blurred, self._fov = first.blurred, first.fov
-        self._evidence = np.asarray(evidence, np.float32)
-        self.min_area = default_min_area(self.shape) if min_area is None else int(min_area)
-        self._image = img
-        self._background = data_url(img, "jpeg")
-        self.width = width
-        self.segmentation: Segmentation = first
-        self.segmentations: dict[str, Segmentation] = {}
-        self.last_redraw_ms = float("nan")
-        # the peaks rule keeps maxima one blur radius apart, as culture.cut.segment does
-        self._min_distance = max(2, int(round(default_blur_sigma(self.shape))))
         if rule not in (*RULES, "both"):
             raise ValueError(f"rule {rule!r}: one of {(*RULES, 'both')}")
+        self._min_area_given = min_area
+        self.width = width
+        self.segmentations: dict[str, Segmentation] = {}
+        self.last_redraw_ms = float("nan")
+        self._take_eye(image, evidence, fov, threshold)
 
         self.slider = W.FloatSlider(value=float(threshold), min=0.0, max=1.0, step=0.01, description="threshold",
                                     continuous_update=True, readout_format=".2f", layout=W.Layout(width="420px"))
@@ -91,7 +81,7 @@ class ThresholdExplorer:
         self.slider.observe(self._on_slider, names="value")
         self.rule_buttons.observe(self._on_slider, names="value")
         self.otsu_button.on_click(lambda _b: self.otsu())
-        self._header = W.HTML(f"<b>{title}</b>") if title else W.HTML()
+        self._header = W.HTML(self._title_markup(title))
         self._row = W.HBox([self.slider, self.otsu_button, self.count_label])
         self._views = W.HBox([self.view, self.peaks_view])
         self.widget = W.VBox([self._header, self._row, self.rule_buttons, self._views])
@@ -128,6 +118,13 @@ class ThresholdExplorer:
         t = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0] if values.size else 255.0
         self.set_threshold(min(1.0, (t + 0.5) / 255.0))
         return self.threshold
+
+    def set_eye(self, image: np.ndarray, evidence: np.ndarray, fov: np.ndarray | None = None, title: str = "") -> None:
+        """Show another image and its evidence map (an eye chosen from a list), at the same threshold and
+        rule: the map is blurred once, as at construction, and the view redrawn."""
+        self._take_eye(image, evidence, fov, self.threshold)
+        self._header.value = self._title_markup(title)
+        self.redraw()
 
     def redraw(self) -> None:
         t0 = time.perf_counter()
@@ -175,6 +172,26 @@ class ThresholdExplorer:
 
     def _on_slider(self, _change) -> None:
         self.redraw()
+
+    def _take_eye(self, image: np.ndarray, evidence: np.ndarray, fov: np.ndarray | None, threshold: float) -> None:
+        img = to_uint8(image)
+        shape = img.shape[:2]
+        if np.shape(evidence) != shape:
+            raise ValueError(f"evidence map {np.shape(evidence)} does not match the image {shape}")
+        first = segment(evidence, fov, threshold)  # blurs once; later moves reuse `blurred`
+        self.shape = shape
+        self._blurred, self._fov = first.blurred, first.fov
+        self._evidence = np.asarray(evidence, np.float32)
+        self.min_area = default_min_area(shape) if self._min_area_given is None else int(self._min_area_given)
+        self._image = img
+        self._background = data_url(img, "jpeg")
+        self.segmentation: Segmentation = first
+        # the peaks rule keeps maxima one blur radius apart, as culture.cut.segment does
+        self._min_distance = max(2, int(round(default_blur_sigma(shape))))
+
+    @staticmethod
+    def _title_markup(title: str) -> str:
+        return f"<b>{title}</b>" if title else ""
 
     def _segment(self, cut: float, rule: str) -> Segmentation:
         if rule == "peaks":
