@@ -32,7 +32,7 @@ CLASS_PROFILE: dict[str, dict[str, tuple]] = {
     "02_isolate": {"n_phantoms": (16, 8), "n_per_grade": (40, 12), "n_sanity": (24, 8),
                    "sanity_methods": ("all", "guided-gradcam,gradcam,gradient,random")},
     "03_culture": {"n_eyes": (16, 8)},
-    "04_inoculate": {"n_hosts": (3, 2), "retrain_steps": (100, 30)},
+    "04_inoculate": {"n_hosts": (3, 2), "retrain_steps": (100, 30), "retrain_batch": (2, 1)},
     "05_reisolate": {"trials": (40, 12), "compare_methods": ("deconvnet,guided-gradcam,gradient-x-input,guided-backprop",
                                                             "deconvnet,guided-gradcam"), "compare_trials": (12, 4)},
     "06_lesson_koch_for_cnns": {},

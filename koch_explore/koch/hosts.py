@@ -41,26 +41,28 @@ EMBEDDED_PHANTOM_SEED = 5_000_000
 (3,000,000 on), and from the graded phantoms (:func:`~koch_explore.data.phantom.phantom_seed`)."""
 
 
-def embedded_hosts(size: int = 256, count: int = EMBEDDED_HOSTS) -> list[dict]:
+def embedded_hosts(size: int = 256, count: int = EMBEDDED_HOSTS, trees: bool = True) -> list[dict]:
     """Healthy hosts that need no data: first ``skimage.data.retina()`` (CC0, inside the wheel), prepared to
     ``size``, its tree from the shipped vessel segmenter ("skimage-retina"); then ``count - 1`` grade-0
     phantoms with their exact vessel trees ("phantom-host-<k>"). One photo reused is one observation: the
     phantoms make the embedded Koch test's verdict reachable. The shipped EyePACS detector grades phantoms
     (its referable AUC on graded phantoms is in docs/findings/koch-test.md#embedded), so the embedded
-    competence is measured on phantoms (:func:`hosts_population`)."""
+    competence is measured on phantoms (:func:`hosts_population`). ``trees`` False leaves out the photo's tree
+    (local mode never reads one; segmenting it is most of the ~10 s this takes on one core)."""
     if count < 1:
         raise ValueError(f"host count must be >= 1, got {count}")
-    # fresh arrays per call (a caller may draw on a host), built once per process (a tree and 11 phantoms: ~10 s)
-    return [{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in h.items()} for h in _built_hosts(size, count)]
+    # fresh arrays per call (a caller may draw on a host), built once per process
+    return [{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in h.items()} for h in _built_hosts(size, count, trees)]
 
 
 @functools.lru_cache(maxsize=4)
-def _built_hosts(size: int, count: int) -> tuple[dict, ...]:
+def _built_hosts(size: int, count: int, trees: bool) -> tuple[dict, ...]:
     from ..data.phantom import generate_phantom
 
     img, fov = retina_photo(size)
-    _, tree = load_vessels().segment(img, fov)
-    out = [{"image": img, "vessels": tree.astype(np.float32), "fov": fov, "name": "skimage-retina"}]
+    out = [{"image": img, "fov": fov, "name": "skimage-retina"}]
+    if trees:
+        out[0]["vessels"] = load_vessels().segment(img, fov)[1].astype(np.float32)
     for k in range(count - 1):
         ph = generate_phantom(EMBEDDED_PHANTOM_SEED + k, size=size, grade=0)
         out.append({"image": np.clip(ph.image, 0, 1).astype(np.float32), "vessels": ph.vessels.astype(np.float32),
@@ -210,7 +212,7 @@ def healthy_hosts(data: str, hosts: str, root=None, size: int = 256, count: int 
     if hosts == "trees":
         return healthy_set(SynthTrainConfig(data=data, root=root), size)
     if hosts == "embedded":
-        return embedded_hosts(size)
+        return embedded_hosts(size, trees=trees)
     if hosts in UNSEEN_HOSTS:
         return unseen_hosts(hosts, root, size, count, progress=True, trees=trees)
     if Path(hosts).exists():

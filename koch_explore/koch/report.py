@@ -69,8 +69,9 @@ def figure_cases(cases, size: float = 2.6, mode: str = "whole"):
                 a.set_title(titles[j], fontsize=8)
         ax[0].text(2, 12, c.host, color="white", fontsize=6)
         ax[4].text(2, 12, f"{n_hit}/{len(c.hits)} re-found, {sum(c.spurious)} spurious", color="white", fontsize=7)
-        ax[3].text(2, c.inoculated.shape[0] - 6, f"severity {c.severities.get(0, float('nan')):.2f} -> "
-                   f"{max(c.severities.items())[1]:.2f} (16)", color="white", fontsize=6)
+        top = max(c.severities)  # the largest count given (16 in the paper's dose series)
+        ax[3].text(2, c.inoculated.shape[0] - 6, f"severity {c.severities.get(0, float('nan')):.2f} (0) -> "
+                   f"{c.severities[top]:.2f} ({top})", color="white", fontsize=6)
     fig.suptitle("1 Isolate -> 2 Culture -> 3 Inoculate -> 4 Re-isolate (cyan: placed; o/x: re-found or missed; "
                  "green/red boxes: components on/off a placement)", fontsize=8)
     fig.tight_layout()
