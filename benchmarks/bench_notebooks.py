@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,11 +39,11 @@ def real_root() -> str | None:
     return None
 
 
-def run_one(notebook: str, root: str, profile: str = "default", cores: int = 0) -> dict:
+def run_one(notebook: str, root: str, profile: str = "default", cores: int = 0, keep: str = "") -> dict:
     """Run one notebook under papermill in a temporary folder with ``KOCH_DATA=root`` and
     ``KOCH_PROFILE=profile``, on the first ``cores`` CPUs (taskset; 0: all), whose count the notebook's
     ``ke.use_profile`` reads as its thread budget; called in a child process so that its
-    ``RUSAGE_CHILDREN`` covers this notebook's kernel only."""
+    ``RUSAGE_CHILDREN`` covers this notebook's kernel only. ``keep``: a folder to copy the executed notebook to."""
     with tempfile.TemporaryDirectory(prefix="koch-bench-nb-") as cwd:
         env = {**os.environ, "KOCH_DATA": root, "PYTHONPATH": str(REPO), "KOCH_PROFILE": profile}
         env.pop("OMP_NUM_THREADS", None)  # the thread count must come from the CPU set, as on a hub
@@ -53,6 +54,9 @@ def run_one(notebook: str, root: str, profile: str = "default", cores: int = 0) 
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         slowest = slowest_cells(Path(cwd) / notebook)
+        if keep and (Path(cwd) / notebook).is_file():
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(cwd) / notebook, Path(keep) / notebook)
     rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # kB on Linux
     error = None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1][:160]
     return {"notebook": notebook, "wall_s": wall, "peak_gb": rss_gb, "error": error, "slowest": slowest}
@@ -76,11 +80,12 @@ def main() -> None:
                     help="the notebooks' profile (KOCH_PROFILE): class = sized for 1 core and 1.5 GB")
     ap.add_argument("--cores", type=int, default=0, help="run each notebook on this many CPUs (taskset); 0: all")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    ap.add_argument("--one", nargs=4, metavar=("NOTEBOOK", "ROOT", "PROFILE", "CORES"), help=argparse.SUPPRESS)  # the child's job
+    ap.add_argument("--keep", default="", help="copy each executed notebook into this folder (its cells' times)")
+    ap.add_argument("--one", nargs=5, metavar=("NOTEBOOK", "ROOT", "PROFILE", "CORES", "KEEP"), help=argparse.SUPPRESS)  # the child's job
     args = ap.parse_args()
     if args.one:
-        nb, root, profile, cores = args.one
-        print(json.dumps(run_one(nb, root, profile, int(cores))))
+        nb, root, profile, cores, keep = args.one
+        print(json.dumps(run_one(nb, root, profile, int(cores), keep)))
         return
     notebooks = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")
                        if args.only is None or p.name[:2] in args.only)
@@ -92,7 +97,8 @@ def main() -> None:
                 print(f"{mode}: no data root with DRIVE and EyePACS found ({', '.join(r for r in REAL_ROOTS if r)}); skipped")
                 continue
             for nb in notebooks:
-                child = subprocess.run([sys.executable, __file__, "--one", nb, roots[mode], args.profile, str(args.cores)],
+                keep = str(Path(args.keep).resolve() / mode) if args.keep else ""
+                child = subprocess.run([sys.executable, __file__, "--one", nb, roots[mode], args.profile, str(args.cores), keep],
                                        capture_output=True, text=True, check=True)
                 row = {"mode": mode, "profile": args.profile, "cores": args.cores or os.cpu_count(),
                        **json.loads(child.stdout.strip().splitlines()[-1])}

@@ -36,9 +36,10 @@ SETUPS["embedded"] = SETUPS["real"]  # the shipped real models on the CC0 photo 
 EMBEDDED_HOSTS = 12
 """Hosts of the embedded setting: the CC0 photo and 11 grade-0 phantoms, so a Koch test without any dataset has
 more distinct hosts than the verdict's minimum (:attr:`~koch_explore.koch.verdict.VerdictRule.min_hosts`, 8)."""
-EMBEDDED_PHANTOM_SEED = 5_000_000
-"""The embedded phantom hosts' first seed: apart from the phantom trainer's hosts (2,000,000 on) and bank eyes
-(3,000,000 on), and from the graded phantoms (:func:`~koch_explore.data.phantom.phantom_seed`)."""
+EMBEDDED_PHANTOM_SEED = 7_000_000
+"""The embedded phantom hosts' first seed: apart from the phantom trainer's hosts (2,000,000 on), bank and
+evaluation eyes (3,000,000 and 4,000,000 on), 03_culture's eyes (5,000,000 on) and the graded phantoms
+(:func:`~koch_explore.data.phantom.phantom_seed`), so no host shares its anatomy with an eye a lesion came from."""
 
 
 def embedded_hosts(size: int = 256, count: int = EMBEDDED_HOSTS, trees: bool = True) -> list[dict]:
