@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from koch_explore.core.profiles import CLASS_BUDGET
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_S, QUICKSTART_GB = 300.0, 3.0
-CLASS_S, CLASS_GB = 180.0, 1.5  # the class profile's budget per notebook (koch_explore.core.profiles)
+CLASS_S, CLASS_GB = CLASS_BUDGET
 REAL_ROOTS = (os.environ.get("KOCH_DATA"), str(REPO.parent / "shared" / "data"), str(REPO / "data"))
 
 

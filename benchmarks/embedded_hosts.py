@@ -16,8 +16,6 @@ import time
 import torch
 
 import koch_explore as ke
-from koch_explore.koch.verdict import population_competence
-from koch_explore.synthesis.trainer import SynthTrainConfig, healthy_set
 
 
 def main() -> None:
@@ -26,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     eyepacs = ke.load_detector("eyepacs")
-    competence = population_competence(eyepacs, "phantom")
+    competence = ke.population_competence(eyepacs, "phantom")
     print(f"EyePACS detector on graded phantoms: referable AUC {competence['referable_auc']:.2f} (n {competence['n']})")
 
     t0 = time.perf_counter()
@@ -37,12 +35,12 @@ def main() -> None:
                        config=ke.KochConfig(trials=args.trials, seed=0), competence=competence, vessel_model=False)
     print(f"quickstart ({len(cultured)} cultured lesions, local synthesis, {time.perf_counter() - t0:.0f} s): {rep.reading()}")
 
-    hosts = healthy_set(SynthTrainConfig(data="phantom"), 256)[:args.trials]
+    hosts = ke.healthy_hosts("phantom", "trees", size=256)[:args.trials]   # the phantom trainer's grade-0 hosts
     synth, bank = ke.load_synthesizer("phantom"), ke.load_bank("phantom")
     for name, grader in (("phantom", ke.load_detector("phantom")), ("eyepacs", eyepacs)):
         t0 = time.perf_counter()
         rep = ke.koch_test(grader, synth, bank, hosts, config=ke.KochConfig(trials=args.trials, seed=0), progress=False,
-                           competence=population_competence(grader, "phantom"), vessel_model=False)
+                           competence=ke.population_competence(grader, "phantom"), vessel_model=False)
         print(f"hands-on, graded by the {name} detector ({time.perf_counter() - t0:.0f} s): {rep.reading()}")
 
 

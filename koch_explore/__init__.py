@@ -83,7 +83,7 @@ _EXPORTS = {
     "VerdictRule": "koch.verdict",  # the verdict's stated thresholds
     "VERDICTS": "koch.verdict",  # "lesion-driven", "inconclusive", "not-lesion-driven"
     "population_competence": "koch.verdict",  # does a model grade the hosts' population (referable AUC, spread)?
-    "embedded_hosts": "koch.hosts",  # the embedded photo as a host (its tree from the vessel segmenter)
+    "embedded_hosts": "koch.hosts",  # hosts without data: skimage's photo and 11 grade-0 phantoms
     "default_setup": "koch.hosts",  # (detector, synthesizer, bank, hosts, data) shipped for a data setting and mode
     "healthy_hosts": "koch.hosts",  # hosts by name ("trees", "eyepacs-val", "aptos-val", "embedded") or a folder of photos
     "write_report": "koch.report",  # the offline HTML report of a KochReport

@@ -21,8 +21,9 @@ CHECKS = {
     # run in the app's kernel after its cells: what a person finds when the page appears
     "threshold_explorer": "assert explorer.label == 'phantom 11 (grade 3)' and explorer.explorer.count > 0\n"
                           "assert not any(label.startswith('EyePACS') for label in explorer.eyes.labels)  # no dataset here\n"
+                          "before = explorer.explorer.view.value\n"
                           "explorer.choose('healthy photo (scikit-image)')\n"
-                          "assert explorer.explorer.count >= 0 and explorer.label.startswith('healthy')",
+                          "assert explorer.label.startswith('healthy') and explorer.explorer.view.value != before  # redrawn",
     "pick_and_grow": "assert picker.candidates and picker.selected == []  # nothing picked for the person\n"
                      "assert len(placer.layout) == 0 and placer.image is None and placer.local  # nothing placed or grown\n"
                      "picker.toggle(0)\n"

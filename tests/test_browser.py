@@ -403,7 +403,7 @@ def test_pick_and_grow_app_in_voila(voila_apps):
         browser.close()
     assert "0 in the bank" in before, f"the app picked for the person: {before!r}"
     assert "1 in the bank" in picked and green == 1, f"clicking a lesion picked nothing ({picked!r}, {green} green boxes)"
-    assert after.startswith("1 lesion placed from 1 picked descriptors"), f"the photo did not take the picked lesion: {after!r}"
+    assert after.startswith("1 lesion placed from 1 picked descriptor"), f"the photo did not take the picked lesion: {after!r}"
     assert "detector severity" in grown
     if placed_boxes != 1:  # the placement is right (the status says so); plotly left its box undrawn
         warnings.warn(f"the placer drew {placed_boxes} boxes for 1 placed lesion (a plotly relayout lost at page start)")

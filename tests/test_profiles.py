@@ -1,6 +1,6 @@
 """Notebook profiles (koch_explore.core.profiles): the class profile's table matches the notebooks, only lowers
-counts, is applied by one call that keeps a user's own choices, and on the inputs both profiles see gives the
-same lesions and the same Koch verdict."""
+counts, is applied by one call that keeps a user's own choices, and on the eyes both profiles see cultures the
+same lesions (the same Koch verdict: benchmarks/profile_verdicts.py, a few minutes, so a measurement)."""
 
 from __future__ import annotations
 
@@ -76,15 +76,19 @@ def test_use_profile_lowers_defaults_keeps_choices_and_reads_the_environment(mon
         profile_values("99_nothing", "class")
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="resident memory read from /proc (Linux, as a hub)")
 def test_release_memory_returns_freed_arrays_to_the_system():
-    import resource  # noqa: F401  (Linux only, as the hub)
-
     def rss_mb() -> float:
         return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
-    blocks = [np.ones(2**16, np.float64) for _ in range(2000)]  # ~1 GB in 512 kB blocks: below mmap's threshold
+    # blocks of 64 kB stay on glibc's heap (below its mmap threshold): freed, they stay resident until trimmed
+    blocks = [np.ones(2**13, np.float64) for _ in range(12000)]  # ~0.8 GB
     high = rss_mb()
     del blocks
+    import gc
+
+    gc.collect()
+    assert rss_mb() > high - 200, "freed heap memory left at once: this check would not see release_memory work"
     ke.release_memory()
     assert rss_mb() < high - 500, "freed memory stayed resident"
 

@@ -176,7 +176,7 @@ def test_descriptor_placer_place_rotate_count_synthesize(phantom_models):
     dp.clear()
     assert len(dp.layout) == 0
     dp.set_bank(bank.select(indices=[2]))  # a picker hands over its selection ...
-    assert dp.place(xs[c], ys[c]) and dp.layout[0].area == bank[2].area and "1 picked descriptors" in dp.info.value
+    assert dp.place(xs[c], ys[c]) and dp.layout[0].area == bank[2].area and "1 picked descriptor" in dp.info.value
     dp.set_bank(bank.select(indices=[]))  # ... and an empty one means the bank it was given
     assert dp.bank is bank and dp.selected == list(range(len(bank))) and len(dp.layout) == 1
     dp.close()

@@ -3,7 +3,7 @@
 One press inoculates the hosts with 0 and more lesions, re-isolates them with the detector, and shows the
 verdict with its reasons, the severity by lesion count, and one inoculated host with the placed lesions
 (cyan) and what the detector re-isolated (green on a placed lesion, red elsewhere). The test runs in the
-click's handler: a few trials on the embedded photo take seconds, and the status line says it is running
+click's handler: a few trials on the embedded hosts take seconds, and the status line says it is running
 before it starts (a widget's new value is sent at once, even from a busy handler).
 """
 
@@ -18,6 +18,7 @@ from koch_explore.koch.report import figure_severity, verdict_block
 from koch_explore.koch.test import KochConfig, koch_test
 
 from ._render import (
+    BLANK_PNG,
     close_widgets,
     encode,
     figure_png,
@@ -37,7 +38,8 @@ class KochTestRunner:
 
     Plain-Python API: :meth:`run` (what the button does; returns the :class:`~koch_explore.KochReport`),
     :attr:`report`, :meth:`snapshot`, :meth:`close`. ``control``: also transplant the real lesions to the
-    same places (the verdict needs it to call a model lesion-driven)."""
+    same places (without it a lesion-driven verdict rests on the synthesized lesions alone, and a flat
+    response cannot be called not-lesion-driven)."""
 
     def __init__(self, detector, synthesizer, bank, hosts, trials: int = 2, counts=(0, 2, 8), seed: int = 0,
                  max_trials: int = 16, control: bool = True):
@@ -55,8 +57,9 @@ class KochTestRunner:
                                    tooltip="inoculate the hosts, re-isolate, score, decide")
         self.status = W.HTML()
         self.verdict = W.HTML()
-        self.severity_view = W.Image(format="png", layout=W.Layout(width="460px"))
-        self.case_view = W.Image(format="png", layout=W.Layout(width="690px"))
+        # a transparent pixel until the first run: an empty image widget draws a broken-image icon
+        self.severity_view = W.Image(value=BLANK_PNG, format="png", layout=W.Layout(width="460px"))
+        self.case_view = W.Image(value=BLANK_PNG, format="png", layout=W.Layout(width="690px"))
         self.run_button.on_click(lambda _b: self.run())
         self._rows = [W.HBox([self.trials_box, self.run_button, self.status]), self.verdict,
                       W.HBox([self.severity_view, self.case_view])]

@@ -196,7 +196,7 @@ class DescriptorPlacer:
     def _redraw(self) -> None:
         self.figure.layout.shapes = [dict(type="rect", x0=d.bbox[0] - 0.5, y0=d.bbox[1] - 0.5, x1=d.bbox[2] - 0.5, y1=d.bbox[3] - 0.5,
                                           line=dict(color="#00e5ff", width=1.5)) for d in self.layout]
-        src = f"the bank ({len(self.bank)} descriptors)" if self.bank is self.default_bank else f"{len(self.bank)} picked descriptors"
+        src = f"the bank ({len(self.bank)} descriptors)" if self.bank is self.default_bank else f"{len(self.bank)} picked descriptor{'' if len(self.bank) == 1 else 's'}"
         self.info.value = f"{self._placed()} from {src} (click the {'photo' if self.local else 'tree'} to add; synthesize to preview)"
 
     def _placed(self) -> str:

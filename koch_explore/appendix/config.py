@@ -43,7 +43,8 @@ class AuditConfig:
     "local" (lesions grown inside each host's real photo)."""
     hosts: str = "eyepacs-val"
     """Koch hosts on real data: "eyepacs-val" / "aptos-val" (held-out grade-0 photos no shipped model trained
-    on), "trees" (DRIVE + CHASE_DB1) or a folder of healthy photos. Without real data: the embedded photo."""
+    on), "trees" (DRIVE + CHASE_DB1) or a folder of healthy photos. Without real data: the embedded hosts
+    (skimage's photo and 11 grade-0 phantoms)."""
     host_count: int = 68
     """Photos drawn for eyepacs-val / aptos-val / a folder (no more than ``trials`` are drawn: only those are
     inoculated)."""

@@ -180,7 +180,7 @@ def default_setup(data: str = "auto", root=None, detector=None, weights=None, ba
     if hosts in UNSEEN_HOSTS and data != "real":
         raise ValueError(f"hosts {hosts!r} are real photos: they need --data real (got {data!r})")
     det, synth, descriptors = shipped_models(data, detector, weights, bank, device, mode)
-    # without data the trees are not there: the embedded photo is the host
+    # without data the trees are not there: the embedded hosts (skimage's photo, grade-0 phantoms) stand in
     host_set = healthy_hosts(data, "embedded" if data == "embedded" and hosts == "trees" else hosts, root, synth.size, host_count,
                              trees=synth.mode != "local")
     return det, synth, descriptors, host_set, data
