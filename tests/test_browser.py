@@ -353,8 +353,16 @@ def test_threshold_app_in_voila(voila_apps):
             after = _poll(count.inner_text, lambda t: t != after, 5, 0.1)
             if after != before and not after.startswith("0 "):
                 break
-        moved_value = readout.inner_text()
-        time.sleep(1)  # the SVG is replaced on every redraw: let the last one land
+        # key presses sent after the count first changed go on redrawing: wait until the label holds still, then
+        # read the label and the boxes of the same redraw
+        settled = None
+        for _ in range(20):
+            time.sleep(0.5)
+            now = count.inner_text()
+            if now == settled:
+                break
+            settled = now
+        after, moved_value = settled, readout.inner_text()
         boxes = page.locator("svg.koch-view rect.koch-box").count()
         REPORTS.mkdir(exist_ok=True)
         page.screenshot(path=str(REPORTS / "browser_voila_threshold.png"), full_page=True)

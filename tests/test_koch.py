@@ -147,8 +147,9 @@ def test_placed_lesions_are_refound_above_chance_and_raise_severity(report):
 def test_another_seed_gives_another_draw(embedded_setup, report):
     # the same seed giving the same report, byte for byte: tests/test_determinism.py
     det, synth, bank, hosts = embedded_setup
-    other = koch_test(det, synth, bank, hosts, config=KochConfig(trials=6, seed=2), progress=False, vessel_model=False)
-    assert other.severity != report.severity
+    # two trials are enough to see another draw: the same two hosts, other places and noise
+    other = koch_test(det, synth, bank, hosts, config=KochConfig(trials=2, seed=2), progress=False, vessel_model=False)
+    assert other.hosts == report.hosts[:2] and other.severity != report.severity[:2]
 
 
 def test_transplant_gives_the_detector_the_source_lesion(embedded_setup):

@@ -89,7 +89,7 @@ def load_graded(cfg: GradedData, size: int, splits: tuple[str, ...] = ("train", 
 
     ``splits`` limits what is decoded (evaluation needs no training images)."""
     if cfg.data == "phantom":
-        return _load_phantom(cfg, size)
+        return _load_phantom(cfg, size, splits)
     if cfg.data != "eyepacs":
         raise ValueError(f"unknown training data {cfg.data!r} (eyepacs or phantom)")
     items, train_names, val_names = graded_split("EyePACS", cfg)
@@ -145,21 +145,27 @@ def _drop_partial_frames(arr: GradedArrays, min_fov: float = 0.3) -> GradedArray
     return GradedArrays(arr.images[keep], arr.grades[keep], pick(arr.names), pick(arr.groups), pick(arr.source))
 
 
-def _load_phantom(cfg: GradedData, size: int) -> dict[str, GradedArrays]:
+def _load_phantom(cfg: GradedData, size: int, splits: tuple[str, ...] = ("train", "val")) -> dict[str, GradedArrays]:
+    """The phantom splits in ``splits``: image i is drawn from its own seed, so a split is generated alone (the
+    validation split is the first ``val_fraction``; grading it costs 60 phantoms, not 400)."""
     from .phantom import generate_phantom
 
     n = cfg.phantom_count
-    imgs = np.zeros((n, size, size, 3), dtype=np.uint8)
-    grades = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        ph = generate_phantom(seed=cfg.seed * 1_000_003 + i, size=cfg.phantom_size)
-        im = ph.image if ph.image.shape[0] == size else cv2.resize(ph.image, (size, size), interpolation=cv2.INTER_AREA)
-        imgs[i] = (np.clip(im, 0, 1) * 255 + 0.5).astype(np.uint8)
-        grades[i] = ph.grade
-    names = [f"phantom_{i:05d}" for i in range(n)]
     n_val = max(1, int(round(n * cfg.val_fraction)))
-    sl = {"train": slice(n_val, n), "val": slice(0, n_val)}
-    return {k: GradedArrays(imgs[s], grades[s], names[s], names[s], ["phantom"] * len(names[s])) for k, s in sl.items()}
+    out = {}
+    for split, (lo, hi) in (("train", (n_val, n)), ("val", (0, n_val))):
+        if split not in splits:
+            continue
+        imgs = np.zeros((hi - lo, size, size, 3), dtype=np.uint8)
+        grades = np.zeros(hi - lo, dtype=np.int64)
+        for j, i in enumerate(range(lo, hi)):
+            ph = generate_phantom(seed=cfg.seed * 1_000_003 + i, size=cfg.phantom_size)
+            im = ph.image if ph.image.shape[0] == size else cv2.resize(ph.image, (size, size), interpolation=cv2.INTER_AREA)
+            imgs[j] = (np.clip(im, 0, 1) * 255 + 0.5).astype(np.uint8)
+            grades[j] = ph.grade
+        names = [f"phantom_{i:05d}" for i in range(lo, hi)]
+        out[split] = GradedArrays(imgs, grades, names, list(names), ["phantom"] * len(names))
+    return out
 
 
 def graded_eyes(split: str = "val", size: int = 256, data: str = "eyepacs", root: str | None = None, aptos: bool = True) -> GradedArrays:
