@@ -81,8 +81,10 @@ def test_release_memory_returns_freed_arrays_to_the_system():
     def rss_mb() -> float:
         return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
-    # blocks of 64 kB stay on glibc's heap (below its mmap threshold): freed, they stay resident until trimmed
+    # blocks of 64 kB stay on glibc's heap (below its mmap threshold); one more allocated after them keeps the
+    # heap's top in use, so free() cannot give them back by shrinking the heap: they stay resident until trimmed
     blocks = [np.ones(2**13, np.float64) for _ in range(12000)]  # ~0.8 GB
+    top = np.ones(2**13, np.float64)
     high = rss_mb()
     del blocks
     import gc
@@ -91,6 +93,7 @@ def test_release_memory_returns_freed_arrays_to_the_system():
     assert rss_mb() > high - 200, "freed heap memory left at once: this check would not see release_memory work"
     ke.release_memory()
     assert rss_mb() < high - 500, "freed memory stayed resident"
+    del top
 
 
 @pytest.mark.slow
