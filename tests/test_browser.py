@@ -300,8 +300,9 @@ def voila_apps(tmp_path_factory):
             proc.kill()
 
 
-def voila_page(pw, url: str, app: str, height: int = 1000):
-    """(browser, page, outside): the app's page, rendered once every cell ran, in a window ``height`` px high
+def voila_page(pw, url: str, app: str, ready: str, height: int = 1000):
+    """(browser, page, outside, the first element matching ``ready``): the app's page, rendered once every cell
+    ran (``ready`` shows), checked to hold no code (:func:`assert_no_code`), in a window ``height`` px high
     (a screenshot shows the window: Voila's page scrolls inside it); each request to another host is
     refused and listed in ``outside``."""
     browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -315,7 +316,10 @@ def voila_page(pw, url: str, app: str, height: int = 1000):
 
     page.route(lambda address: not address.startswith(url), refuse)
     page.goto(f"{url}/voila/render/{app}.ipynb", timeout=300_000)
-    return browser, page, outside
+    element = page.locator(ready).first
+    element.wait_for(timeout=300_000)
+    assert_no_code(page, app)
+    return browser, page, outside, element
 
 
 def assert_no_code(page, app: str) -> None:
@@ -337,10 +341,7 @@ def assert_nothing_else_asked(outside: list[str]) -> None:
 def test_threshold_app_in_voila(voila_apps):
     sync_api = needs_chromium()
     with sync_api.sync_playwright() as pw:
-        browser, page, outside = voila_page(pw, voila_apps, "threshold_explorer")
-        count = page.locator(".koch-count").first
-        count.wait_for(timeout=300_000)
-        assert_no_code(page, "threshold_explorer")
+        browser, page, outside, count = voila_page(pw, voila_apps, "threshold_explorer", ".koch-count")
         before, boxes_before = count.inner_text(), page.locator("svg.koch-view rect.koch-box").count()
         handle = page.locator(".widget-slider .noUi-handle").first
         readout = page.locator(".widget-slider .widget-readout").first
@@ -384,11 +385,10 @@ def test_threshold_app_in_voila(voila_apps):
 def test_pick_and_grow_app_in_voila(voila_apps):
     sync_api = needs_chromium()
     with sync_api.sync_playwright() as pw:
-        browser, page, outside = voila_page(pw, voila_apps, "pick_and_grow", height=1900)
+        # the yellow boxes come with the page (the figure's first state)
+        browser, page, outside, _ = voila_page(pw, voila_apps, "pick_and_grow", ".koch-picker .shapelayer path", height=1900)
         boxes = page.locator(".koch-picker .shapelayer path")
-        boxes.first.wait_for(timeout=300_000)  # the yellow boxes came with the page (the figure's first state)
         page.locator(".koch-placer .nsewdrag").first.wait_for()
-        assert_no_code(page, "pick_and_grow")
         time.sleep(2)  # let both figures settle: a relayout that lands while a plotly view is still starting is not drawn
         info = page.locator(".widget-html:has-text('in the bank')").first
         before = info.inner_text()
@@ -422,10 +422,7 @@ def test_pick_and_grow_app_in_voila(voila_apps):
 def test_koch_test_app_in_voila(voila_apps):
     sync_api = needs_chromium()
     with sync_api.sync_playwright() as pw:
-        browser, page, outside = voila_page(pw, voila_apps, "koch_test")
-        state = page.locator(".koch-test-state").first
-        state.wait_for(timeout=300_000)
-        assert_no_code(page, "koch_test")
+        browser, page, outside, state = voila_page(pw, voila_apps, "koch_test", ".koch-test-state")
         before = state.inner_text()
         page.get_by_role("button", name="run the Koch test").click()
         verdict = _poll(state.inner_text, lambda t: t not in (before, "running"), 240)

@@ -70,7 +70,8 @@ def use_profile(namespace: dict, notebook: str, profile: str | None = None, anno
     from .runtime import cpu_budget, set_torch_threads
 
     name = resolve_profile(profile if profile is not None else namespace.get("profile"))
-    threads = set_torch_threads()
+    threads, source = cpu_budget()  # read once: the count set and the limit it came from
+    set_torch_threads(threads)
     changed, kept = [], []
     for key, new in profile_values(notebook, name).items():
         default = CLASS_PROFILE[notebook][key][0]
@@ -81,7 +82,7 @@ def use_profile(namespace: dict, notebook: str, profile: str | None = None, anno
         elif value != new:
             kept.append(f"{key}={value!r}")
     if announce:
-        line = f"profile {name}: {threads} torch thread{'s' if threads != 1 else ''} ({cpu_budget()[1]})"
+        line = f"profile {name}: {threads} torch thread{'s' if threads != 1 else ''} ({source})"
         if changed:
             line += "; " + ", ".join(changed)
         if kept:
